@@ -1,0 +1,54 @@
+//! Vane's wire types and the rules every configuration must satisfy.
+//!
+//! Data flow: a user's YAML/JSON file is read by [`load`] into the protobuf
+//! [`config::Config`] (protobuf JSON mapping, snake_case names), checked by [`validate`],
+//! and carried as protobuf over gRPC: to the control plane by the admin API
+//! ([`admin`]), from it to every node by the discovery stream ([`discovery`]). Both
+//! planes link this crate, so a config one accepts the other accepts.
+
+mod format;
+mod validate;
+
+/// Generated code of the `.proto` files, one module per package.
+#[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
+mod generated {
+    pub mod vane {
+        pub mod config {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/vane.config.v1.rs"));
+                include!(concat!(env!("OUT_DIR"), "/vane.config.v1.serde.rs"));
+            }
+        }
+        pub mod admin {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/vane.admin.v1.rs"));
+                include!(concat!(env!("OUT_DIR"), "/vane.admin.v1.serde.rs"));
+            }
+        }
+        pub mod discovery {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/vane.discovery.v1.rs"));
+                include!(concat!(env!("OUT_DIR"), "/vane.discovery.v1.serde.rs"));
+            }
+        }
+        pub mod store {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/vane.store.v1.rs"));
+                include!(concat!(env!("OUT_DIR"), "/vane.store.v1.serde.rs"));
+            }
+        }
+    }
+}
+
+pub use generated::vane::{admin::v1 as admin, config::v1 as config, discovery::v1 as discovery};
+pub use generated::vane::store::v1 as store;
+
+pub use format::{Format, LoadError, config_sha256, load, render};
+pub use validate::{ConfigError, ValidationErrors, validate};
+
+/// The encoded `FileDescriptorSet` of every Vane proto, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vane_descriptor.bin"));
+
+/// Reexported so users of the generated types need not depend on them directly.
+pub use pbjson_types;
+pub use prost;
