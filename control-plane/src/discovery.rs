@@ -1,0 +1,135 @@
+//! The discovery stream, control-plane side: one session per connected node.
+//!
+//! Rules (DESIGN.md §3): the first message is `Hello`; a node already holding the latest
+//! version and hash gets nothing; at most one snapshot is unacknowledged per node and the
+//! newest published version supersedes older ones (a burst of writes costs a node a few
+//! swaps); a version a node NACKed is never sent to it again.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+use vane_proto::discovery::{
+    ControlMessage, Hello, NodeMessage, Snapshot, control_message, discovery_service_server::DiscoveryService,
+    node_message,
+};
+
+use crate::{Published, Shared};
+
+/// How long a new stream may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub(crate) struct DiscoveryServer {
+    shared: Arc<Shared>,
+}
+
+impl DiscoveryServer {
+    pub(crate) fn new(shared: Arc<Shared>) -> DiscoveryServer {
+        DiscoveryServer { shared }
+    }
+}
+
+type Outbound = mpsc::Sender<Result<ControlMessage, Status>>;
+
+#[tonic::async_trait]
+impl DiscoveryService for DiscoveryServer {
+    type StreamStream = ReceiverStream<Result<ControlMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<NodeMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(2);
+        let shared = self.shared.clone();
+        let span = info_span!("node_session", %peer);
+        tokio::spawn(session(shared, inbound, tx, peer).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A snapshot sent and not yet answered.
+struct Pending {
+    version: u64,
+    nonce: String,
+    sha256: String,
+    sent_at: Instant,
+}
+
+async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: Outbound, peer: String) {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(NodeMessage { message: Some(node_message::Message::Hello(h)) }))) if !h.node_id.is_empty() => h,
+        _ => {
+            let _ = tx.send(Err(Status::invalid_argument("the first message must be a Hello with a node_id"))).await;
+            return;
+        }
+    };
+    let Hello { node_id, labels, version_held, hash_held } = hello;
+    let session_id = shared.counter.fetch_add(1, Ordering::Relaxed);
+    shared.fleet.connected(session_id, &node_id, labels, peer, version_held);
+    info!(node = %node_id, version_held, "node connected");
+
+    let mut held = (version_held, hash_held);
+    let mut pending: Option<Pending> = None;
+    let mut published = shared.published.subscribe();
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        // Always mark the newest version seen, so `changed()` below waits for a newer one.
+        let latest: Option<Arc<Published>> = published.borrow_and_update().clone();
+        if let (None, Some(p)) = (&pending, latest) {
+            let stale = (p.version, p.sha256.as_str()) != (held.0, held.1.as_str());
+            if stale && !shared.fleet.has_nacked(&node_id, p.version) {
+                let nonce = shared.counter.fetch_add(1, Ordering::Relaxed).to_string();
+                let snapshot = Snapshot {
+                    version: p.version,
+                    nonce: nonce.clone(),
+                    sha256: p.sha256.clone(),
+                    config: Some(p.config.clone()),
+                };
+                let message = ControlMessage { message: Some(control_message::Message::Snapshot(snapshot)) };
+                if tx.send(Ok(message)).await.is_err() {
+                    break;
+                }
+                debug!(node = %node_id, version = p.version, "snapshot sent");
+                pending = Some(Pending { version: p.version, nonce, sha256: p.sha256.clone(), sent_at: Instant::now() });
+            }
+        }
+        tokio::select! {
+            changed = published.changed() => if changed.is_err() { break },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            message = inbound.message() => match message {
+                Ok(Some(NodeMessage { message: Some(m) })) => match m {
+                    node_message::Message::Ack(ack) => {
+                        if let Some(p) = pending.take_if(|p| p.nonce == ack.nonce && p.version == ack.version) {
+                            shared.fleet.acked(&node_id, p.version, p.sent_at.elapsed());
+                            info!(node = %node_id, version = p.version, "snapshot acked");
+                            held = (p.version, p.sha256);
+                        }
+                    }
+                    node_message::Message::Nack(nack) => {
+                        if let Some(p) = pending.take_if(|p| p.nonce == nack.nonce && p.version == nack.version) {
+                            let errors = nack.errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
+                            warn!(node = %node_id, version = p.version, %errors, "snapshot rejected");
+                            shared.fleet.nacked(&node_id, p.version, nack.errors);
+                        }
+                    }
+                    node_message::Message::Hello(_) => warn!(node = %node_id, "hello ignored mid-stream"),
+                },
+                Ok(Some(NodeMessage { message: None })) => {}
+                Ok(None) => break,
+                Err(status) => {
+                    debug!(node = %node_id, %status, "stream error");
+                    break;
+                }
+            },
+        }
+    }
+    shared.fleet.disconnected(session_id, &node_id);
+    info!(node = %node_id, "node disconnected");
+}

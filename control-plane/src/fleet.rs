@@ -1,0 +1,98 @@
+//! What the control plane knows of each node: connection, versions held, acked and
+//! refused, push-to-ACK latency. Written by discovery sessions, read by `ListNodes`.
+//!
+//! A node that reconnects gets a new session id; only its newest session may mark it
+//! disconnected, so a late-closing old stream never hides a live one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use vane_proto::admin::NodeStatus;
+use vane_proto::config::ValidationError;
+
+#[derive(Debug, Default)]
+pub(crate) struct Fleet {
+    nodes: Mutex<HashMap<String, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    status: NodeStatus,
+    session: u64,
+    /// Versions this node refused: never sent to it again.
+    nacked: HashSet<u64>,
+}
+
+fn now() -> Option<pbjson_types::Timestamp> {
+    Some(vane_proto::timestamp_from_unix_ms(vane_proto::unix_ms_now()))
+}
+
+impl Fleet {
+    fn with<R>(&self, node: &str, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.get_mut(node).map(f)
+    }
+
+    /// Records a new session for `node_id`, replacing any older one.
+    pub(crate) fn connected(
+        &self,
+        session: u64,
+        node_id: &str,
+        labels: HashMap<String, String>,
+        address: String,
+        version_held: u64,
+    ) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = nodes.entry(node_id.to_owned()).or_insert_with(|| Entry {
+            status: NodeStatus { node_id: node_id.to_owned(), ..Default::default() },
+            session,
+            nacked: HashSet::new(),
+        });
+        entry.session = session;
+        entry.status.labels = labels;
+        entry.status.address = address;
+        entry.status.connected = true;
+        entry.status.version_held = version_held;
+        entry.status.last_seen = now();
+    }
+
+    pub(crate) fn disconnected(&self, session: u64, node_id: &str) {
+        self.with(node_id, |e| {
+            if e.session == session {
+                e.status.connected = false;
+                e.status.last_seen = now();
+            }
+        });
+    }
+
+    pub(crate) fn acked(&self, node_id: &str, version: u64, latency: Duration) {
+        self.with(node_id, |e| {
+            e.status.acked_version = version;
+            e.status.version_held = version;
+            e.status.push_to_ack_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+            e.status.last_seen = now();
+        });
+    }
+
+    pub(crate) fn nacked(&self, node_id: &str, version: u64, errors: Vec<ValidationError>) {
+        self.with(node_id, |e| {
+            e.nacked.insert(version);
+            e.status.nack_version = version;
+            e.status.nack_errors = errors;
+            e.status.last_seen = now();
+        });
+    }
+
+    pub(crate) fn has_nacked(&self, node_id: &str, version: u64) -> bool {
+        self.with(node_id, |e| e.nacked.contains(&version)).unwrap_or(false)
+    }
+
+    /// Every known node, sorted by id.
+    pub(crate) fn list(&self) -> Vec<NodeStatus> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<NodeStatus> = nodes.values().map(|e| e.status.clone()).collect();
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        out
+    }
+}
