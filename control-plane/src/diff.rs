@@ -73,7 +73,7 @@ mod tests {
         let mut new = old.clone();
         new.listeners[0].address = "127.0.0.1:2".into();
         new.clusters = vec![Cluster { name: "b".into(), ..Default::default() }];
-        assert_eq!(summary(&changes(&old, &new)), "~listener web, +cluster b, -cluster a");
+        assert_eq!(summary(&changes(&old, &new)), "~listener web, -cluster a, +cluster b");
         assert_eq!(summary(&changes(&old, &old)), "no resource changes");
     }
 }
