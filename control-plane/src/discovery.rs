@@ -102,7 +102,7 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
         }
         tokio::select! {
             changed = published.changed() => if changed.is_err() { break },
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            stop = shutdown.wait_for(|stop| *stop) => { drop(stop); break },
             message = inbound.message() => match message {
                 Ok(Some(NodeMessage { message: Some(m) })) => match m {
                     node_message::Message::Ack(ack) => {

@@ -1,1 +1,205 @@
-//! placeholder
+//! Vane's data plane: a stateless proxy node driven by the control plane.
+//!
+//! Data flow: the discovery client receives a `Snapshot`, [`NodeShared::apply_snapshot`]
+//! validates it with the shared validator, binds any new listener sockets, compiles a
+//! [`runtime::Runtime`] (routers, clusters) off the request path and swaps it in with one
+//! `ArcSwap::store`; then new listeners start, removed ones drain, the snapshot is
+//! cached on disk, and the node ACKs. Any failure before the swap NACKs and leaves the
+//! previous runtime serving. Requests (`proxy`) load the runtime once and keep it.
+
+mod admin;
+mod cache;
+mod cluster;
+mod discovery;
+mod listeners;
+mod proxy;
+mod router;
+mod runtime;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use vane_proto::discovery::Snapshot;
+use vane_proto::{ConfigError, config_sha256, validate};
+
+pub use cache::CacheError;
+
+/// How a node is set up.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's unique id in the fleet.
+    pub node_id: String,
+    /// Control-plane URL, e.g. `http://127.0.0.1:18000`.
+    pub control_plane: String,
+    /// Where the last good snapshot is kept; `None`: not kept.
+    pub cache_dir: Option<PathBuf>,
+    /// Admin endpoint (`/ready`, `/config`); `None`: not served.
+    pub admin: Option<SocketAddr>,
+    /// Free-form labels reported to the control plane.
+    pub labels: HashMap<String, String>,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("admin endpoint {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid control-plane url '{0}'")]
+    ControlPlaneUrl(String),
+}
+
+/// State shared by the discovery client, the listeners and the admin endpoint.
+#[derive(Debug)]
+pub(crate) struct NodeShared {
+    pub(crate) node_id: String,
+    pub(crate) runtime: ArcSwapOption<runtime::Runtime>,
+    /// Taken by snapshot application and admin reads, never by the request path.
+    listeners: Mutex<listeners::Listeners>,
+    /// Serving a cached snapshot the control plane has not confirmed.
+    pub(crate) stale: AtomicBool,
+    pub(crate) connected: AtomicBool,
+}
+
+impl NodeShared {
+    fn listeners(&self) -> std::sync::MutexGuard<'_, listeners::Listeners> {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Validates, compiles and swaps in a snapshot. On error nothing changed.
+    pub(crate) fn apply_snapshot(self: &Arc<Self>, snapshot: &Snapshot) -> Result<(), Vec<ConfigError>> {
+        let default = vane_proto::config::Config::default();
+        let config = snapshot.config.as_ref().unwrap_or(&default);
+        if config_sha256(config) != snapshot.sha256 {
+            return Err(vec![ConfigError {
+                kind: "snapshot",
+                name: snapshot.version.to_string(),
+                field: "sha256".into(),
+                message: "does not match the config it came with".into(),
+            }]);
+        }
+        validate(config).map_err(|e| e.0)?;
+        let mut listeners = self.listeners();
+        let prepared = listeners.prepare(&config.listeners)?;
+        let previous = self.runtime.load_full();
+        let runtime = runtime::Runtime::compile(
+            snapshot.version,
+            snapshot.sha256.clone(),
+            config,
+            &prepared.ids,
+            previous.as_deref(),
+        );
+        self.runtime.store(Some(Arc::new(runtime)));
+        listeners.commit(prepared, self);
+        info!(version = snapshot.version, "snapshot applied");
+        Ok(())
+    }
+
+    /// `(version, sha256)` of the runtime held, `(0, "")` for none.
+    pub(crate) fn held(&self) -> (u64, String) {
+        self.runtime.load().as_ref().map_or((0, String::new()), |r| (r.version, r.sha256.clone()))
+    }
+}
+
+/// A running data-plane node. Dropping it stops its listeners and tasks.
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<NodeShared>,
+    admin_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts a node: serves its cached snapshot if it has one, opens the admin endpoint
+    /// and connects to the control plane (retrying forever with backoff).
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(config.control_plane.clone())
+            .map_err(|_| NodeError::ControlPlaneUrl(config.control_plane.clone()))?;
+        let shared = Arc::new(NodeShared {
+            node_id: config.node_id.clone(),
+            runtime: ArcSwapOption::empty(),
+            listeners: Mutex::default(),
+            stale: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+        });
+        if let Some(dir) = &config.cache_dir {
+            match cache::read(dir) {
+                Ok(Some(snapshot)) => match shared.apply_snapshot(&snapshot) {
+                    Ok(()) => {
+                        shared.stale.store(true, Ordering::Relaxed);
+                        info!(version = snapshot.version, "serving cached snapshot until the control plane answers");
+                    }
+                    Err(errors) => warn!(errors = ?errors, "cached snapshot refused"),
+                },
+                Ok(None) => {}
+                Err(error) => warn!(%error, "cached snapshot unreadable"),
+            }
+        }
+        let mut tasks = Vec::new();
+        let mut admin_addr = None;
+        if let Some(addr) = config.admin {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| NodeError::Admin { addr, source })?;
+            admin_addr = listener.local_addr().ok();
+            tasks.push(tokio::spawn(admin::serve(listener, shared.clone())));
+        }
+        tasks.push(tokio::spawn(discovery::run(shared.clone(), endpoint, config)));
+        Ok(Node { shared, admin_addr, tasks })
+    }
+
+    /// Version of the runtime serving now (0: none).
+    pub fn version(&self) -> u64 {
+        self.shared.held().0
+    }
+
+    /// Bound address of a listener, by name.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.shared.listeners().local_addr(name)
+    }
+
+    /// Bound address of the admin endpoint.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Whether the discovery stream is up.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// Runs until the process is asked to stop.
+    pub async fn wait(&mut self) {
+        for task in &mut self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.shared.listeners().stop_all();
+    }
+}
+
+/// A protobuf duration as a std one, `default` when unset or out of range.
+pub(crate) fn duration_or(d: Option<&pbjson_types::Duration>, default: Duration) -> Duration {
+    d.and_then(|d| {
+        let secs = u64::try_from(d.seconds).ok()?;
+        let nanos = u32::try_from(d.nanos).ok()?;
+        Some(Duration::new(secs, nanos))
+    })
+    .filter(|d| !d.is_zero())
+    .unwrap_or(default)
+}

@@ -1,0 +1,161 @@
+//! Admin commands: each reads its input, makes one admin API call and prints the answer.
+
+use std::path::Path;
+
+use anyhow::{Context, anyhow, bail};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use vane_proto::admin::config_service_client::ConfigServiceClient;
+use vane_proto::admin::{
+    ApplyRequest, GetRequest, HistoryRequest, Kind, ListNodesRequest, ListRequest, ValidateRequest,
+};
+use vane_proto::config::Config;
+use vane_proto::{Format, load};
+
+use crate::Output;
+use crate::output;
+
+/// Largest message the CLI sends or accepts, as the control plane.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Debug)]
+pub(crate) struct Admin {
+    server: String,
+    token: Option<String>,
+}
+
+/// Turns a gRPC error into one line a user can act on.
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::Unavailable => anyhow!("control plane unavailable: {}", status.message()),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            anyhow!("not allowed: {} (check --token / VANE_TOKEN)", status.message())
+        }
+        _ => anyhow!("{}", status.message()),
+    }
+}
+
+impl Admin {
+    pub(crate) fn new(server: String, token: Option<String>) -> Admin {
+        Admin { server, token }
+    }
+
+    async fn client(&self) -> anyhow::Result<ConfigServiceClient<Channel>> {
+        let channel = Channel::from_shared(self.server.clone())
+            .with_context(|| format!("invalid --server url '{}'", self.server))?
+            .connect()
+            .await
+            .map_err(|e| anyhow!("cannot reach control plane at {}: {}", self.server, source_chain(&e)))?;
+        Ok(ConfigServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            let value: MetadataValue<_> =
+                format!("Bearer {token}").parse().map_err(|_| anyhow!("the token holds characters a header cannot"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+
+    pub(crate) async fn apply(&self, file: &Path, dry_run: bool, expected_version: u64) -> anyhow::Result<()> {
+        let config = read_config(file)?;
+        let request = self.request(ApplyRequest { config: Some(config), dry_run, expected_version })?;
+        let response = self.client().await?.apply(request).await.map_err(status_error)?.into_inner();
+        if response.unchanged {
+            println!("unchanged: version {} already holds this config", response.version);
+        } else if dry_run {
+            println!("dry run: valid; would change: {}", response.summary);
+        } else {
+            println!("applied version {}: {}", response.version, response.summary);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn validate(&self, file: &Path) -> anyhow::Result<()> {
+        let config = read_config(file)?;
+        let request = self.request(ValidateRequest { config: Some(config) })?;
+        let response = self.client().await?.validate(request).await.map_err(status_error)?.into_inner();
+        if response.valid {
+            println!("valid");
+            return Ok(());
+        }
+        let errors: Vec<String> = response
+            .errors
+            .iter()
+            .map(|e| format!("{} '{}': {}: {}", e.kind, e.name, e.field, e.message))
+            .collect();
+        bail!("invalid config: {}", errors.join("; "))
+    }
+
+    pub(crate) async fn get(&self, kind: &str, name: Option<&str>, out: Output) -> anyhow::Result<()> {
+        let kind = parse_kind(kind)?;
+        let mut client = self.client().await?;
+        let (version, config) = match name {
+            Some(name) => {
+                if kind == Kind::Unspecified {
+                    bail!("give a kind (listener, route, cluster) to get one resource by name");
+                }
+                let request = self.request(GetRequest { kind: kind as i32, name: name.to_owned() })?;
+                let r = client.get(request).await.map_err(status_error)?.into_inner();
+                (r.version, r.config.unwrap_or_default())
+            }
+            None => {
+                let request = self.request(ListRequest { kind: kind as i32, version: 0 })?;
+                let r = client.list(request).await.map_err(status_error)?.into_inner();
+                (r.version, r.config.unwrap_or_default())
+            }
+        };
+        print!("{}", output::config(&config, kind, version, out));
+        Ok(())
+    }
+
+    pub(crate) async fn nodes(&self, out: Output) -> anyhow::Result<()> {
+        let request = self.request(ListNodesRequest {})?;
+        let response = self.client().await?.list_nodes(request).await.map_err(status_error)?.into_inner();
+        print!("{}", output::nodes(&response, out));
+        Ok(())
+    }
+
+    pub(crate) async fn history(&self, out: Output) -> anyhow::Result<()> {
+        let request = self.request(HistoryRequest { limit: 0 })?;
+        let response = self.client().await?.history(request).await.map_err(status_error)?.into_inner();
+        print!("{}", output::history(&response, out));
+        Ok(())
+    }
+}
+
+/// Reads a YAML or JSON config file (`-`: standard input, YAML).
+pub(crate) fn read_config(file: &Path) -> anyhow::Result<Config> {
+    let (text, format) = if file.as_os_str() == "-" {
+        (std::io::read_to_string(std::io::stdin()).context("reading standard input")?, Format::Yaml)
+    } else {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        (text, Format::from_path(file))
+    };
+    load(&text, format).with_context(|| format!("{}", file.display()))
+}
+
+fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
+    Ok(match kind.to_ascii_lowercase().as_str() {
+        "listener" | "listeners" => Kind::Listener,
+        "route" | "routes" => Kind::Route,
+        "cluster" | "clusters" => Kind::Cluster,
+        "all" | "config" => Kind::Unspecified,
+        other => bail!("unknown kind '{other}': use listeners, routes, clusters or all"),
+    })
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

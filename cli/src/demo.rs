@@ -1,0 +1,86 @@
+//! Demo upstreams: tiny HTTP echo servers that say who answered. `vane dev` runs two;
+//! the end-to-end tests use them as upstreams.
+//!
+//! Every response carries `x-backend: NAME` and a text body: the backend's name, the
+//! request line, then the request headers, one per line. `?delay_ms=N` delays the answer
+//! (timeouts, requests in flight during a swap); `?status=N` answers with that status.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running echo server; stops when dropped.
+#[derive(Debug)]
+pub struct EchoServer {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl EchoServer {
+    /// Binds `addr` (port 0 for any) and serves until dropped.
+    pub async fn start(name: &str, addr: SocketAddr) -> std::io::Result<EchoServer> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let name: Arc<str> = name.into();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| echo(name.clone(), req));
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Ok(EchoServer { addr, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn query_param(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+async fn echo(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(ms) = query_param(&req, "delay_ms") {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    }
+    let status = query_param(&req, "status")
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut body = format!("backend: {name}\n{} {} {:?}\n", req.method(), req.uri(), req.version());
+    for (k, v) in req.headers() {
+        body.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+    }
+    let received = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+    body.push_str(&format!("body-bytes: {received}\n"));
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert("content-type", http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    if let Ok(v) = http::HeaderValue::from_str(&name) {
+        headers.insert("x-backend", v);
+    }
+    Ok(response)
+}

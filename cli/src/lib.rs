@@ -1,0 +1,145 @@
+//! The `vane` command: dev mode, the control plane, a proxy node, and the admin
+//! commands (`apply`, `validate`, `get`, `nodes`, `history`). Admin commands are thin:
+//! they read a file, call the admin gRPC API, print the answer.
+#![allow(clippy::print_stdout)]
+
+mod client;
+pub mod demo;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Vane: an edge proxy, API gateway and load balancer with a control plane.
+#[derive(Debug, Parser)]
+#[command(name = "vane", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Control-plane URL for admin commands.
+    #[arg(long, global = true, env = "VANE_SERVER", default_value = "http://127.0.0.1:18000")]
+    server: String,
+    /// Bearer token for the admin API.
+    #[arg(long, global = true, env = "VANE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Log format of long-running commands.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Output format of reading commands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Output {
+    #[default]
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Control plane + one node + two demo backends in one process, quickstart applied.
+    Dev(serve::DevArgs),
+    /// Run the control plane.
+    ControlPlane(serve::ControlPlaneArgs),
+    /// Run a data-plane node.
+    Proxy(serve::ProxyArgs),
+    /// Apply a config file (YAML or JSON) as the new version.
+    Apply {
+        /// The config file; `-` reads standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Validate and show what would change; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse unless the latest version is this one.
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Check a config file against the control plane's validator.
+    Validate {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Show resources: listeners, routes, clusters (or `all`).
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show every node the control plane knows of and what it runs.
+    Nodes {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List retained versions, newest first.
+    History {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// Parses arguments, runs the command, prints a one-line error on failure.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.compact().try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let admin = client::Admin::new(cli.server.clone(), cli.token.clone());
+    match cli.command {
+        Command::Dev(args) => {
+            init_logs(cli.log_format);
+            serve::dev(args).await
+        }
+        Command::ControlPlane(args) => {
+            init_logs(cli.log_format);
+            serve::control_plane(args).await
+        }
+        Command::Proxy(args) => {
+            init_logs(cli.log_format);
+            serve::proxy(args).await
+        }
+        Command::Apply { file, dry_run, expected_version } => {
+            admin.apply(&file, dry_run, expected_version.unwrap_or(0)).await
+        }
+        Command::Validate { file } => admin.validate(&file).await,
+        Command::Get { kind, name, output } => admin.get(&kind, name.as_deref(), output).await,
+        Command::Nodes { output } => admin.nodes(output).await,
+        Command::History { output } => admin.history(output).await,
+    }
+}

@@ -1,0 +1,166 @@
+//! How reading commands print: aligned tables for people, YAML/JSON for programs.
+
+use vane_proto::admin::{HistoryResponse, Kind, ListNodesResponse};
+use vane_proto::config::{Config, cluster::LbPolicy, listener::Protocol, route, route_match};
+use vane_proto::{Format, render};
+
+use crate::Output;
+
+/// Left-aligned columns separated by two spaces.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let last = row.len().saturating_sub(1);
+        for (i, cell) in row.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+}
+
+fn timestamp(ts: Option<&pbjson_types::Timestamp>) -> String {
+    ts.and_then(|t| serde_json::to_value(t).ok())
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "-".into())
+}
+
+pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> String {
+    match out {
+        Output::Yaml => render(config, Format::Yaml),
+        Output::Json => render(config, Format::Json),
+        Output::Table => {
+            let mut text = String::new();
+            let all = kind == Kind::Unspecified;
+            if all || kind == Kind::Listener {
+                let rows = config
+                    .listeners
+                    .iter()
+                    .map(|l| {
+                        let protocol = Protocol::try_from(l.protocol).map_or("?", |p| p.as_str_name());
+                        vec![l.name.clone(), l.address.clone(), protocol.to_owned()]
+                    })
+                    .collect();
+                text.push_str(&table(&["LISTENER", "ADDRESS", "PROTOCOL"], rows));
+            }
+            if all || kind == Kind::Route {
+                let rows = config
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        let matcher = match r.r#match.as_ref().and_then(|m| m.path.as_ref()) {
+                            Some(route_match::Path::Prefix(p)) => format!("prefix {p}"),
+                            Some(route_match::Path::Exact(p)) => format!("exact {p}"),
+                            None => "-".into(),
+                        };
+                        let clusters = match &r.action {
+                            Some(route::Action::Forward(f)) => f
+                                .clusters
+                                .iter()
+                                .map(|c| if c.weight > 0 { format!("{}={}", c.name, c.weight) } else { c.name.clone() })
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            None => "-".into(),
+                        };
+                        let listeners = if r.listeners.is_empty() { "*".into() } else { r.listeners.join(",") };
+                        vec![r.name.clone(), matcher, clusters, listeners]
+                    })
+                    .collect();
+                text.push_str(&table(&["ROUTE", "MATCH", "CLUSTERS", "LISTENERS"], rows));
+            }
+            if all || kind == Kind::Cluster {
+                let rows = config
+                    .clusters
+                    .iter()
+                    .map(|c| {
+                        let policy = LbPolicy::try_from(c.lb_policy).map_or("?", |p| p.as_str_name());
+                        let endpoints = c
+                            .endpoints
+                            .iter()
+                            .map(|e| if e.weight > 1 { format!("{}*{}", e.address, e.weight) } else { e.address.clone() })
+                            .collect::<Vec<_>>()
+                            .join(",");
+                        vec![c.name.clone(), policy.to_owned(), endpoints]
+                    })
+                    .collect();
+                text.push_str(&table(&["CLUSTER", "POLICY", "ENDPOINTS"], rows));
+            }
+            format!("# version {version}\n{text}")
+        }
+    }
+}
+
+pub(crate) fn nodes(response: &ListNodesResponse, out: Output) -> String {
+    match out {
+        Output::Json => json(response),
+        Output::Yaml => serde_norway::to_string(response).unwrap_or_default(),
+        Output::Table => {
+            let rows = response
+                .nodes
+                .iter()
+                .map(|n| {
+                    let nack = if n.nack_version == 0 {
+                        "-".to_owned()
+                    } else {
+                        let errors: Vec<String> = n
+                            .nack_errors
+                            .iter()
+                            .map(|e| {
+                                if e.name.is_empty() {
+                                    e.message.clone()
+                                } else {
+                                    format!("{} '{}': {}", e.kind, e.name, e.message)
+                                }
+                            })
+                            .collect();
+                        format!("v{}: {}", n.nack_version, errors.join("; "))
+                    };
+                    vec![
+                        n.node_id.clone(),
+                        if n.connected { "yes".into() } else { "no".into() },
+                        n.acked_version.to_string(),
+                        format!("{}ms", n.push_to_ack_ms),
+                        n.address.clone(),
+                        timestamp(n.last_seen.as_ref()),
+                        nack,
+                    ]
+                })
+                .collect();
+            table(&["NODE", "CONNECTED", "VERSION", "PUSH-TO-ACK", "ADDRESS", "LAST SEEN", "LAST NACK"], rows)
+        }
+    }
+}
+
+pub(crate) fn history(response: &HistoryResponse, out: Output) -> String {
+    match out {
+        Output::Json => json(response),
+        Output::Yaml => serde_norway::to_string(response).unwrap_or_default(),
+        Output::Table => {
+            let rows = response
+                .entries
+                .iter()
+                .map(|e| {
+                    vec![e.version.to_string(), timestamp(e.created_at.as_ref()), e.author.clone(), e.summary.clone()]
+                })
+                .collect();
+            table(&["VERSION", "CREATED", "AUTHOR", "SUMMARY"], rows)
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Long-running commands: `dev`, `control-plane`, `proxy`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use vane_control_plane::{ControlPlane, ControlPlaneConfig};
+use vane_data_plane::{Node, NodeConfig};
+use vane_proto::admin::ApplyRequest;
+use vane_proto::admin::config_service_client::ConfigServiceClient;
+use vane_proto::{Format, load};
+
+use crate::demo::EchoServer;
+
+/// The config `vane dev` applies to a fresh data dir.
+const QUICKSTART: &str = include_str!("../../examples/quickstart.yaml");
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ControlPlaneArgs {
+    /// Where versions are stored (sled); created when missing.
+    #[arg(long, default_value = ".vane/store")]
+    data_dir: PathBuf,
+    /// gRPC address for the admin API and the discovery stream.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    listen: SocketAddr,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProxyArgs {
+    /// Control-plane URL.
+    #[arg(long, default_value = "http://127.0.0.1:18000")]
+    control_plane: String,
+    /// This node's unique id.
+    #[arg(long)]
+    node_id: String,
+    /// Where the last good snapshot is kept (served when the control plane is down).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Admin endpoint (/ready, /config).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// A label reported to the control plane, `key=value`; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DevArgs {
+    /// Root of dev state: the store in DIR/store, the node cache in DIR/node.
+    #[arg(long, default_value = ".vane")]
+    data_dir: PathBuf,
+    /// Control-plane gRPC address.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    listen: SocketAddr,
+    /// Node admin endpoint.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// Addresses of the two demo echo backends (the quickstart routes to these).
+    #[arg(long, num_args = 2, default_values = ["127.0.0.1:9001", "127.0.0.1:9002"])]
+    backends: Vec<SocketAddr>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("'{s}' is not key=value"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+async fn start_control_plane(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+) -> anyhow::Result<(ControlPlane, SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let cp = ControlPlane::open(ControlPlaneConfig { data_dir }).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let server = cp.clone();
+    let task = tokio::spawn(async move { server.serve(listener, stop_signal()).await.map_err(anyhow::Error::from) });
+    Ok((cp, addr, task))
+}
+
+pub(crate) async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let (cp, addr, task) = start_control_plane(args.data_dir, args.listen).await?;
+    println!("vane control-plane listening on {addr} (version {})", cp.latest_version());
+    task.await.map_err(|e| anyhow!("control plane task: {e}"))?
+}
+
+pub(crate) async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let node = Node::start(NodeConfig {
+        node_id: args.node_id.clone(),
+        control_plane: args.control_plane,
+        cache_dir: args.cache_dir,
+        admin: Some(args.admin),
+        labels: args.labels.into_iter().collect(),
+    })
+    .await?;
+    let admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string());
+    println!("vane proxy {} admin on {admin}", args.node_id);
+    stop_signal().await;
+    drop(node);
+    Ok(())
+}
+
+pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let [b1, b2] = args.backends[..] else { bail!("--backends takes two addresses") };
+    let echo1 = EchoServer::start("echo-1", b1).await.with_context(|| format!("demo backend on {b1}"))?;
+    let echo2 = EchoServer::start("echo-2", b2).await.with_context(|| format!("demo backend on {b2}"))?;
+    let (cp, addr, cp_task) = start_control_plane(args.data_dir.join("store"), args.listen).await?;
+    let server = format!("http://{addr}");
+    let node = Node::start(NodeConfig {
+        node_id: "dev-node".into(),
+        control_plane: server.clone(),
+        cache_dir: Some(args.data_dir.join("node")),
+        admin: Some(args.admin),
+        labels: HashMap::from([("mode".to_owned(), "dev".to_owned())]),
+    })
+    .await?;
+
+    if cp.latest_version() == 0 {
+        let config = load(QUICKSTART, Format::Yaml).context("embedded quickstart")?;
+        let mut client = ConfigServiceClient::connect(server.clone()).await?;
+        let applied = client
+            .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0 })
+            .await
+            .map_err(|s| anyhow!("applying the quickstart: {}", s.message()))?
+            .into_inner();
+        tracing::info!(version = applied.version, "quickstart applied");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.version() < cp.latest_version() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let web = node.listener_addr("web").map_or_else(|| "(no listener named web)".into(), |a| a.to_string());
+    println!(
+        "\nvane dev is running (version {version})\n\
+         \x20 proxy        http://{web}\n\
+         \x20 control plane {server}  (vane --server {server} ...)\n\
+         \x20 node admin   http://{admin}/ready  /config\n\
+         \x20 backends     echo-1 {e1}, echo-2 {e2}\n\n\
+         try:\n\
+         \x20 curl -i http://{web}/api/hello      # twice: echo-1 then echo-2 answer\n\
+         \x20 vane get routes\n\
+         \x20 vane nodes\n\
+         \x20 vane history\n\
+         edit examples/quickstart.yaml, then: vane apply -f examples/quickstart.yaml\n",
+        version = node.version(),
+        admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string()),
+        e1 = echo1.addr(),
+        e2 = echo2.addr(),
+    );
+    cp_task.await.map_err(|e| anyhow!("control plane task: {e}"))??;
+    drop(node);
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Upstream clusters as the hot path sees them: resolved endpoints, a precomputed smooth
+//! weighted round-robin schedule, and a pooled keep-alive HTTP client.
+//!
+//! Round robin is per cluster per node: one atomic cursor walks the schedule, whatever
+//! thread serves the request. The cursor and the pool are carried across snapshot swaps
+//! while the cluster keeps its name (see [`ClusterRegistry`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::uri::Authority;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use vane_proto::config::{self, cluster::LbPolicy};
+
+use crate::duration_or;
+
+/// Connect timeout when a cluster sets none.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
+
+/// One upstream endpoint, its authority prebuilt for request URIs.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) authority: Authority,
+}
+
+/// A compiled cluster.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    pub(crate) name: Arc<str>,
+    spec: config::Cluster,
+    policy: LbPolicy,
+    endpoints: Arc<[Endpoint]>,
+    /// Endpoint indexes in smooth weighted round-robin order (length = sum of weights).
+    schedule: Arc<[u32]>,
+    cursor: Arc<AtomicUsize>,
+    pub(crate) client: UpstreamClient,
+}
+
+impl Cluster {
+    /// Picks the endpoint for the next request.
+    pub(crate) fn pick(&self) -> Option<&Endpoint> {
+        let slot = match self.policy {
+            LbPolicy::Random => rand::random_range(0..self.schedule.len().max(1)),
+            _ => self.cursor.fetch_add(1, Ordering::Relaxed) % self.schedule.len().max(1),
+        };
+        let index = *self.schedule.get(slot)? as usize;
+        self.endpoints.get(index)
+    }
+}
+
+/// Builds clusters for a new snapshot, reusing what the previous runtime had: an
+/// unchanged cluster is shared whole (pool, cursor); a changed one keeps its cursor.
+#[derive(Debug)]
+pub(crate) struct ClusterRegistry<'a> {
+    previous: &'a HashMap<Arc<str>, Arc<Cluster>>,
+}
+
+impl<'a> ClusterRegistry<'a> {
+    pub(crate) fn new(previous: &'a HashMap<Arc<str>, Arc<Cluster>>) -> Self {
+        ClusterRegistry { previous }
+    }
+
+    /// A compiled cluster for a validated spec.
+    pub(crate) fn build(&self, spec: &config::Cluster) -> Arc<Cluster> {
+        let old = self.previous.get(spec.name.as_str());
+        if let Some(old) = old.filter(|old| old.spec == *spec) {
+            return old.clone();
+        }
+        let endpoints: Vec<Endpoint> = spec
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                // Validated upstream: every address parses; a failure here is skipped, not a panic.
+                let addr: SocketAddr = e.address.parse().ok()?;
+                let authority = Authority::try_from(addr.to_string()).ok()?;
+                Some(Endpoint { authority })
+            })
+            .collect();
+        let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight.max(1)).collect();
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(duration_or(spec.connect_timeout.as_ref(), DEFAULT_CONNECT_TIMEOUT)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Arc::new(Cluster {
+            name: spec.name.as_str().into(),
+            spec: spec.clone(),
+            policy: LbPolicy::try_from(spec.lb_policy).unwrap_or(LbPolicy::RoundRobin),
+            endpoints: endpoints.into(),
+            schedule: smooth_weighted_schedule(&weights).into(),
+            cursor: old.map(|o| o.cursor.clone()).unwrap_or_default(),
+            client,
+        })
+    }
+}
+
+/// nginx's smooth weighted round robin, unrolled once: weights 5,1,1 give
+/// `a a b a c a a`, spreading each endpoint's turns instead of bunching them.
+fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u32> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, w) in weights.iter().enumerate() {
+            current[i] += i64::from(*w);
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(u32::try_from(best).unwrap_or(0));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_schedule_spreads_weights() {
+        assert_eq!(smooth_weighted_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_weighted_schedule(&[1, 1]), vec![0, 1]);
+        assert_eq!(smooth_weighted_schedule(&[3, 1]), vec![0, 0, 1, 0]);
+    }
+
+    fn spec(weights: &[u32]) -> config::Cluster {
+        config::Cluster {
+            name: "c".into(),
+            endpoints: weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| config::Endpoint { address: format!("127.0.0.1:{}", 9000 + i), weight: *w })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn round_robin_cycles_and_cursor_survives_a_changed_cluster() {
+        let empty = HashMap::new();
+        let cluster = ClusterRegistry::new(&empty).build(&spec(&[1, 1, 1]));
+        let ports: Vec<u16> = (0..4).map(|_| cluster.pick().unwrap().authority.port_u16().unwrap()).collect();
+        assert_eq!(ports, vec![9000, 9001, 9002, 9000]);
+
+        let previous = HashMap::from([(cluster.name.clone(), cluster.clone())]);
+        let same = ClusterRegistry::new(&previous).build(&spec(&[1, 1, 1]));
+        assert!(Arc::ptr_eq(&same, &cluster), "an unchanged cluster is shared whole");
+        let changed = ClusterRegistry::new(&previous).build(&spec(&[1, 1, 2]));
+        assert!(!Arc::ptr_eq(&changed, &cluster));
+        assert_eq!(changed.cursor.load(Ordering::Relaxed), 4, "the cursor is carried over");
+    }
+}

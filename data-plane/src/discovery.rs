@@ -1,0 +1,105 @@
+//! The discovery stream, node side: say Hello with the version held, apply each
+//! snapshot, answer ACK (after swap and cache write) or NACK (with every error).
+//!
+//! A lost stream is retried with exponential backoff and full jitter, 100 ms doubling to
+//! 30 s, reset once a stream is established; HTTP/2 keepalive detects a dead peer.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tracing::{debug, info, warn};
+use vane_proto::config::ValidationError;
+use vane_proto::discovery::{
+    Ack, Hello, Nack, NodeMessage, Snapshot, control_message, discovery_service_client::DiscoveryServiceClient,
+    node_message,
+};
+
+use crate::{NodeConfig, NodeShared, cache};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Same bound as the control plane's.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+pub(crate) async fn run(shared: Arc<NodeShared>, endpoint: Endpoint, config: NodeConfig) {
+    let endpoint = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    let mut attempt: u32 = 0;
+    loop {
+        match session(&shared, &endpoint, &config, &mut attempt).await {
+            Ok(()) => info!("control plane closed the stream"),
+            Err(error) => warn!(%error, control_plane = %config.control_plane, "discovery stream failed"),
+        }
+        shared.connected.store(false, Ordering::Relaxed);
+        let ceiling = BACKOFF_MIN.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+        let delay = ceiling.mul_f64(rand::random::<f64>());
+        attempt = attempt.saturating_add(1);
+        debug!(?delay, attempt, "reconnecting");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn session(
+    shared: &Arc<NodeShared>,
+    endpoint: &Endpoint,
+    config: &NodeConfig,
+    attempt: &mut u32,
+) -> Result<(), tonic::Status> {
+    let channel = endpoint.connect().await.map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
+    let mut client = DiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel::<NodeMessage>(4);
+    let (version_held, hash_held) = shared.held();
+    let hello =
+        Hello { node_id: config.node_id.clone(), labels: config.labels.clone(), version_held, hash_held };
+    let _ = tx.send(NodeMessage { message: Some(node_message::Message::Hello(hello)) }).await;
+    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    shared.connected.store(true, Ordering::Relaxed);
+    shared.stale.store(false, Ordering::Relaxed);
+    *attempt = 0;
+    info!(version_held, "connected to control plane");
+    while let Some(message) = inbound.message().await? {
+        let Some(control_message::Message::Snapshot(snapshot)) = message.message else { continue };
+        let reply = apply(shared, config, snapshot).await;
+        if tx.send(reply).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn apply(shared: &Arc<NodeShared>, config: &NodeConfig, snapshot: Snapshot) -> NodeMessage {
+    let (version, nonce) = (snapshot.version, snapshot.nonce.clone());
+    let mut result = shared.apply_snapshot(&snapshot).map_err(|errors| errors.into_iter().map(ValidationError::from).collect());
+    if let (Ok(()), Some(dir)) = (&result, config.cache_dir.clone()) {
+        let written = tokio::task::spawn_blocking(move || cache::write(&dir, &snapshot)).await;
+        // The runtime is already serving; a cache failure is reported, not rolled back.
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => result = Err(vec![cache_error(error.to_string())]),
+            Err(error) => result = Err(vec![cache_error(error.to_string())]),
+        }
+    }
+    let message = match result {
+        Ok(()) => node_message::Message::Ack(Ack { version, nonce }),
+        Err(errors) => {
+            let text = errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
+            warn!(version, errors = %text, "snapshot rejected");
+            node_message::Message::Nack(Nack { version, nonce, errors })
+        }
+    };
+    NodeMessage { message: Some(message) }
+}
+
+fn cache_error(message: String) -> ValidationError {
+    ValidationError { kind: "node".into(), name: String::new(), field: "cache_dir".into(), message }
+}

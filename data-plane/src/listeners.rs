@@ -1,0 +1,214 @@
+//! Listener lifecycle: a snapshot's listeners are reconciled with the bound sockets.
+//!
+//! Two steps so that a bad snapshot changes nothing: [`Listeners::prepare`] binds every
+//! new socket (a failure drops those fresh sockets and becomes a NACK), then after the
+//! runtime swap [`Listeners::commit`] starts their accept loops and stops the listeners
+//! the snapshot no longer has. A stopped listener closes its socket at once; its open
+//! connections finish the requests in flight, then close (graceful shutdown).
+//!
+//! A listener whose address and protocol are unchanged keeps its socket and its slot id
+//! even when renamed; the runtime maps slot ids to routers, so connections always route
+//! with the newest runtime.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+use vane_proto::ConfigError;
+use vane_proto::config;
+
+use crate::NodeShared;
+use crate::proxy;
+
+/// Time a client has to send a request's headers (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct Slot {
+    id: u64,
+    name: String,
+    address: String,
+    protocol: i32,
+    local: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// The bound listeners of a node.
+#[derive(Debug, Default)]
+pub(crate) struct Listeners {
+    slots: Vec<Slot>,
+    next_id: u64,
+}
+
+/// Sockets bound for a snapshot, not yet serving.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// Slot id for each listener of the snapshot, by name.
+    pub(crate) ids: HashMap<String, u64>,
+    fresh: Vec<(u64, config::Listener, std::net::TcpListener, SocketAddr)>,
+}
+
+impl Listeners {
+    /// Binds what `wanted` needs and this node does not have yet.
+    pub(crate) fn prepare(&mut self, wanted: &[config::Listener]) -> Result<Prepared, Vec<ConfigError>> {
+        let mut ids = HashMap::new();
+        let mut fresh = Vec::new();
+        let mut errors = Vec::new();
+        let mut taken: Vec<u64> = Vec::new();
+        for l in wanted {
+            let reusable = self.slots.iter().find(|s| {
+                !taken.contains(&s.id)
+                    && s.address == l.address
+                    && s.protocol == l.protocol
+                    // A port-0 listener is only "the same" under the same name.
+                    && (!ephemeral(&l.address) || s.name == l.name)
+            });
+            if let Some(slot) = reusable {
+                taken.push(slot.id);
+                ids.insert(l.name.clone(), slot.id);
+                continue;
+            }
+            match bind(&l.address) {
+                Ok((socket, local)) => {
+                    self.next_id += 1;
+                    ids.insert(l.name.clone(), self.next_id);
+                    fresh.push((self.next_id, l.clone(), socket, local));
+                }
+                Err(message) => errors.push(ConfigError {
+                    kind: "listener",
+                    name: l.name.clone(),
+                    field: "address".into(),
+                    message,
+                }),
+            }
+        }
+        if errors.is_empty() { Ok(Prepared { ids, fresh }) } else { Err(errors) }
+    }
+
+    /// Starts the fresh listeners and stops those `prepared` did not keep.
+    pub(crate) fn commit(&mut self, prepared: Prepared, shared: &Arc<NodeShared>) {
+        let Prepared { ids, fresh } = prepared;
+        let kept: HashMap<u64, &String> = ids.iter().map(|(name, id)| (*id, name)).collect();
+        self.slots.retain_mut(|slot| match kept.get(&slot.id) {
+            Some(name) => {
+                slot.name = (*name).clone();
+                true
+            }
+            None => {
+                info!(listener = %slot.name, address = %slot.local, "listener removed");
+                slot.stop.send_replace(true);
+                false
+            }
+        });
+        for (id, spec, socket, local) in fresh {
+            let (stop, stopped) = watch::channel(false);
+            match TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    info!(listener = %spec.name, address = %local, "listener started");
+                    let span = info_span!("listener", name = %spec.name, address = %local);
+                    tokio::spawn(accept_loop(listener, id, shared.clone(), stopped).instrument(span));
+                }
+                Err(error) => warn!(listener = %spec.name, %error, "listener could not be registered"),
+            }
+            self.slots.push(Slot { id, name: spec.name, address: spec.address, protocol: spec.protocol, local, stop });
+        }
+    }
+
+    /// Bound address of a listener, by name.
+    pub(crate) fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.slots.iter().find(|s| s.name == name).map(|s| s.local)
+    }
+
+    /// `(name, bound address)` of every listener.
+    pub(crate) fn bound(&self) -> Vec<(String, SocketAddr)> {
+        self.slots.iter().map(|s| (s.name.clone(), s.local)).collect()
+    }
+
+    /// Stops every listener (node shutdown).
+    pub(crate) fn stop_all(&mut self) {
+        for slot in self.slots.drain(..) {
+            slot.stop.send_replace(true);
+        }
+    }
+}
+
+/// True for `ip:0`: every bind gets a new port.
+fn ephemeral(address: &str) -> bool {
+    address.parse::<SocketAddr>().is_ok_and(|a| a.port() == 0)
+}
+
+fn bind(address: &str) -> Result<(std::net::TcpListener, SocketAddr), String> {
+    let addr: SocketAddr = address.parse().map_err(|_| format!("'{address}' is not an ip:port address"))?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let describe = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!("{addr}: address in use"),
+        std::io::ErrorKind::AddrNotAvailable => format!("{addr}: address not available on this node"),
+        std::io::ErrorKind::PermissionDenied => format!("{addr}: permission denied"),
+        _ => format!("{addr}: {e}"),
+    };
+    socket.set_reuse_address(true).map_err(describe)?;
+    socket.set_nonblocking(true).map_err(describe)?;
+    socket.bind(&addr.into()).map_err(describe)?;
+    socket.listen(1024).map_err(describe)?;
+    let listener: std::net::TcpListener = socket.into();
+    let local = listener.local_addr().map_err(describe)?;
+    Ok((listener, local))
+}
+
+/// Completes once the stop flag is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn accept_loop(listener: TcpListener, slot: u64, shared: Arc<NodeShared>, mut stop: watch::Receiver<bool>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = proxy::Connection { shared: shared.clone(), slot, peer };
+        let builder = builder.clone();
+        let mut stop = stop.clone();
+        let span = info_span!("conn", %peer);
+        tokio::spawn(
+            async move {
+                let service = hyper::service::service_fn(move |req| conn.clone().handle(req));
+                let served = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(served);
+                let result = tokio::select! {
+                    result = served.as_mut() => result,
+                    () = stopped(&mut stop) => {
+                        served.as_mut().graceful_shutdown();
+                        served.await
+                    }
+                };
+                if let Err(error) = result {
+                    debug!(%error, "connection ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+    }
+    debug!("accept loop stopped");
+}

@@ -1,0 +1,109 @@
+//! Route selection for one listener, compiled once per snapshot.
+//!
+//! Precedence: an exact path match wins; otherwise the longest matching prefix; among
+//! prefixes of equal length, the route listed first in the config.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+
+/// A compiled route.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) name: Arc<str>,
+    pub(crate) timeout: Duration,
+    pub(crate) forward: WeightedClusters,
+}
+
+/// One or more clusters with cumulative weights.
+#[derive(Debug)]
+pub(crate) struct WeightedClusters {
+    /// `(cumulative weight, cluster)`, ascending.
+    clusters: Box<[(u32, Arc<Cluster>)]>,
+}
+
+impl WeightedClusters {
+    pub(crate) fn new(clusters: Vec<(u32, Arc<Cluster>)>) -> WeightedClusters {
+        let mut total = 0u32;
+        let clusters = clusters
+            .into_iter()
+            .map(|(w, c)| {
+                total = total.saturating_add(w.max(1));
+                (total, c)
+            })
+            .collect();
+        WeightedClusters { clusters }
+    }
+
+    pub(crate) fn pick(&self) -> Option<&Arc<Cluster>> {
+        match &*self.clusters {
+            [] => None,
+            [(_, only)] => Some(only),
+            many => {
+                let total = many.last().map_or(1, |(t, _)| *t);
+                let roll = rand::random_range(0..total);
+                many.iter().find(|(cumulative, _)| roll < *cumulative).map(|(_, c)| c)
+            }
+        }
+    }
+}
+
+/// The routes of one listener.
+#[derive(Debug, Default)]
+pub(crate) struct Router {
+    exact: HashMap<Box<str>, Arc<Route>>,
+    /// Longest first; equal lengths in config order.
+    prefixes: Vec<(Box<str>, Arc<Route>)>,
+}
+
+impl Router {
+    /// Adds a route; call in config order.
+    pub(crate) fn add_exact(&mut self, path: &str, route: Arc<Route>) {
+        self.exact.entry(path.into()).or_insert(route);
+    }
+
+    pub(crate) fn add_prefix(&mut self, prefix: &str, route: Arc<Route>) {
+        self.prefixes.push((prefix.into(), route));
+    }
+
+    /// Orders prefixes for lookup; call once after the last `add_*`.
+    pub(crate) fn finish(&mut self) {
+        // Stable: equal lengths keep config order.
+        self.prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    }
+
+    pub(crate) fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        if let Some(route) = self.exact.get(path) {
+            return Some(route);
+        }
+        self.prefixes.iter().find(|(p, _)| path.starts_with(&**p)).map(|(_, r)| r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str) -> Arc<Route> {
+        Arc::new(Route { name: name.into(), timeout: Duration::from_secs(1), forward: WeightedClusters::new(vec![]) })
+    }
+
+    #[test]
+    fn exact_beats_longest_prefix_beats_order() {
+        let mut r = Router::default();
+        r.add_prefix("/", route("root"));
+        r.add_prefix("/api", route("api"));
+        r.add_prefix("/api", route("api-shadowed"));
+        r.add_exact("/api/health", route("health"));
+        r.finish();
+        let name = |p: &str| r.find(p).map(|r| r.name.to_string());
+        assert_eq!(name("/api/health").as_deref(), Some("health"));
+        assert_eq!(name("/api/health/x").as_deref(), Some("api"));
+        assert_eq!(name("/apix").as_deref(), Some("api"));
+        assert_eq!(name("/other").as_deref(), Some("root"));
+        r.prefixes.retain(|(p, _)| &**p != "/");
+        assert!(r.find("/other").is_none());
+    }
+}

@@ -1,0 +1,81 @@
+//! A snapshot compiled for the hot path: routers per listener slot and clusters, all
+//! immutable. Built off the request path, swapped in whole with one `ArcSwap::store`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vane_proto::config::{Config, listener::Protocol, route, route_match};
+
+use crate::cluster::{Cluster, ClusterRegistry};
+use crate::duration_or;
+use crate::router::{Route, Router, WeightedClusters};
+
+/// Route timeout when a route sets none (Envoy's default).
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What requests run against.
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    pub(crate) version: u64,
+    pub(crate) sha256: String,
+    /// Router of each listener, by listener slot id.
+    pub(crate) listeners: HashMap<u64, Router>,
+    pub(crate) clusters: HashMap<Arc<str>, Arc<Cluster>>,
+}
+
+impl Runtime {
+    /// Compiles a validated config. `slots` maps listener names to their socket slots;
+    /// `previous` lends state (pools, round-robin cursors) to unchanged clusters.
+    pub(crate) fn compile(
+        version: u64,
+        sha256: String,
+        config: &Config,
+        slots: &HashMap<String, u64>,
+        previous: Option<&Runtime>,
+    ) -> Runtime {
+        let empty = HashMap::new();
+        let registry = ClusterRegistry::new(previous.map_or(&empty, |p| &p.clusters));
+        let clusters: HashMap<Arc<str>, Arc<Cluster>> =
+            config.clusters.iter().map(|c| registry.build(c)).map(|c| (c.name.clone(), c)).collect();
+
+        let http_listeners: Vec<&str> = config
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Http as i32)
+            .map(|l| l.name.as_str())
+            .collect();
+        let mut routers: HashMap<u64, Router> = HashMap::new();
+        for r in &config.routes {
+            let Some(route::Action::Forward(forward)) = &r.action else { continue };
+            let Some(path) = r.r#match.as_ref().and_then(|m| m.path.as_ref()) else { continue };
+            let weighted = forward
+                .clusters
+                .iter()
+                .filter_map(|wc| clusters.get(wc.name.as_str()).map(|c| (wc.weight, c.clone())))
+                .collect();
+            let compiled = Arc::new(Route {
+                name: r.name.as_str().into(),
+                timeout: duration_or(forward.timeout.as_ref(), DEFAULT_ROUTE_TIMEOUT),
+                forward: WeightedClusters::new(weighted),
+            });
+            let attached: Vec<&str> = if r.listeners.is_empty() {
+                http_listeners.clone()
+            } else {
+                r.listeners.iter().map(String::as_str).collect()
+            };
+            for listener in attached {
+                let Some(slot) = slots.get(listener) else { continue };
+                let router = routers.entry(*slot).or_default();
+                match path {
+                    route_match::Path::Prefix(p) => router.add_prefix(p, compiled.clone()),
+                    route_match::Path::Exact(p) => router.add_exact(p, compiled.clone()),
+                }
+            }
+        }
+        for router in routers.values_mut() {
+            router.finish();
+        }
+        Runtime { version, sha256, listeners: routers, clusters }
+    }
+}
