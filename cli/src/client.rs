@@ -83,11 +83,8 @@ impl Admin {
             println!("valid");
             return Ok(());
         }
-        let errors: Vec<String> = response
-            .errors
-            .iter()
-            .map(|e| format!("{} '{}': {}: {}", e.kind, e.name, e.field, e.message))
-            .collect();
+        let errors: Vec<String> =
+            response.errors.iter().map(|e| format!("{} '{}': {}: {}", e.kind, e.name, e.field, e.message)).collect();
         bail!("invalid config: {}", errors.join("; "))
     }
 

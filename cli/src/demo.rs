@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct EchoServer {
     addr: SocketAddr,
+    received: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -31,18 +33,29 @@ impl EchoServer {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let name: Arc<str> = name.into();
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = received.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let name = name.clone();
+                let counter = counter.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| echo(name.clone(), req));
+                    let service = hyper::service::service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        echo(name.clone(), req)
+                    });
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                 });
             }
         });
-        Ok(EchoServer { addr, task })
+        Ok(EchoServer { addr, received, task })
+    }
+
+    /// How many requests have arrived (counted before any delay).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// The bound address.

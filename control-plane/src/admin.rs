@@ -132,9 +132,17 @@ fn select(config: Config, kind: Kind, name: Option<&str>) -> Config {
     let keep = |k: Kind| kind == Kind::Unspecified || kind == k;
     let named = |n: &String| name.is_none_or(|want| want == n);
     Config {
-        listeners: if keep(Kind::Listener) { config.listeners.into_iter().filter(|r| named(&r.name)).collect() } else { vec![] },
+        listeners: if keep(Kind::Listener) {
+            config.listeners.into_iter().filter(|r| named(&r.name)).collect()
+        } else {
+            vec![]
+        },
         routes: if keep(Kind::Route) { config.routes.into_iter().filter(|r| named(&r.name)).collect() } else { vec![] },
-        clusters: if keep(Kind::Cluster) { config.clusters.into_iter().filter(|r| named(&r.name)).collect() } else { vec![] },
+        clusters: if keep(Kind::Cluster) {
+            config.clusters.into_iter().filter(|r| named(&r.name)).collect()
+        } else {
+            vec![]
+        },
     }
 }
 
@@ -146,7 +154,6 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Cluster => "cluster",
     }
 }
-
 
 #[tonic::async_trait]
 impl ConfigService for AdminService {

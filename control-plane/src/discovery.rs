@@ -40,10 +40,7 @@ type Outbound = mpsc::Sender<Result<ControlMessage, Status>>;
 impl DiscoveryService for DiscoveryServer {
     type StreamStream = ReceiverStream<Result<ControlMessage, Status>>;
 
-    async fn stream(
-        &self,
-        request: Request<Streaming<NodeMessage>>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+    async fn stream(&self, request: Request<Streaming<NodeMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(2);
@@ -97,7 +94,8 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
                     break;
                 }
                 debug!(node = %node_id, version = p.version, "snapshot sent");
-                pending = Some(Pending { version: p.version, nonce, sha256: p.sha256.clone(), sent_at: Instant::now() });
+                pending =
+                    Some(Pending { version: p.version, nonce, sha256: p.sha256.clone(), sent_at: Instant::now() });
             }
         }
         tokio::select! {

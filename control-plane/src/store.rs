@@ -75,10 +75,8 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Open { path: dir.to_owned(), source: sled::Error::Io(e) })?;
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|source| StoreError::Open { path: dir.to_owned(), source })?;
+        let db =
+            sled::Config::new().path(dir).open().map_err(|source| StoreError::Open { path: dir.to_owned(), source })?;
         let versions = db.open_tree("versions")?;
         let history = db.open_tree("history")?;
         let meta = db.open_tree("meta")?;
@@ -86,9 +84,10 @@ impl SledStore {
             Some(f) if f.as_ref() == FORMAT => {}
             Some(_) => return Err(StoreError::Foreign { path: dir.to_owned() }),
             None => {
-                let foreign_trees = db.tree_names().iter().any(|t| {
-                    !matches!(t.as_ref(), b"versions" | b"history" | b"meta" | b"__sled__default")
-                });
+                let foreign_trees = db
+                    .tree_names()
+                    .iter()
+                    .any(|t| !matches!(t.as_ref(), b"versions" | b"history" | b"meta" | b"__sled__default"));
                 if !db.is_empty() || !versions.is_empty() || foreign_trees {
                     return Err(StoreError::Foreign { path: dir.to_owned() });
                 }

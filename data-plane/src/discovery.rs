@@ -59,8 +59,7 @@ async fn session(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<NodeMessage>(4);
     let (version_held, hash_held) = shared.held();
-    let hello =
-        Hello { node_id: config.node_id.clone(), labels: config.labels.clone(), version_held, hash_held };
+    let hello = Hello { node_id: config.node_id.clone(), labels: config.labels.clone(), version_held, hash_held };
     let _ = tx.send(NodeMessage { message: Some(node_message::Message::Hello(hello)) }).await;
     let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
     shared.connected.store(true, Ordering::Relaxed);
@@ -79,7 +78,8 @@ async fn session(
 
 async fn apply(shared: &Arc<NodeShared>, config: &NodeConfig, snapshot: Snapshot) -> NodeMessage {
     let (version, nonce) = (snapshot.version, snapshot.nonce.clone());
-    let mut result = shared.apply_snapshot(&snapshot).map_err(|errors| errors.into_iter().map(ValidationError::from).collect());
+    let mut result =
+        shared.apply_snapshot(&snapshot).map_err(|errors| errors.into_iter().map(ValidationError::from).collect());
     if let (Ok(()), Some(dir)) = (&result, config.cache_dir.clone()) {
         let written = tokio::task::spawn_blocking(move || cache::write(&dir, &snapshot)).await;
         // The runtime is already serving; a cache failure is reported, not rolled back.

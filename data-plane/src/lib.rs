@@ -148,7 +148,8 @@ impl Node {
         let mut tasks = Vec::new();
         let mut admin_addr = None;
         if let Some(addr) = config.admin {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| NodeError::Admin { addr, source })?;
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| NodeError::Admin { addr, source })?;
             admin_addr = listener.local_addr().ok();
             tasks.push(tokio::spawn(admin::serve(listener, shared.clone())));
         }

@@ -90,7 +90,8 @@ fn upstream_request(req: Request<Incoming>, cluster: &Cluster, peer: SocketAddr)
         .get(header::HOST)
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let path_and_query =
+        parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     parts.uri = Uri::builder()
         .scheme(http::uri::Scheme::HTTP)
         .authority(endpoint.authority.clone())

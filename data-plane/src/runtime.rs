@@ -39,12 +39,8 @@ impl Runtime {
         let clusters: HashMap<Arc<str>, Arc<Cluster>> =
             config.clusters.iter().map(|c| registry.build(c)).map(|c| (c.name.clone(), c)).collect();
 
-        let http_listeners: Vec<&str> = config
-            .listeners
-            .iter()
-            .filter(|l| l.protocol == Protocol::Http as i32)
-            .map(|l| l.name.as_str())
-            .collect();
+        let http_listeners: Vec<&str> =
+            config.listeners.iter().filter(|l| l.protocol == Protocol::Http as i32).map(|l| l.name.as_str()).collect();
         let mut routers: HashMap<u64, Router> = HashMap::new();
         for r in &config.routes {
             let Some(route::Action::Forward(forward)) = &r.action else { continue };

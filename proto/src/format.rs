@@ -41,7 +41,9 @@ impl LoadError {
     fn new(format: Format, raw: String) -> LoadError {
         // pbjson reports two members of one oneof as a duplicate field; say what it means.
         let message = if raw.contains("duplicate field") {
-            format!("{raw} (a field was given twice, or two alternatives of one choice were set, e.g. both `prefix` and `exact`)")
+            format!(
+                "{raw} (a field was given twice, or two alternatives of one choice were set, e.g. both `prefix` and `exact`)"
+            )
         } else {
             raw
         };
@@ -108,10 +110,7 @@ routes:
         assert_eq!(config.listeners[0].address, "127.0.0.1:8080");
         assert_eq!(config.clusters[0].endpoints[0].weight, 3);
         let route = &config.routes[0];
-        assert_eq!(
-            route.r#match.as_ref().unwrap().path,
-            Some(crate::config::route_match::Path::Prefix("/api".into()))
-        );
+        assert_eq!(route.r#match.as_ref().unwrap().path, Some(crate::config::route_match::Path::Prefix("/api".into())));
         assert!(crate::validate(&config).is_ok());
     }
 
@@ -143,9 +142,8 @@ routes:
 
     #[test]
     fn two_path_kinds_are_explained() {
-        let err = load("routes:\n  - name: r\n    match: { prefix: /a, exact: /b }\n", Format::Yaml)
-            .unwrap_err()
-            .to_string();
+        let err =
+            load("routes:\n  - name: r\n    match: { prefix: /a, exact: /b }\n", Format::Yaml).unwrap_err().to_string();
         assert!(err.contains("both `prefix` and `exact`"), "{err}");
     }
 

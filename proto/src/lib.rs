@@ -40,8 +40,8 @@ mod generated {
     }
 }
 
-pub use generated::vane::{admin::v1 as admin, config::v1 as config, discovery::v1 as discovery};
 pub use generated::vane::store::v1 as store;
+pub use generated::vane::{admin::v1 as admin, config::v1 as config, discovery::v1 as discovery};
 
 pub use format::{Format, LoadError, config_sha256, load, render};
 pub use validate::{ConfigError, ValidationErrors, validate};

@@ -105,7 +105,9 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             let field = format!("endpoints[{j}].address");
             match e.address.parse::<SocketAddr>() {
                 Err(_) => v.err("cluster", &name, &field, format!("'{}' is not an ip:port address", e.address)),
-                Ok(addr) if addr.port() == 0 => v.err("cluster", &name, &field, "port 0 is not a valid upstream port".into()),
+                Ok(addr) if addr.port() == 0 => {
+                    v.err("cluster", &name, &field, "port 0 is not a valid upstream port".into())
+                }
                 Ok(addr) => {
                     if !seen.insert(addr) {
                         v.err("cluster", &name, &field, format!("{addr} is listed twice"));
@@ -134,10 +136,20 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
                 }
                 for (j, wc) in f.clusters.iter().enumerate() {
                     if !clusters.contains(wc.name.as_str()) {
-                        v.err("route", &name, &format!("forward.clusters[{j}].name"), format!("unknown cluster '{}'", wc.name));
+                        v.err(
+                            "route",
+                            &name,
+                            &format!("forward.clusters[{j}].name"),
+                            format!("unknown cluster '{}'", wc.name),
+                        );
                     }
                     if wc.weight > MAX_WEIGHT {
-                        v.err("route", &name, &format!("forward.clusters[{j}].weight"), format!("must be at most {MAX_WEIGHT}"));
+                        v.err(
+                            "route",
+                            &name,
+                            &format!("forward.clusters[{j}].weight"),
+                            format!("must be at most {MAX_WEIGHT}"),
+                        );
                     }
                 }
                 v.duration("route", &name, "forward.timeout", f.timeout.as_ref());
@@ -223,7 +235,9 @@ mod tests {
 
     #[test]
     fn dangling_cluster_reference_names_the_field() {
-        let errs = errors(&format!("{BASE}routes:\n  - name: r\n    match: {{prefix: /}}\n    forward: {{clusters: [{{name: nope}}]}}\n"));
+        let errs = errors(&format!(
+            "{BASE}routes:\n  - name: r\n    match: {{prefix: /}}\n    forward: {{clusters: [{{name: nope}}]}}\n"
+        ));
         assert_eq!(errs, vec!["route 'r': forward.clusters[0].name: unknown cluster 'nope'"]);
     }
 
@@ -235,14 +249,24 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_refused() {
-        let errs = errors("listeners:\n  - {name: l, address: 'localhost:80'}\nclusters:\n  - name: c\n    endpoints: [{address: '127.0.0.1'}]\n");
-        assert!(errs.contains(&"listener 'l': address: 'localhost:80' is not an ip:port address".to_string()), "{errs:?}");
-        assert!(errs.contains(&"cluster 'c': endpoints[0].address: '127.0.0.1' is not an ip:port address".to_string()), "{errs:?}");
+        let errs = errors(
+            "listeners:\n  - {name: l, address: 'localhost:80'}\nclusters:\n  - name: c\n    endpoints: [{address: '127.0.0.1'}]\n",
+        );
+        assert!(
+            errs.contains(&"listener 'l': address: 'localhost:80' is not an ip:port address".to_string()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.contains(&"cluster 'c': endpoints[0].address: '127.0.0.1' is not an ip:port address".to_string()),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn empty_endpoints_and_bad_prefix_are_refused() {
-        let errs = errors("clusters:\n  - name: c\nroutes:\n  - name: r\n    match: {prefix: api}\n    forward: {clusters: [{name: c}]}\n");
+        let errs = errors(
+            "clusters:\n  - name: c\nroutes:\n  - name: r\n    match: {prefix: api}\n    forward: {clusters: [{name: c}]}\n",
+        );
         assert_eq!(
             errs,
             vec![
@@ -254,16 +278,22 @@ mod tests {
 
     #[test]
     fn unknown_listener_and_missing_match_are_refused() {
-        let errs = errors(&format!("{BASE}routes:\n  - name: r\n    listeners: [web]\n    forward: {{clusters: [{{name: c}}]}}\n"));
+        let errs = errors(&format!(
+            "{BASE}routes:\n  - name: r\n    listeners: [web]\n    forward: {{clusters: [{{name: c}}]}}\n"
+        ));
         assert_eq!(
             errs,
-            vec!["route 'r': match: a path match (prefix or exact) is required", "route 'r': listeners[0]: unknown listener 'web'"]
+            vec![
+                "route 'r': match: a path match (prefix or exact) is required",
+                "route 'r': listeners[0]: unknown listener 'web'"
+            ]
         );
     }
 
     #[test]
     fn two_listeners_on_one_address_are_refused() {
-        let errs = errors("listeners:\n  - {name: a, address: '127.0.0.1:8080'}\n  - {name: b, address: '127.0.0.1:8080'}\n");
+        let errs =
+            errors("listeners:\n  - {name: a, address: '127.0.0.1:8080'}\n  - {name: b, address: '127.0.0.1:8080'}\n");
         assert_eq!(errs, vec!["listener 'b': address: 127.0.0.1:8080 is already used by listener 'a'"]);
     }
 

@@ -1,1 +1,306 @@
-//! placeholder
+//! The shared end-to-end harness: a control plane on a temp dir, nodes, echo upstreams
+//! that say who answered, the real `vane` binary, an HTTP client, and `eventually`.
+//!
+//! Every server binds `127.0.0.1:0` and reports its port; nothing sleeps to synchronise:
+//! waits poll a condition until a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+pub use vane::demo::EchoServer;
+use vane_control_plane::{ControlPlane, ControlPlaneConfig};
+use vane_data_plane::{Node, NodeConfig};
+use vane_proto::admin::config_service_client::ConfigServiceClient;
+use vane_proto::admin::{ApplyRequest, ApplyResponse};
+use vane_proto::{Format, load};
+
+/// Logs to the test's captured output when `RUST_LOG` is set.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` until it yields `Some`, or fails after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An in-process control plane on a temp dir (or a given dir).
+#[derive(Debug)]
+pub struct TestControlPlane {
+    pub addr: SocketAddr,
+    pub plane: ControlPlane,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestControlPlane {
+    pub async fn start() -> TestControlPlane {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cp = TestControlPlane::start_in(dir.path().to_owned()).await;
+        cp._dir = Some(dir);
+        cp
+    }
+
+    pub async fn start_in(data_dir: PathBuf) -> TestControlPlane {
+        let plane = ControlPlane::open(ControlPlaneConfig { data_dir }).await.expect("control plane opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = plane.clone();
+        let task = tokio::spawn(async move {
+            server
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("control plane serves");
+        });
+        TestControlPlane { addr, plane, stop: Some(stop), task, _dir: None }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts a node of this control plane.
+    pub async fn node(&self, id: &str) -> Node {
+        start_node(id, &self.url(), None).await
+    }
+
+    /// Applies YAML through the admin API (as any gRPC client would).
+    pub async fn apply(&self, yaml: &str) -> Result<ApplyResponse, tonic::Status> {
+        let config = load(yaml, Format::Yaml).expect("test yaml loads");
+        let mut client = ConfigServiceClient::connect(self.url()).await.expect("admin client connects");
+        client
+            .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0 })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Stops serving and waits until the server is gone.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for TestControlPlane {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a node with an admin endpoint on an ephemeral port.
+pub async fn start_node(id: &str, control_plane: &str, cache_dir: Option<PathBuf>) -> Node {
+    Node::start(NodeConfig {
+        node_id: id.into(),
+        control_plane: control_plane.into(),
+        cache_dir,
+        admin: Some("127.0.0.1:0".parse().expect("addr")),
+        labels: [("test".to_owned(), id.to_owned())].into(),
+    })
+    .await
+    .expect("node starts")
+}
+
+/// Waits until `node` serves `version`.
+pub async fn wait_version(node: &Node, version: u64) {
+    eventually(Duration::from_secs(10), &format!("node at version {version}"), || async {
+        (node.version() == version).then_some(())
+    })
+    .await;
+}
+
+/// Waits until `node` has a listener named `name` and returns its address.
+pub async fn listener(node: &Node, name: &str) -> SocketAddr {
+    eventually(Duration::from_secs(10), &format!("listener {name}"), || async { node.listener_addr(name) }).await
+}
+
+/// A response, body read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The `x-backend` header the echo servers set, or "" for a local answer.
+    pub fn backend(&self) -> &str {
+        self.headers.get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// An HTTP/1.1 keep-alive client (or h2c prior knowledge).
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient { client: Client::builder(TokioExecutor::new()).build_http() }
+    }
+}
+
+impl HttpClient {
+    pub fn h2c() -> HttpClient {
+        HttpClient { client: Client::builder(TokioExecutor::new()).http2_only(true).build_http() }
+    }
+
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<Reply> {
+        self.send(Request::get(format!("http://{addr}{path}")).body(Full::default())?).await
+    }
+
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> anyhow::Result<Reply> {
+        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .context("request timed out")??;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() })
+    }
+}
+
+/// Path of the real `vane` binary, built beside the test binaries.
+pub fn vane_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("vane{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} is missing: run the tests with `cargo test --workspace`", bin.display());
+    bin
+}
+
+/// What a finished `vane` command printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `vane ARGS` against `server` and waits for it.
+pub async fn vane(server: &str, args: &[&str]) -> CliOutput {
+    let output = tokio::process::Command::new(vane_bin())
+        .args(args)
+        .env("VANE_SERVER", server)
+        .env_remove("VANE_TOKEN")
+        .stdin(Stdio::null())
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("vane command finished in time")
+        .expect("vane command runs");
+    CliOutput {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Writes `yaml` to a file in `dir` and returns its path as a string.
+pub fn write_yaml(dir: &Path, name: &str, yaml: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).expect("write yaml");
+    path.to_string_lossy().into_owned()
+}
+
+/// A `vane` server process (control plane or proxy), killed when dropped.
+#[derive(Debug)]
+pub struct VaneProcess {
+    child: tokio::process::Child,
+    /// The first line it printed on stdout (its readiness line).
+    pub banner: String,
+}
+
+impl VaneProcess {
+    /// Starts `vane ARGS` and waits for its readiness line on stdout.
+    pub async fn start(args: &[&str]) -> anyhow::Result<VaneProcess> {
+        let mut child = tokio::process::Command::new(vane_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let banner = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .context("no readiness line in time")??
+            .ok_or_else(|| anyhow!("vane exited before it was ready"))?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(VaneProcess { child, banner })
+    }
+
+    /// The control plane's URL, read from `vane control-plane listening on ADDR ...`.
+    pub fn control_plane_url(&self) -> anyhow::Result<String> {
+        let addr = self
+            .banner
+            .strip_prefix("vane control-plane listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .ok_or_else(|| anyhow!("unexpected banner: {}", self.banner))?;
+        Ok(format!("http://{addr}"))
+    }
+
+    /// SIGKILL, then reap.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+/// A YAML config with one HTTP listener on an ephemeral port, the given clusters
+/// (name → endpoints) and routes (name, prefix, cluster).
+pub fn config_yaml(clusters: &[(&str, &[SocketAddr])], routes: &[(&str, &str, &str)]) -> String {
+    let mut yaml = String::from("listeners:\n  - name: web\n    address: 127.0.0.1:0\nclusters:\n");
+    for (name, endpoints) in clusters {
+        yaml.push_str(&format!("  - name: {name}\n    endpoints:\n"));
+        for e in *endpoints {
+            yaml.push_str(&format!("      - address: \"{e}\"\n"));
+        }
+    }
+    yaml.push_str("routes:\n");
+    for (name, prefix, cluster) in routes {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    match: {{ prefix: \"{prefix}\" }}\n    forward: {{ clusters: [{{ name: {cluster} }}] }}\n"
+        ));
+    }
+    yaml
+}
+
+/// Fails unless `cond`, with a message (for use in `?` chains).
+pub fn ensure(cond: bool, message: impl Into<String>) -> anyhow::Result<()> {
+    if cond { Ok(()) } else { bail!(message.into()) }
+}

@@ -1,0 +1,116 @@
+//! The HTTP path: local answers, forwarding headers, h2c, listeners opened and closed.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use vane_suite::*;
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_slow_upstream_is_504_unknown_path_is_404() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // dropped: nothing listens
+    let mut yaml = config_yaml(&[("echo", &[e1.addr()]), ("dead", &[closed])], &[("dead", "/dead", "dead")]);
+    yaml.push_str(
+        "  - name: slow\n    match: { prefix: /slow }\n    forward: { clusters: [{ name: echo }], timeout: 0.2s }\n",
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+    assert_eq!(client.get(web, "/dead/x").await.unwrap().status, 502);
+    assert_eq!(client.get(web, "/slow?delay_ms=3000").await.unwrap().status, 504);
+    assert_eq!(client.get(web, "/slow?delay_ms=0").await.unwrap().status, 200);
+    assert_eq!(client.get(web, "/nothing").await.unwrap().status, 404);
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")])).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+
+    let req = Request::get(format!("http://{web}/h"))
+        .header("host", "shop.example")
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-keep", "yes")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let body = client.send(req).await.unwrap().body;
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "the peer, not the client's claim:\n{body}");
+    assert!(!body.contains("6.6.6.6"), "{body}");
+    assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+    assert!(body.contains("x-forwarded-host: shop.example\n"), "{body}");
+    assert!(body.contains("host: shop.example\n"), "the Host header is kept:\n{body}");
+    assert!(body.contains("x-keep: yes\n"), "{body}");
+    assert!(!body.contains("x-private"), "headers named by Connection are removed:\n{body}");
+    let id = body.lines().find_map(|l| l.strip_prefix("x-request-id: ")).expect("a request id is generated");
+    assert_eq!(id.len(), 36);
+
+    let req = Request::get(format!("http://{web}/h")).header("x-request-id", "abc-123").body(Full::default()).unwrap();
+    assert!(client.send(req).await.unwrap().body.contains("x-request-id: abc-123\n"), "an incoming id is kept");
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_and_http1_share_a_listener() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")])).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let h2 = HttpClient::h2c().get(web, "/over-h2").await.unwrap();
+    assert_eq!((h2.status.as_u16(), h2.backend()), (200, "echo-1"));
+    assert!(h2.body.contains("GET /over-h2"), "{}", h2.body);
+    let h1 = HttpClient::default().get(web, "/over-h1").await.unwrap();
+    assert_eq!(h1.status, 200);
+}
+
+#[tokio::test]
+async fn listeners_open_and_close_with_snapshots_and_in_flight_requests_finish() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let base = config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")]);
+    let two = base.replacen("listeners:\n", "listeners:\n  - name: extra\n    address: 127.0.0.1:0\n", 1);
+    cp.apply(&two).await.unwrap();
+    wait_version(&node, 1).await;
+    let extra = listener(&node, "extra").await;
+    let client = HttpClient::default();
+    assert_eq!(client.get(extra, "/x").await.unwrap().status, 200, "an added listener serves");
+
+    // A slow request is in flight on `extra` when a snapshot removes it.
+    let before = e1.received();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(extra, "/slow?delay_ms=700").await }
+    });
+    eventually(Duration::from_secs(5), "the slow request reached the upstream", || async {
+        (e1.received() > before).then_some(())
+    })
+    .await;
+    cp.apply(&base).await.unwrap();
+    wait_version(&node, 2).await;
+    assert_eq!(node.listener_addr("extra"), None);
+    eventually(Duration::from_secs(5), "the removed listener's port is closed", || async {
+        tokio::net::TcpStream::connect(extra).await.is_err().then_some(())
+    })
+    .await;
+    let finished = slow.await.unwrap().unwrap();
+    assert_eq!(finished.status, 200, "the request in flight finished");
+    let web = listener(&node, "web").await;
+    assert_eq!(client.get(web, "/x").await.unwrap().status, 200, "the kept listener still serves");
+}

@@ -1,0 +1,72 @@
+//! The control plane and nodes as separate `vane` processes; restarts.
+
+use std::time::Duration;
+
+use vane_suite::*;
+
+#[tokio::test]
+async fn control_plane_restarted_on_the_same_data_dir_serves_the_same_latest_version() {
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("store");
+    let data_dir = data_dir.to_str().unwrap();
+    let cp = VaneProcess::start(&["control-plane", "--data-dir", data_dir, "--listen", "127.0.0.1:0"]).await.unwrap();
+    let url = cp.control_plane_url().unwrap();
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let v1 = write_yaml(data.path(), "v1.yaml", &config_yaml(&[("echo", &[e1.addr()])], &[("api", "/api", "echo")]));
+    let v2 = write_yaml(data.path(), "v2.yaml", &config_yaml(&[("echo", &[e1.addr()])], &[("api", "/v2", "echo")]));
+    assert!(vane(&url, &["apply", "-f", &v1]).await.success);
+    let out = vane(&url, &["apply", "-f", &v2]).await;
+    assert!(out.stdout.starts_with("applied version 2"), "{}", out.stdout);
+    let before = vane(&url, &["get", "routes", "-o", "yaml"]).await.stdout;
+
+    // SIGKILL: acknowledged versions are durable.
+    cp.kill().await.unwrap();
+    let cp = VaneProcess::start(&["control-plane", "--data-dir", data_dir, "--listen", "127.0.0.1:0"]).await.unwrap();
+    assert!(cp.banner.ends_with("(version 2)"), "{}", cp.banner);
+    let url = cp.control_plane_url().unwrap();
+    assert_eq!(vane(&url, &["get", "routes", "-o", "yaml"]).await.stdout, before);
+    assert!(before.contains("prefix: /v2"), "{before}");
+    let history = vane(&url, &["history"]).await.stdout;
+    assert_eq!(history.lines().nth(1).and_then(|l| l.split_whitespace().next()), Some("2"), "{history}");
+
+    // A node (a real `vane proxy` process) gets version 2 from the restarted plane.
+    let proxy = VaneProcess::start(&["proxy", "--control-plane", &url, "--node-id", "n1", "--admin", "127.0.0.1:0"])
+        .await
+        .unwrap();
+    assert!(proxy.banner.starts_with("vane proxy n1 admin on 127.0.0.1:"), "{}", proxy.banner);
+    let admin = proxy.banner.rsplit(' ').next().unwrap().parse().unwrap();
+    let client = HttpClient::default();
+    let config = eventually(Duration::from_secs(10), "node serves version 2", || async {
+        let reply = client.get(admin, "/config").await.ok()?;
+        let json: serde_json::Value = serde_json::from_str(&reply.body).ok()?;
+        (json["version"] == 2).then_some(json)
+    })
+    .await;
+    let web = config["listeners"]["web"].as_str().unwrap().parse().unwrap();
+    assert_eq!(client.get(web, "/v2/x").await.unwrap().backend(), "echo-1");
+    assert_eq!(client.get(admin, "/ready").await.unwrap().body, "ready\n");
+}
+
+#[tokio::test]
+async fn node_restarted_while_the_control_plane_is_down_serves_its_cached_snapshot_as_stale() {
+    init_logs();
+    let cache = tempfile::tempdir().unwrap();
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let cp = TestControlPlane::start().await;
+    let url = cp.url();
+    {
+        let node = start_node("n1", &url, Some(cache.path().to_owned())).await;
+        cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("api", "/api", "echo")])).await.unwrap();
+        wait_version(&node, 1).await;
+    }
+    cp.stop().await;
+
+    let node = start_node("n1", &url, Some(cache.path().to_owned())).await;
+    assert_eq!(node.version(), 1, "booted from the cached snapshot");
+    let client = HttpClient::default();
+    let web = listener(&node, "web").await;
+    assert_eq!(client.get(web, "/api/x").await.unwrap().backend(), "echo-1");
+    let ready = client.get(node.admin_addr().unwrap(), "/ready").await.unwrap();
+    assert_eq!((ready.status.as_u16(), ready.body.as_str()), (200, "stale\n"));
+}
