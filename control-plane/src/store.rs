@@ -7,6 +7,7 @@
 //! and `latest` version.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use sled::Transactional;
@@ -26,6 +27,8 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    #[error("data dir {path} is in use by another process (is another control plane running on it?)")]
+    Locked { path: PathBuf },
     #[error("data dir {path} is not a vane data dir (it holds other data); pick an empty or vane-owned dir")]
     Foreign { path: PathBuf },
     #[error("store i/o: {0}")]
@@ -75,8 +78,7 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Open { path: dir.to_owned(), source: sled::Error::Io(e) })?;
-        let db =
-            sled::Config::new().path(dir).open().map_err(|source| StoreError::Open { path: dir.to_owned(), source })?;
+        let db = open_waiting_for_lock(dir)?;
         let versions = db.open_tree("versions")?;
         let history = db.open_tree("history")?;
         let meta = db.open_tree("meta")?;
@@ -157,6 +159,28 @@ impl Store for SledStore {
     }
 }
 
+/// How long `open` waits for another holder of the data dir to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens sled, waiting briefly while the dir is locked: a process that just exited (or a
+/// dropped handle whose flusher thread has not stopped yet) releases it within moments.
+fn open_waiting_for_lock(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => return Ok(db),
+            // sled reports lock contention only as an io error with this text.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Locked { path: dir.to_owned() });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => return Err(StoreError::Open { path: dir.to_owned(), source }),
+        }
+    }
+}
+
 fn u64_from(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
@@ -196,6 +220,14 @@ mod tests {
         let history: Vec<u64> = store.history(0).unwrap().iter().map(|h| h.version).collect();
         assert_eq!(history, vec![2, 1]);
         assert!(store.history(1).unwrap()[0].config.is_none());
+    }
+
+    #[test]
+    fn a_dir_held_by_another_store_is_reported_as_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = SledStore::open(dir.path()).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("in use by another process"), "{err}");
     }
 
     #[test]
