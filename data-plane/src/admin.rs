@@ -1,6 +1,6 @@
 //! The node's admin endpoint: `/ready` (200 `ready`, 200 `stale` when serving a cached
 //! snapshot the control plane has not confirmed, 503 before any config) and `/config`
-//! (JSON: node id, version and hash held, bound listeners).
+//! (JSON: node id, version and hash held, bound listeners) and `/metrics` (Prometheus).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -65,7 +65,14 @@ fn answer(shared: &NodeShared, req: &Request<Incoming>) -> Response<Full<Bytes>>
             response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
             response
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /ready or /config\n"),
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: try /ready, /config or /metrics\n"),
     }
 }
 

@@ -12,6 +12,7 @@ mod cache;
 mod cluster;
 mod discovery;
 mod listeners;
+mod metrics;
 mod proxy;
 mod router;
 mod runtime;
@@ -69,6 +70,7 @@ pub(crate) struct NodeShared {
     /// Serving a cached snapshot the control plane has not confirmed.
     pub(crate) stale: AtomicBool,
     pub(crate) connected: AtomicBool,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 impl NodeShared {
@@ -92,13 +94,16 @@ impl NodeShared {
         let mut listeners = self.listeners();
         let prepared = listeners.prepare(&config.listeners)?;
         let previous = self.runtime.load_full();
-        let runtime = runtime::Runtime::compile(
-            snapshot.version,
-            snapshot.sha256.clone(),
-            config,
-            &prepared.ids,
-            previous.as_deref(),
-        );
+        let runtime = self.metrics.rebuild(|metrics| {
+            runtime::Runtime::compile(
+                snapshot.version,
+                snapshot.sha256.clone(),
+                config,
+                &prepared.ids,
+                previous.as_deref(),
+                metrics,
+            )
+        });
         self.runtime.store(Some(Arc::new(runtime)));
         listeners.commit(prepared, self);
         info!(version = snapshot.version, "snapshot applied");
@@ -131,6 +136,7 @@ impl Node {
             listeners: Mutex::default(),
             stale: AtomicBool::new(false),
             connected: AtomicBool::new(false),
+            metrics: metrics::Metrics::default(),
         });
         if let Some(dir) = &config.cache_dir {
             match cache::read(dir) {

@@ -17,6 +17,7 @@ use tracing::debug;
 
 use crate::NodeShared;
 use crate::cluster::Cluster;
+use crate::router::Route;
 
 /// Response bodies: streamed from upstream, or a short local answer.
 pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -54,30 +55,44 @@ impl Connection {
         let Some(runtime) = self.shared.runtime.load_full() else {
             return Ok(local(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n"));
         };
-        let Some(route) = runtime.listeners.get(&self.slot).and_then(|router| router.find(req.uri().path())) else {
+        let Some(router) = runtime.listeners.get(&self.slot) else {
             return Ok(local(StatusCode::NOT_FOUND, "no route\n"));
         };
-        let Some(cluster) = route.forward.pick() else {
+        let Some(entry) = router.find(req.uri().path()) else {
+            router.unrouted.record(404);
+            return Ok(local(StatusCode::NOT_FOUND, "no route\n"));
+        };
+        let Some((index, cluster)) = entry.route.forward.pick() else {
+            router.unrouted.record(503);
             return Ok(local(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n"));
         };
-        let Some(upstream) = upstream_request(req, cluster, self.peer) else {
-            return Ok(local(StatusCode::BAD_REQUEST, "bad request\n"));
-        };
-        let response = match tokio::time::timeout(route.timeout, cluster.client.request(upstream)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                debug!(route = %route.name, cluster = %cluster.name, %error, "upstream failed");
-                return Ok(local(StatusCode::BAD_GATEWAY, "upstream unavailable\n"));
-            }
-            Err(_) => {
-                debug!(route = %route.name, cluster = %cluster.name, "upstream timed out");
-                return Ok(local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"));
-            }
-        };
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Either::Left(body)))
+        let response = forward(&entry.route, cluster, req, self.peer).await;
+        if let Some(counters) = entry.counters.get(index) {
+            counters.record(response.status().as_u16());
+        }
+        Ok(response)
     }
+}
+
+/// Sends the request to `cluster` and streams the answer back, or answers locally.
+async fn forward(route: &Route, cluster: &Cluster, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    let Some(upstream) = upstream_request(req, cluster, peer) else {
+        return local(StatusCode::BAD_REQUEST, "bad request\n");
+    };
+    let response = match tokio::time::timeout(route.timeout, cluster.client.request(upstream)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            debug!(route = %route.name, cluster = %cluster.name, %error, "upstream failed");
+            return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
+        }
+        Err(_) => {
+            debug!(route = %route.name, cluster = %cluster.name, "upstream timed out");
+            return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+        }
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Either::Left(body))
 }
 
 /// Rewrites a downstream request for `cluster`'s next endpoint; `None` when the request

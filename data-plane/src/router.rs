@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::Cluster;
+use crate::metrics::RequestCounters;
 
 /// A compiled route.
 #[derive(Debug)]
@@ -37,34 +38,54 @@ impl WeightedClusters {
         WeightedClusters { clusters }
     }
 
-    pub(crate) fn pick(&self) -> Option<&Arc<Cluster>> {
+    /// The cluster for the next request and its index in the route's list.
+    pub(crate) fn pick(&self) -> Option<(usize, &Arc<Cluster>)> {
         match &*self.clusters {
             [] => None,
-            [(_, only)] => Some(only),
+            [(_, only)] => Some((0, only)),
             many => {
                 let total = many.last().map_or(1, |(t, _)| *t);
                 let roll = rand::random_range(0..total);
-                many.iter().find(|(cumulative, _)| roll < *cumulative).map(|(_, c)| c)
+                many.iter().position(|(cumulative, _)| roll < *cumulative).and_then(|i| Some((i, &many.get(i)?.1)))
             }
         }
     }
+
+    /// The clusters, in config order.
+    pub(crate) fn clusters(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.clusters.iter().map(|(_, c)| c)
+    }
+}
+
+/// A route as one listener holds it: with that listener's counters, one per cluster of
+/// the route (same order as `forward`).
+#[derive(Debug)]
+pub(crate) struct RouteEntry {
+    pub(crate) route: Arc<Route>,
+    pub(crate) counters: Box<[Arc<RequestCounters>]>,
 }
 
 /// The routes of one listener.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Router {
-    exact: HashMap<Box<str>, Arc<Route>>,
+    exact: HashMap<Box<str>, Arc<RouteEntry>>,
     /// Longest first; equal lengths in config order.
-    prefixes: Vec<(Box<str>, Arc<Route>)>,
+    prefixes: Vec<(Box<str>, Arc<RouteEntry>)>,
+    /// Counts requests no route took (and requests refused before routing).
+    pub(crate) unrouted: Arc<RequestCounters>,
 }
 
 impl Router {
+    pub(crate) fn new(unrouted: Arc<RequestCounters>) -> Router {
+        Router { exact: HashMap::new(), prefixes: Vec::new(), unrouted }
+    }
+
     /// Adds a route; call in config order.
-    pub(crate) fn add_exact(&mut self, path: &str, route: Arc<Route>) {
+    pub(crate) fn add_exact(&mut self, path: &str, route: Arc<RouteEntry>) {
         self.exact.entry(path.into()).or_insert(route);
     }
 
-    pub(crate) fn add_prefix(&mut self, prefix: &str, route: Arc<Route>) {
+    pub(crate) fn add_prefix(&mut self, prefix: &str, route: Arc<RouteEntry>) {
         self.prefixes.push((prefix.into(), route));
     }
 
@@ -74,7 +95,7 @@ impl Router {
         self.prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     }
 
-    pub(crate) fn find(&self, path: &str) -> Option<&Arc<Route>> {
+    pub(crate) fn find(&self, path: &str) -> Option<&Arc<RouteEntry>> {
         if let Some(route) = self.exact.get(path) {
             return Some(route);
         }
@@ -86,19 +107,24 @@ impl Router {
 mod tests {
     use super::*;
 
-    fn route(name: &str) -> Arc<Route> {
-        Arc::new(Route { name: name.into(), timeout: Duration::from_secs(1), forward: WeightedClusters::new(vec![]) })
+    fn route(name: &str) -> Arc<RouteEntry> {
+        let route = Arc::new(Route {
+            name: name.into(),
+            timeout: Duration::from_secs(1),
+            forward: WeightedClusters::new(vec![]),
+        });
+        Arc::new(RouteEntry { route, counters: Box::new([]) })
     }
 
     #[test]
     fn exact_beats_longest_prefix_beats_order() {
-        let mut r = Router::default();
+        let mut r = Router::new(Arc::default());
         r.add_prefix("/", route("root"));
         r.add_prefix("/api", route("api"));
         r.add_prefix("/api", route("api-shadowed"));
         r.add_exact("/api/health", route("health"));
         r.finish();
-        let name = |p: &str| r.find(p).map(|r| r.name.to_string());
+        let name = |p: &str| r.find(p).map(|r| r.route.name.to_string());
         assert_eq!(name("/api/health").as_deref(), Some("health"));
         assert_eq!(name("/api/health/x").as_deref(), Some("api"));
         assert_eq!(name("/apix").as_deref(), Some("api"));

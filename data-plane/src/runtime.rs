@@ -9,7 +9,8 @@ use vane_proto::config::{Config, listener::Protocol, route, route_match};
 
 use crate::cluster::{Cluster, ClusterRegistry};
 use crate::duration_or;
-use crate::router::{Route, Router, WeightedClusters};
+use crate::metrics::MetricsBuilder;
+use crate::router::{Route, RouteEntry, Router, WeightedClusters};
 
 /// Route timeout when a route sets none (Envoy's default).
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -33,6 +34,7 @@ impl Runtime {
         config: &Config,
         slots: &HashMap<String, u64>,
         previous: Option<&Runtime>,
+        metrics: &mut MetricsBuilder<'_>,
     ) -> Runtime {
         let empty = HashMap::new();
         let registry = ClusterRegistry::new(previous.map_or(&empty, |p| &p.clusters));
@@ -41,7 +43,11 @@ impl Runtime {
 
         let http_listeners: Vec<&str> =
             config.listeners.iter().filter(|l| l.protocol == Protocol::Http as i32).map(|l| l.name.as_str()).collect();
-        let mut routers: HashMap<u64, Router> = HashMap::new();
+        let mut routers: HashMap<u64, Router> = config
+            .listeners
+            .iter()
+            .filter_map(|l| Some((*slots.get(&l.name)?, Router::new(metrics.counters(&l.name, "", "")))))
+            .collect();
         for r in &config.routes {
             let Some(route::Action::Forward(forward)) = &r.action else { continue };
             let Some(path) = r.r#match.as_ref().and_then(|m| m.path.as_ref()) else { continue };
@@ -61,11 +67,13 @@ impl Runtime {
                 r.listeners.iter().map(String::as_str).collect()
             };
             for listener in attached {
-                let Some(slot) = slots.get(listener) else { continue };
-                let router = routers.entry(*slot).or_default();
+                let Some(router) = slots.get(listener).and_then(|slot| routers.get_mut(slot)) else { continue };
+                let counters =
+                    compiled.forward.clusters().map(|c| metrics.counters(listener, &r.name, &c.name)).collect();
+                let entry = Arc::new(RouteEntry { route: compiled.clone(), counters });
                 match path {
-                    route_match::Path::Prefix(p) => router.add_prefix(p, compiled.clone()),
-                    route_match::Path::Exact(p) => router.add_exact(p, compiled.clone()),
+                    route_match::Path::Prefix(p) => router.add_prefix(p, entry),
+                    route_match::Path::Exact(p) => router.add_exact(p, entry),
                 }
             }
         }

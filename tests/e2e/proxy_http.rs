@@ -26,6 +26,17 @@ async fn unreachable_upstream_is_502_slow_upstream_is_504_unknown_path_is_404() 
     assert_eq!(client.get(web, "/slow?delay_ms=3000").await.unwrap().status, 504);
     assert_eq!(client.get(web, "/slow?delay_ms=0").await.unwrap().status, 200);
     assert_eq!(client.get(web, "/nothing").await.unwrap().status, 404);
+
+    // Every answer is counted, by listener, route, cluster and status.
+    let metrics = client.get(node.admin_addr().unwrap(), "/metrics").await.unwrap().body;
+    for line in [
+        "vane_http_requests_total{listener=\"web\",route=\"dead\",cluster=\"dead\",status=\"502\"} 1",
+        "vane_http_requests_total{listener=\"web\",route=\"slow\",cluster=\"echo\",status=\"504\"} 1",
+        "vane_http_requests_total{listener=\"web\",route=\"slow\",cluster=\"echo\",status=\"200\"} 1",
+        "vane_http_requests_total{listener=\"web\",route=\"\",cluster=\"\",status=\"404\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line} in:\n{metrics}");
+    }
 }
 
 #[tokio::test]
