@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs Vane as a proxy under test for ../shared/bench/peer_bench.sh (its --sut hook):
+# a real control plane and one real node (separate `vane` processes, real gRPC), with a
+# config built from the harness's PB_LISTEN and PB_BACKENDS applied by `vane apply`.
+# Stays in the foreground until signalled; the harness stops the whole process group.
+#
+#   VANE=target/release/vane PB_LISTEN=127.0.0.1:18400 \
+#     PB_BACKENDS=127.0.0.1:18081,127.0.0.1:18082 benches/vane-sut.sh
+set -euo pipefail
+VANE=${VANE:-target/release/vane}
+CP_ADDR=${VANE_BENCH_CP:-127.0.0.1:18900}
+ADMIN_ADDR=${VANE_BENCH_ADMIN:-127.0.0.1:18901}
+: "${PB_LISTEN:?PB_LISTEN=ip:port to listen on}" "${PB_BACKENDS:?PB_BACKENDS=ip:port,ip:port}"
+
+work=$(mktemp -d /tmp/vane-sut.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT INT TERM
+
+{
+  echo "listeners:"
+  echo "  - { name: bench, address: \"$PB_LISTEN\" }"
+  echo "clusters:"
+  echo "  - name: backends"
+  echo "    endpoints:"
+  IFS=, read -ra ups <<<"$PB_BACKENDS"
+  for u in "${ups[@]}"; do echo "      - address: \"$u\""; done
+  echo "routes:"
+  echo "  - { name: all, match: { prefix: / }, forward: { clusters: [ { name: backends } ] } }"
+} >"$work/bench.yaml"
+
+export RUST_LOG=${RUST_LOG:-warn}
+"$VANE" control-plane --data-dir "$work/store" --listen "$CP_ADDR" >"$work/cp.out" &
+"$VANE" proxy --control-plane "http://$CP_ADDR" --node-id bench --admin "$ADMIN_ADDR" >"$work/proxy.out" &
+for _ in $(seq 1 100); do
+  "$VANE" --server "http://$CP_ADDR" apply -f "$work/bench.yaml" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+for _ in $(seq 1 100); do
+  curl -fs "http://$ADMIN_ADDR/ready" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+wait
