@@ -136,7 +136,13 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
     .await?;
 
     if cp.latest_version() == 0 {
-        let config = load(QUICKSTART, Format::Yaml).context("embedded quickstart")?;
+        let mut config = load(QUICKSTART, Format::Yaml).context("embedded quickstart")?;
+        // Point the demo cluster at the backends actually started.
+        for cluster in config.clusters.iter_mut().filter(|c| c.name == "echo") {
+            for (endpoint, backend) in cluster.endpoints.iter_mut().zip([echo1.addr(), echo2.addr()]) {
+                endpoint.address = backend.to_string();
+            }
+        }
         let mut client = ConfigServiceClient::connect(server.clone()).await?;
         let applied = client
             .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0 })

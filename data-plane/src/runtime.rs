@@ -83,3 +83,29 @@ impl Runtime {
         Runtime { version, sha256, listeners: routers, clusters }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use vane_proto::{Format, load};
+
+    #[tokio::test]
+    async fn routes_attach_to_their_listeners_or_to_every_http_listener() {
+        let config = load(
+            "listeners:\n  - {name: a, address: '127.0.0.1:0'}\n  - {name: b, address: '127.0.0.1:0'}\n\
+             clusters:\n  - {name: c, endpoints: [{address: '127.0.0.1:1'}]}\n\
+             routes:\n  - {name: only-b, listeners: [b], match: {prefix: /b}, forward: {clusters: [{name: c}]}}\n\
+             \x20 - {name: everywhere, match: {prefix: /}, forward: {clusters: [{name: c}]}}\n",
+            Format::Yaml,
+        )
+        .unwrap();
+        let slots = HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)]);
+        let metrics = Metrics::default();
+        let rt = metrics.rebuild(|m| Runtime::compile(1, String::new(), &config, &slots, None, m));
+        let route = |slot: u64, path: &str| rt.listeners[&slot].find(path).map(|e| e.route.name.to_string());
+        assert_eq!(route(1, "/b/x").as_deref(), Some("everywhere"));
+        assert_eq!(route(2, "/b/x").as_deref(), Some("only-b"));
+        assert_eq!(route(2, "/c").as_deref(), Some("everywhere"));
+    }
+}
