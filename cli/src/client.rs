@@ -7,7 +7,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use vane_proto::admin::config_service_client::ConfigServiceClient;
 use vane_proto::admin::{
-    ApplyRequest, GetRequest, HistoryRequest, Kind, ListNodesRequest, ListRequest, ValidateRequest,
+    ApplyRequest, ApplyResponse, DeleteRequest, DiffRequest, GetRequest, HistoryRequest, Kind, ListNodesRequest,
+    ListRequest, PutRequest, Resource, RollbackRequest, ValidateRequest,
 };
 use vane_proto::config::Config;
 use vane_proto::{Format, load};
@@ -65,13 +66,45 @@ impl Admin {
         let config = read_config(file)?;
         let request = self.request(ApplyRequest { config: Some(config), dry_run, expected_version })?;
         let response = self.client().await?.apply(request).await.map_err(status_error)?.into_inner();
-        if response.unchanged {
-            println!("unchanged: version {} already holds this config", response.version);
-        } else if dry_run {
-            println!("dry run: valid; would change: {}", response.summary);
-        } else {
-            println!("applied version {}: {}", response.version, response.summary);
+        print_change(&response, dry_run);
+        Ok(())
+    }
+
+    pub(crate) async fn put(&self, resource: Resource, dry_run: bool) -> anyhow::Result<()> {
+        let request = self.request(PutRequest { resource: Some(resource), expected_version: 0, dry_run })?;
+        let response = self.client().await?.put(request).await.map_err(status_error)?.into_inner();
+        print_change(&response, dry_run);
+        Ok(())
+    }
+
+    pub(crate) async fn delete(&self, kind: &str, name: &str, dry_run: bool) -> anyhow::Result<()> {
+        let kind = parse_kind(kind)?;
+        if kind == Kind::Unspecified {
+            bail!("give the kind to delete: listener, route or cluster");
         }
+        self.delete_kind(kind, name, dry_run).await
+    }
+
+    pub(crate) async fn delete_kind(&self, kind: Kind, name: &str, dry_run: bool) -> anyhow::Result<()> {
+        let request =
+            self.request(DeleteRequest { kind: kind as i32, name: name.to_owned(), expected_version: 0, dry_run })?;
+        let response = self.client().await?.delete(request).await.map_err(status_error)?.into_inner();
+        print_change(&response, dry_run);
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(&self, version: u64, dry_run: bool, expected_version: u64) -> anyhow::Result<()> {
+        let request = self.request(RollbackRequest { version, expected_version, dry_run })?;
+        let response = self.client().await?.rollback(request).await.map_err(status_error)?.into_inner();
+        print_change(&response, dry_run);
+        Ok(())
+    }
+
+    pub(crate) async fn diff(&self, file: &Path, out: Output) -> anyhow::Result<()> {
+        let config = read_config(file)?;
+        let request = self.request(DiffRequest { config: Some(config) })?;
+        let response = self.client().await?.diff(request).await.map_err(status_error)?.into_inner();
+        print!("{}", output::diff(&response, out));
         Ok(())
     }
 
@@ -122,6 +155,16 @@ impl Admin {
         let response = self.client().await?.history(request).await.map_err(status_error)?.into_inner();
         print!("{}", output::history(&response, out));
         Ok(())
+    }
+}
+
+fn print_change(response: &ApplyResponse, dry_run: bool) {
+    if response.unchanged {
+        println!("unchanged: version {} already holds this config", response.version);
+    } else if dry_run {
+        println!("dry run: valid; would change: {}", response.summary);
+    } else {
+        println!("applied version {}: {}", response.version, response.summary);
     }
 }
 

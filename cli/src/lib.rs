@@ -5,6 +5,7 @@
 
 mod client;
 pub mod demo;
+mod edit;
 mod output;
 mod serve;
 
@@ -87,6 +88,39 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Output,
     },
+    /// Show what applying a config file would change, per resource. Always exits 0
+    /// when the file is valid YAML/JSON, changes or not.
+    Diff {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Remove one resource (a new version); refused while something refers to it.
+    Delete {
+        /// listener, route or cluster.
+        kind: String,
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Add, replace or delete one route.
+    #[command(subcommand)]
+    Route(edit::RouteCommand),
+    /// Add, replace or delete one cluster.
+    #[command(subcommand)]
+    Cluster(edit::ClusterCommand),
+    /// Publish a new version whose config equals VERSION's.
+    Rollback {
+        version: u64,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Make admin and node tokens (local: prints, stores nothing).
+    #[command(subcommand)]
+    Token(edit::TokenCommand),
 }
 
 /// Parses arguments, runs the command, prints a one-line error on failure.
@@ -132,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Proxy(args) => {
             init_logs(cli.log_format);
-            serve::proxy(args).await
+            serve::proxy(args, cli.token).await
         }
         Command::Apply { file, dry_run, expected_version } => {
             admin.apply(&file, dry_run, expected_version.unwrap_or(0)).await
@@ -141,5 +175,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get { kind, name, output } => admin.get(&kind, name.as_deref(), output).await,
         Command::Nodes { output } => admin.nodes(output).await,
         Command::History { output } => admin.history(output).await,
+        Command::Diff { file, output } => admin.diff(&file, output).await,
+        Command::Delete { kind, name, dry_run } => admin.delete(&kind, &name, dry_run).await,
+        Command::Route(command) => edit::route(&admin, command).await,
+        Command::Cluster(command) => edit::cluster(&admin, command).await,
+        Command::Rollback { version, dry_run, expected_version } => {
+            admin.rollback(version, dry_run, expected_version.unwrap_or(0)).await
+        }
+        Command::Token(command) => edit::token(command),
     }
 }

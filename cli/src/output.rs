@@ -1,6 +1,6 @@
 //! How reading commands print: aligned tables for people, YAML/JSON for programs.
 
-use vane_proto::admin::{HistoryResponse, Kind, ListNodesResponse};
+use vane_proto::admin::{DiffResponse, HistoryResponse, Kind, ListNodesResponse, Resource, resource, resource_change};
 use vane_proto::config::{Config, cluster::LbPolicy, listener::Protocol, route, route_match};
 use vane_proto::{Format, render};
 
@@ -163,6 +163,58 @@ pub(crate) fn history(response: &HistoryResponse, out: Output) -> String {
                 })
                 .collect();
             table(&["VERSION", "CREATED", "AUTHOR", "SUMMARY"], rows)
+        }
+    }
+}
+
+/// A resource as the YAML a user would write for it.
+fn resource_yaml(resource: Option<&Resource>) -> String {
+    let mut config = Config::default();
+    match resource.and_then(|r| r.resource.clone()) {
+        Some(resource::Resource::Listener(l)) => config.listeners.push(l),
+        Some(resource::Resource::Route(r)) => config.routes.push(r),
+        Some(resource::Resource::Cluster(c)) => config.clusters.push(c),
+        None => return String::new(),
+    }
+    render(&config, Format::Yaml)
+}
+
+/// Readable: one line per changed resource, then a unified diff of its YAML.
+pub(crate) fn diff(response: &DiffResponse, out: Output) -> String {
+    match out {
+        Output::Json => json(response),
+        Output::Yaml => serde_norway::to_string(response).unwrap_or_default(),
+        Output::Table => {
+            let mut text = format!("# against version {}: {}\n", response.base_version, response.summary);
+            for change in &response.changes {
+                let op = match resource_change::Op::try_from(change.op) {
+                    Ok(resource_change::Op::Added) => "+",
+                    Ok(resource_change::Op::Removed) => "-",
+                    _ => "~",
+                };
+                let kind = Kind::try_from(change.kind).map_or("resource", |k| match k {
+                    Kind::Listener => "listener",
+                    Kind::Route => "route",
+                    Kind::Cluster => "cluster",
+                    Kind::Unspecified => "resource",
+                });
+                text.push_str(&format!("{op} {kind} {}\n", change.name));
+                let before = resource_yaml(change.before.as_ref());
+                let after = resource_yaml(change.after.as_ref());
+                let lines = similar::TextDiff::from_lines(&before, &after);
+                for line in lines.iter_all_changes() {
+                    let sign = match line.tag() {
+                        similar::ChangeTag::Delete => "-",
+                        similar::ChangeTag::Insert => "+",
+                        similar::ChangeTag::Equal => " ",
+                    };
+                    text.push_str(&format!("    {sign} {}", line.value()));
+                    if line.missing_newline() {
+                        text.push('\n');
+                    }
+                }
+            }
+            text
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use vane_control_plane::{ControlPlane, ControlPlaneConfig};
+use vane_control_plane::{ControlPlane, ControlPlaneConfig, Tokens};
 use vane_data_plane::{Node, NodeConfig};
 use vane_proto::admin::ApplyRequest;
 use vane_proto::admin::config_service_client::ConfigServiceClient;
@@ -22,9 +22,19 @@ pub(crate) struct ControlPlaneArgs {
     /// Where versions are stored (sled); created when missing.
     #[arg(long, default_value = ".vane/store")]
     data_dir: PathBuf,
-    /// gRPC address for the admin API and the discovery stream.
+    /// gRPC address for the admin API and the discovery stream. Without a token file
+    /// only loopback addresses are allowed.
     #[arg(long, default_value = "127.0.0.1:18000")]
     listen: SocketAddr,
+    /// Token file: one `NAME ROLE SHA256HEX` per line (see `vane token new`).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// How many versions to keep; older ones are pruned.
+    #[arg(long, default_value_t = 1000)]
+    retain_versions: usize,
+    /// How long a disconnected node stays listed by `vane nodes`, e.g. `10m`.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    node_purge_after: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,10 +97,19 @@ async fn stop_signal() {
 }
 
 async fn start_control_plane(
-    data_dir: PathBuf,
+    config: ControlPlaneConfig,
     listen: SocketAddr,
 ) -> anyhow::Result<(ControlPlane, SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    let cp = ControlPlane::open(ControlPlaneConfig { data_dir }).await?;
+    if config.tokens.is_open() {
+        if !listen.ip().is_loopback() {
+            bail!(
+                "refusing to serve the admin API on {listen} without authentication: \
+                 give --admin-token-file, or listen on a loopback address"
+            );
+        }
+        tracing::warn!(%listen, "no --admin-token-file: the admin API is open to every local process");
+    }
+    let cp = ControlPlane::open(config).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let server = cp.clone();
@@ -99,18 +118,28 @@ async fn start_control_plane(
 }
 
 pub(crate) async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    let (cp, addr, task) = start_control_plane(args.data_dir, args.listen).await?;
+    let mut config = ControlPlaneConfig::new(args.data_dir);
+    config.retain_versions = args.retain_versions;
+    config.node_purge_after = args.node_purge_after;
+    if let Some(path) = &args.admin_token_file {
+        config.tokens = Tokens::load(path)?;
+        if config.tokens.is_open() {
+            bail!("token file {} lists no tokens", path.display());
+        }
+    }
+    let (cp, addr, task) = start_control_plane(config, args.listen).await?;
     println!("vane control-plane listening on {addr} (version {})", cp.latest_version());
     task.await.map_err(|e| anyhow!("control plane task: {e}"))?
 }
 
-pub(crate) async fn proxy(args: ProxyArgs) -> anyhow::Result<()> {
+pub(crate) async fn proxy(args: ProxyArgs, token: Option<String>) -> anyhow::Result<()> {
     let node = Node::start(NodeConfig {
         node_id: args.node_id.clone(),
         control_plane: args.control_plane,
         cache_dir: args.cache_dir,
         admin: Some(args.admin),
         labels: args.labels.into_iter().collect(),
+        token,
     })
     .await?;
     let admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string());
@@ -124,7 +153,8 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let [b1, b2] = args.backends[..] else { bail!("--backends takes two addresses") };
     let echo1 = EchoServer::start("echo-1", b1).await.with_context(|| format!("demo backend on {b1}"))?;
     let echo2 = EchoServer::start("echo-2", b2).await.with_context(|| format!("demo backend on {b2}"))?;
-    let (cp, addr, cp_task) = start_control_plane(args.data_dir.join("store"), args.listen).await?;
+    let (cp, addr, cp_task) =
+        start_control_plane(ControlPlaneConfig::new(args.data_dir.join("store")), args.listen).await?;
     let server = format!("http://{addr}");
     let node = Node::start(NodeConfig {
         node_id: "dev-node".into(),
@@ -132,6 +162,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         cache_dir: Some(args.data_dir.join("node")),
         admin: Some(args.admin),
         labels: HashMap::from([("mode".to_owned(), "dev".to_owned())]),
+        token: None,
     })
     .await?;
 

@@ -1,24 +1,29 @@
 //! The admin API (`vane.admin.v1.ConfigService`): what the CLI and automation call.
 //!
-//! Writes are serialised by one async mutex: validate, compare with the latest version,
-//! commit durably, then publish to the discovery sessions. Reads come from the published
-//! version (no store access) unless an older version is asked for.
+//! Every write (`Apply`, `Put`, `Delete`, `Rollback`) takes one path, [`AdminService::change`]:
+//! under one async mutex it checks `expected_version`, derives the new config from the
+//! latest, validates it with the validator every node runs, skips unchanged content,
+//! commits durably (the version is on disk before the call returns), prunes old versions,
+//! and publishes to the discovery sessions. Reads come from the published version unless
+//! an older one is asked for. Every call is authorised first (see `auth`).
 
 use std::sync::Arc;
 
 use prost::Message;
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::{info, warn};
 use vane_proto::admin::{
-    ApplyRequest, ApplyResponse, GetRequest, GetResponse, HistoryEntry, HistoryRequest, HistoryResponse, Kind,
-    ListNodesRequest, ListNodesResponse, ListRequest, ListResponse, ValidateRequest, ValidateResponse,
-    config_service_server::ConfigService,
+    ApplyRequest, ApplyResponse, DeleteRequest, DiffRequest, DiffResponse, GetRequest, GetResponse, HistoryEntry,
+    HistoryRequest, HistoryResponse, Kind, ListNodesRequest, ListNodesResponse, ListRequest, ListResponse, PutRequest,
+    Resource, RollbackRequest, ValidateRequest, ValidateResponse, config_service_server::ConfigService, resource,
 };
 use vane_proto::config::Config;
 use vane_proto::{ValidationErrors, config_sha256, validate};
 
+use crate::auth::Role;
+use crate::diff::{self, kind_name};
 use crate::store::{NewVersion, StoreError};
-use crate::{Published, Shared, diff};
+use crate::{Published, Shared};
 
 /// Failures of admin calls, each mapped to its gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +34,7 @@ pub(crate) enum AdminError {
     Stale { expected: u64, latest: u64 },
     #[error("{kind} '{name}' not found")]
     NotFound { kind: &'static str, name: String },
-    #[error("version {0} not found")]
+    #[error("version {0} not found (never applied, or pruned by retention)")]
     NoVersion(u64),
     #[error("{0}")]
     BadRequest(&'static str),
@@ -55,6 +60,9 @@ impl From<AdminError> for Status {
     }
 }
 
+/// How a write derives its config from the latest one.
+type Derive<'a> = Box<dyn FnOnce(&Config) -> Result<Config, AdminError> + Send + 'a>;
+
 #[derive(Debug)]
 pub(crate) struct AdminService {
     shared: Arc<Shared>,
@@ -69,38 +77,65 @@ impl AdminService {
         self.shared.published.borrow().clone()
     }
 
-    async fn apply(&self, req: ApplyRequest) -> Result<ApplyResponse, AdminError> {
-        let config = req.config.unwrap_or_default();
-        validate(&config).map_err(AdminError::Invalid)?;
+    fn authorize<T>(&self, request: &Request<T>, need: Role) -> Result<String, Status> {
+        let result = self.shared.tokens.authorize(request, need);
+        if let Err(status) = &result {
+            warn!(code = ?status.code(), reason = status.message(), "admin call refused");
+        }
+        result
+    }
+
+    /// The one write path; see the module docs.
+    async fn change(
+        &self,
+        author: String,
+        expected_version: u64,
+        dry_run: bool,
+        label: Option<String>,
+        derive: Derive<'_>,
+    ) -> Result<ApplyResponse, AdminError> {
         let _writer = self.shared.write.lock().await;
         let latest = self.latest();
         let latest_version = latest.as_ref().map_or(0, |p| p.version);
-        if req.expected_version != 0 && req.expected_version != latest_version {
-            return Err(AdminError::Stale { expected: req.expected_version, latest: latest_version });
+        if expected_version != 0 && expected_version != latest_version {
+            return Err(AdminError::Stale { expected: expected_version, latest: latest_version });
         }
         let empty = Config::default();
         let old = latest.as_ref().map_or(&empty, |p| &p.config);
-        let summary = diff::summary(&diff::changes(old, &config));
+        let config = derive(old)?;
+        validate(&config).map_err(AdminError::Invalid)?;
+        let mut summary = diff::summary(&diff::changes(old, &config));
+        if let Some(label) = label {
+            summary = format!("{label}: {summary}");
+        }
         let sha256 = config_sha256(&config);
         if latest.as_ref().is_some_and(|p| p.sha256 == sha256) {
             return Ok(ApplyResponse { version: latest_version, unchanged: true, summary });
         }
-        if req.dry_run {
+        if dry_run {
             return Ok(ApplyResponse { version: 0, unchanged: false, summary });
         }
         let new = NewVersion {
             config,
-            author: "anonymous".into(),
+            author: author.clone(),
             summary: summary.clone(),
             sha256,
             created_at_unix_ms: vane_proto::unix_ms_now(),
         };
         let store = self.shared.store.clone();
-        let record = tokio::task::spawn_blocking(move || store.commit(new))
-            .await
-            .map_err(|e| AdminError::Internal(e.to_string()))??;
+        let retain = self.shared.retain_versions;
+        let record = tokio::task::spawn_blocking(move || {
+            let record = store.commit(new)?;
+            // Retention is best effort: the version is already durable.
+            if let Err(error) = store.prune(retain) {
+                warn!(%error, "pruning old versions failed");
+            }
+            Ok::<_, StoreError>(record)
+        })
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))??;
         let version = record.version;
-        info!(version, %summary, "version stored");
+        info!(version, %author, %summary, "version stored");
         self.shared.published.send_replace(Some(Arc::new(Published {
             version,
             sha256: record.sha256,
@@ -110,8 +145,7 @@ impl AdminService {
     }
 
     async fn config_at(&self, version: u64) -> Result<(u64, Config), AdminError> {
-        let latest = self.latest();
-        match latest {
+        match self.latest() {
             Some(p) if version == 0 || version == p.version => Ok((p.version, p.config.clone())),
             None if version == 0 => Ok((0, Config::default())),
             _ => {
@@ -146,22 +180,89 @@ fn select(config: Config, kind: Kind, name: Option<&str>) -> Config {
     }
 }
 
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Unspecified => "resource",
-        Kind::Listener => "listener",
-        Kind::Route => "route",
-        Kind::Cluster => "cluster",
+/// Replaces the resource of the same name, or appends it.
+fn upsert<T>(items: &mut Vec<T>, item: T, name: impl Fn(&T) -> &str) {
+    match items.iter_mut().find(|i| name(i) == name(&item)) {
+        Some(slot) => *slot = item,
+        None => items.push(item),
     }
+}
+
+/// Removes the named resource; false when there was none.
+fn remove<T>(items: &mut Vec<T>, name: &str, get: impl Fn(&T) -> &str) -> bool {
+    let before = items.len();
+    items.retain(|i| get(i) != name);
+    items.len() != before
 }
 
 #[tonic::async_trait]
 impl ConfigService for AdminService {
     async fn apply(&self, request: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
-        Ok(Response::new(AdminService::apply(self, request.into_inner()).await?))
+        let author = self.authorize(&request, Role::Write)?;
+        let req = request.into_inner();
+        let config = req.config.unwrap_or_default();
+        // Refuse before queueing behind other writers.
+        validate(&config).map_err(AdminError::Invalid)?;
+        let response =
+            self.change(author, req.expected_version, req.dry_run, None, Box::new(move |_| Ok(config))).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let author = self.authorize(&request, Role::Write)?;
+        let req = request.into_inner();
+        let Some(Resource { resource: Some(resource) }) = req.resource else {
+            return Err(AdminError::BadRequest("put needs one listener, route or cluster").into());
+        };
+        let derive: Derive<'_> = Box::new(move |old| {
+            let mut config = old.clone();
+            match resource {
+                resource::Resource::Listener(l) => upsert(&mut config.listeners, l, |l| &l.name),
+                resource::Resource::Route(r) => upsert(&mut config.routes, r, |r| &r.name),
+                resource::Resource::Cluster(c) => upsert(&mut config.clusters, c, |c| &c.name),
+            }
+            Ok(config)
+        });
+        Ok(Response::new(self.change(author, req.expected_version, req.dry_run, None, derive).await?))
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let author = self.authorize(&request, Role::Write)?;
+        let req = request.into_inner();
+        let kind = Kind::try_from(req.kind).unwrap_or(Kind::Unspecified);
+        if kind == Kind::Unspecified || req.name.is_empty() {
+            return Err(AdminError::BadRequest("delete needs a kind and a name").into());
+        }
+        let name = req.name;
+        let derive: Derive<'_> = Box::new(move |old| {
+            let mut config = old.clone();
+            let found = match kind {
+                Kind::Listener => remove(&mut config.listeners, &name, |l| &l.name),
+                Kind::Route => remove(&mut config.routes, &name, |r| &r.name),
+                Kind::Cluster => remove(&mut config.clusters, &name, |c| &c.name),
+                Kind::Unspecified => false,
+            };
+            if found { Ok(config) } else { Err(AdminError::NotFound { kind: kind_name(kind), name }) }
+        });
+        Ok(Response::new(self.change(author, req.expected_version, req.dry_run, None, derive).await?))
+    }
+
+    async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<ApplyResponse>, Status> {
+        let author = self.authorize(&request, Role::Write)?;
+        let req = request.into_inner();
+        if req.version == 0 {
+            return Err(AdminError::BadRequest("rollback needs a version").into());
+        }
+        // Versions are immutable: reading the target outside the writer lock is safe.
+        let (version, target) = self.config_at(req.version).await?;
+        let label = Some(format!("rollback to {version}"));
+        let response =
+            self.change(author, req.expected_version, req.dry_run, label, Box::new(move |_| Ok(target))).await?;
+        Ok(Response::new(response))
     }
 
     async fn validate(&self, request: Request<ValidateRequest>) -> Result<Response<ValidateResponse>, Status> {
+        self.authorize(&request, Role::Read)?;
         let config = request.into_inner().config.unwrap_or_default();
         let response = match validate(&config) {
             Ok(()) => ValidateResponse { valid: true, errors: vec![] },
@@ -170,7 +271,17 @@ impl ConfigService for AdminService {
         Ok(Response::new(response))
     }
 
+    async fn diff(&self, request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        self.authorize(&request, Role::Read)?;
+        let config = request.into_inner().config.unwrap_or_default();
+        let (base_version, old) = self.config_at(0).await?;
+        let changes = diff::changes(&old, &config);
+        let summary = diff::summary(&changes);
+        Ok(Response::new(DiffResponse { base_version, changes, summary }))
+    }
+
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.authorize(&request, Role::Read)?;
         let req = request.into_inner();
         let kind = Kind::try_from(req.kind).unwrap_or(Kind::Unspecified);
         if kind == Kind::Unspecified || req.name.is_empty() {
@@ -185,6 +296,7 @@ impl ConfigService for AdminService {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        self.authorize(&request, Role::Read)?;
         let req = request.into_inner();
         let kind = Kind::try_from(req.kind).unwrap_or(Kind::Unspecified);
         let (version, config) = self.config_at(req.version).await?;
@@ -192,6 +304,7 @@ impl ConfigService for AdminService {
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {
+        self.authorize(&request, Role::Read)?;
         let limit = request.into_inner().limit as usize;
         let store = self.shared.store.clone();
         let records = tokio::task::spawn_blocking(move || store.history(limit))
@@ -211,7 +324,8 @@ impl ConfigService for AdminService {
         Ok(Response::new(HistoryResponse { entries }))
     }
 
-    async fn list_nodes(&self, _request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+    async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        self.authorize(&request, Role::Read)?;
         Ok(Response::new(ListNodesResponse { nodes: self.shared.fleet.list() }))
     }
 }

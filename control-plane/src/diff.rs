@@ -1,61 +1,89 @@
 //! What changed between two configs, by resource name: the one-line summary kept with
-//! every version and returned by `Apply`.
+//! every version, and the per-resource changes `Diff` returns.
 
 use std::collections::HashMap;
 
-use prost::Message;
+use vane_proto::admin::{Kind, Resource, ResourceChange, resource, resource_change::Op};
 use vane_proto::config::Config;
 
-/// One resource's change.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Change {
-    /// `+` added, `-` removed, `~` changed.
-    pub(crate) op: char,
-    pub(crate) kind: &'static str,
-    pub(crate) name: String,
-}
-
-/// Changes from `old` to `new`, kinds in a fixed order, names sorted.
-pub(crate) fn changes(old: &Config, new: &Config) -> Vec<Change> {
+/// Changes from `old` to `new`: kinds in a fixed order (listeners, clusters, routes),
+/// names sorted within a kind.
+pub(crate) fn changes(old: &Config, new: &Config) -> Vec<ResourceChange> {
     let mut out = Vec::new();
-    diff_kind(&mut out, "listener", &old.listeners, &new.listeners, |l| &l.name);
-    diff_kind(&mut out, "cluster", &old.clusters, &new.clusters, |c| &c.name);
-    diff_kind(&mut out, "route", &old.routes, &new.routes, |r| &r.name);
+    diff_kind(&mut out, Kind::Listener, &old.listeners, &new.listeners, |l| &l.name, resource::Resource::Listener);
+    diff_kind(&mut out, Kind::Cluster, &old.clusters, &new.clusters, |c| &c.name, resource::Resource::Cluster);
+    diff_kind(&mut out, Kind::Route, &old.routes, &new.routes, |r| &r.name, resource::Resource::Route);
     out
 }
 
-fn diff_kind<T: Message + PartialEq>(
-    out: &mut Vec<Change>,
-    kind: &'static str,
+fn diff_kind<T: PartialEq + Clone>(
+    out: &mut Vec<ResourceChange>,
+    kind: Kind,
     old: &[T],
     new: &[T],
     name: impl Fn(&T) -> &String,
+    wrap: impl Fn(T) -> resource::Resource,
 ) {
     let before: HashMap<&str, &T> = old.iter().map(|r| (name(r).as_str(), r)).collect();
     let after: HashMap<&str, &T> = new.iter().map(|r| (name(r).as_str(), r)).collect();
-    let mut changed: Vec<Change> = Vec::new();
+    let as_resource = |r: &T| Some(Resource { resource: Some(wrap(r.clone())) });
+    let mut changed = Vec::new();
     for (n, r) in &after {
-        match before.get(n) {
-            None => changed.push(Change { op: '+', kind, name: (*n).to_owned() }),
-            Some(b) if b != r => changed.push(Change { op: '~', kind, name: (*n).to_owned() }),
-            Some(_) => {}
-        }
+        let op = match before.get(n) {
+            None => Op::Added,
+            Some(b) if b != r => Op::Changed,
+            Some(_) => continue,
+        };
+        changed.push(ResourceChange {
+            op: op as i32,
+            kind: kind as i32,
+            name: (*n).to_owned(),
+            before: before.get(n).and_then(|b| as_resource(b)),
+            after: as_resource(r),
+        });
     }
-    for n in before.keys() {
+    for (n, b) in &before {
         if !after.contains_key(n) {
-            changed.push(Change { op: '-', kind, name: (*n).to_owned() });
+            changed.push(ResourceChange {
+                op: Op::Removed as i32,
+                kind: kind as i32,
+                name: (*n).to_owned(),
+                before: as_resource(b),
+                after: None,
+            });
         }
     }
     changed.sort_by(|a, b| a.name.cmp(&b.name));
     out.extend(changed);
 }
 
-/// `+route api, ~cluster echo`, or `no resource changes` (e.g. only order changed).
-pub(crate) fn summary(changes: &[Change]) -> String {
+/// The name users read for a kind.
+pub(crate) fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Unspecified => "resource",
+        Kind::Listener => "listener",
+        Kind::Route => "route",
+        Kind::Cluster => "cluster",
+    }
+}
+
+/// `+route api, ~cluster echo, -listener old`, or `no resource changes`.
+pub(crate) fn summary(changes: &[ResourceChange]) -> String {
     if changes.is_empty() {
         return "no resource changes".into();
     }
-    changes.iter().map(|c| format!("{}{} {}", c.op, c.kind, c.name)).collect::<Vec<_>>().join(", ")
+    changes
+        .iter()
+        .map(|c| {
+            let op = match Op::try_from(c.op) {
+                Ok(Op::Added) => '+',
+                Ok(Op::Removed) => '-',
+                _ => '~',
+            };
+            format!("{op}{} {}", kind_name(Kind::try_from(c.kind).unwrap_or(Kind::Unspecified)), c.name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -73,7 +101,10 @@ mod tests {
         let mut new = old.clone();
         new.listeners[0].address = "127.0.0.1:2".into();
         new.clusters = vec![Cluster { name: "b".into(), ..Default::default() }];
-        assert_eq!(summary(&changes(&old, &new)), "~listener web, -cluster a, +cluster b");
-        assert_eq!(summary(&changes(&old, &old)), "no resource changes");
+        let changes = changes(&old, &new);
+        assert_eq!(summary(&changes), "~listener web, -cluster a, +cluster b");
+        assert!(changes[0].before.is_some() && changes[0].after.is_some());
+        assert!(changes[1].after.is_none());
+        assert_eq!(summary(&super::changes(&old, &old)), "no resource changes");
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Rules (DESIGN.md §3): the first message is `Hello`; a node already holding the latest
 //! version and hash gets nothing; at most one snapshot is unacknowledged per node and the
-//! newest published version supersedes older ones (a burst of writes costs a node a few
-//! swaps); a version a node NACKed is never sent to it again.
+//! newest published version supersedes older ones; pushes after a write are debounced
+//! (see `Debounce`), so a burst of writes costs a node a few swaps; a version a node
+//! NACKed is never sent to it again. The stream needs a `node` token when tokens are on.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,6 +19,7 @@ use vane_proto::discovery::{
     node_message,
 };
 
+use crate::auth::Role;
 use crate::{Published, Shared};
 
 /// How long a new stream may take to say Hello.
@@ -41,6 +43,9 @@ impl DiscoveryService for DiscoveryServer {
     type StreamStream = ReceiverStream<Result<ControlMessage, Status>>;
 
     async fn stream(&self, request: Request<Streaming<NodeMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+        self.shared.tokens.authorize(&request, Role::Node).inspect_err(|status| {
+            warn!(code = ?status.code(), reason = status.message(), "discovery stream refused");
+        })?;
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(2);
@@ -76,30 +81,46 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
     let mut pending: Option<Pending> = None;
     let mut published = shared.published.subscribe();
     let mut shutdown = shared.shutdown.subscribe();
+    // When to push next (debounced); the first push of a session goes at once.
+    let mut send_at: Option<Instant> = Some(Instant::now());
+    let mut first_unsent: Option<Instant> = None;
     loop {
-        // Always mark the newest version seen, so `changed()` below waits for a newer one.
-        let latest: Option<Arc<Published>> = published.borrow_and_update().clone();
-        if let (None, Some(p)) = (&pending, latest) {
-            let stale = (p.version, p.sha256.as_str()) != (held.0, held.1.as_str());
-            if stale && !shared.fleet.has_nacked(&node_id, p.version) {
-                let nonce = shared.counter.fetch_add(1, Ordering::Relaxed).to_string();
-                let snapshot = Snapshot {
-                    version: p.version,
-                    nonce: nonce.clone(),
-                    sha256: p.sha256.clone(),
-                    config: Some(p.config.clone()),
-                };
-                let message = ControlMessage { message: Some(control_message::Message::Snapshot(snapshot)) };
-                if tx.send(Ok(message)).await.is_err() {
-                    break;
+        if pending.is_none() && send_at.is_some_and(|at| at <= Instant::now()) {
+            send_at = None;
+            first_unsent = None;
+            let latest: Option<Arc<Published>> = published.borrow_and_update().clone();
+            if let Some(p) = latest {
+                let stale = (p.version, p.sha256.as_str()) != (held.0, held.1.as_str());
+                if stale && !shared.fleet.has_nacked(&node_id, p.version) {
+                    let nonce = shared.counter.fetch_add(1, Ordering::Relaxed).to_string();
+                    let snapshot = Snapshot {
+                        version: p.version,
+                        nonce: nonce.clone(),
+                        sha256: p.sha256.clone(),
+                        config: Some(p.config.clone()),
+                    };
+                    let message = ControlMessage { message: Some(control_message::Message::Snapshot(snapshot)) };
+                    if tx.send(Ok(message)).await.is_err() {
+                        break;
+                    }
+                    debug!(node = %node_id, version = p.version, "snapshot sent");
+                    pending =
+                        Some(Pending { version: p.version, nonce, sha256: p.sha256.clone(), sent_at: Instant::now() });
                 }
-                debug!(node = %node_id, version = p.version, "snapshot sent");
-                pending =
-                    Some(Pending { version: p.version, nonce, sha256: p.sha256.clone(), sent_at: Instant::now() });
             }
         }
+        let wake = send_at.filter(|_| pending.is_none()).map(tokio::time::Instant::from_std);
         tokio::select! {
-            changed = published.changed() => if changed.is_err() { break },
+            changed = published.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                published.borrow_and_update();
+                let now = Instant::now();
+                let first = *first_unsent.get_or_insert(now);
+                send_at = Some((now + shared.debounce.quiet).min(first + shared.debounce.max));
+            }
+            () = async { if let Some(at) = wake { tokio::time::sleep_until(at).await } }, if wake.is_some() => {}
             stop = shutdown.wait_for(|stop| *stop) => { drop(stop); break },
             message = inbound.message() => match message {
                 Ok(Some(NodeMessage { message: Some(m) })) => match m {

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vane_proto::admin::NodeStatus;
 use vane_proto::config::ValidationError;
@@ -22,6 +22,8 @@ struct Entry {
     session: u64,
     /// Versions this node refused: never sent to it again.
     nacked: HashSet<u64>,
+    /// When its last session ended (None while connected).
+    disconnected_at: Option<Instant>,
 }
 
 fn now() -> Option<pbjson_types::Timestamp> {
@@ -48,7 +50,9 @@ impl Fleet {
             status: NodeStatus { node_id: node_id.to_owned(), ..Default::default() },
             session,
             nacked: HashSet::new(),
+            disconnected_at: None,
         });
+        entry.disconnected_at = None;
         entry.session = session;
         entry.status.labels = labels;
         entry.status.address = address;
@@ -61,6 +65,7 @@ impl Fleet {
         self.with(node_id, |e| {
             if e.session == session {
                 e.status.connected = false;
+                e.disconnected_at = Some(Instant::now());
                 e.status.last_seen = now();
             }
         });
@@ -88,11 +93,45 @@ impl Fleet {
         self.with(node_id, |e| e.nacked.contains(&version)).unwrap_or(false)
     }
 
+    /// Forgets nodes disconnected for longer than `after`; returns their ids.
+    pub(crate) fn purge(&self, after: Duration) -> Vec<String> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = nodes
+            .iter()
+            .filter(|(_, e)| e.disconnected_at.is_some_and(|at| at.elapsed() >= after))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            nodes.remove(id);
+        }
+        gone
+    }
+
     /// Every known node, sorted by id.
     pub(crate) fn list(&self) -> Vec<NodeStatus> {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<NodeStatus> = nodes.values().map(|e| e.status.clone()).collect();
         out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disconnected_nodes_are_purged_and_a_stale_session_cannot_disconnect_a_new_one() {
+        let fleet = Fleet::default();
+        fleet.connected(1, "a", HashMap::new(), "x".into(), 0);
+        fleet.connected(2, "b", HashMap::new(), "y".into(), 0);
+        fleet.connected(3, "b", HashMap::new(), "y".into(), 0);
+        fleet.disconnected(2, "b");
+        assert!(fleet.list()[1].connected, "the older session of b ending leaves b connected");
+        fleet.disconnected(1, "a");
+        assert!(!fleet.list()[0].connected);
+        assert_eq!(fleet.purge(Duration::from_secs(60)), Vec::<String>::new());
+        assert_eq!(fleet.purge(Duration::ZERO), vec!["a".to_owned()]);
+        assert_eq!(fleet.list().len(), 1);
     }
 }

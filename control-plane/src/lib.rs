@@ -8,6 +8,7 @@
 //! by `ListNodes`.
 
 mod admin;
+mod auth;
 mod diff;
 mod discovery;
 mod fleet;
@@ -26,16 +27,54 @@ use vane_proto::admin::config_service_server::ConfigServiceServer;
 use vane_proto::config::Config;
 use vane_proto::discovery::discovery_service_server::DiscoveryServiceServer;
 
+pub use auth::{AuthError, Role, Tokens, generate_token, hash_token};
 pub use store::{NewVersion, SledStore, Store, StoreError};
 
 /// Largest gRPC message either service accepts or sends: a config of ~100k routes.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// How a control plane is set up.
+/// How a control plane is set up. [`ControlPlaneConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
 pub struct ControlPlaneConfig {
     /// Directory of the sled store; created when missing.
     pub data_dir: PathBuf,
+    /// How many versions are kept (the oldest are pruned). Default 1000.
+    pub retain_versions: usize,
+    /// How long a disconnected node stays in `ListNodes`. Default 10 minutes.
+    pub node_purge_after: Duration,
+    /// Bearer tokens; empty (the default) means no authentication.
+    pub tokens: Tokens,
+    /// Push coalescing: see [`Debounce`].
+    pub debounce: Debounce,
+}
+
+impl ControlPlaneConfig {
+    /// Defaults for everything but the data dir.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ControlPlaneConfig {
+        ControlPlaneConfig {
+            data_dir: data_dir.into(),
+            retain_versions: 1000,
+            node_purge_after: Duration::from_secs(600),
+            tokens: Tokens::default(),
+            debounce: Debounce::default(),
+        }
+    }
+}
+
+/// How a node's pushes are coalesced: after a write, the session waits until no newer
+/// version has appeared for `quiet`, but never longer than `max` after the first unsent
+/// write. A burst of writes so costs a node a few swaps, and a single write is pushed
+/// after `quiet`. The first snapshot of a new session is sent at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Debounce {
+    pub quiet: Duration,
+    pub max: Duration,
+}
+
+impl Default for Debounce {
+    fn default() -> Self {
+        Debounce { quiet: Duration::from_millis(20), max: Duration::from_millis(250) }
+    }
 }
 
 /// A published version: what every node should run.
@@ -57,6 +96,10 @@ pub(crate) struct Shared {
     /// Flips to true when the server stops, ending every discovery session.
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) counter: AtomicU64,
+    pub(crate) tokens: Tokens,
+    pub(crate) retain_versions: usize,
+    pub(crate) node_purge_after: Duration,
+    pub(crate) debounce: Debounce,
 }
 
 /// A control plane over one store, ready to serve.
@@ -80,18 +123,19 @@ impl ControlPlane {
     /// Opens the sled store in `config.data_dir` and loads its latest version.
     pub async fn open(config: ControlPlaneConfig) -> Result<ControlPlane, StoreError> {
         let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir))
-            .await
-            .map_err(|e| StoreError::Io(sled::Error::Io(std::io::Error::other(e))))??;
-        ControlPlane::with_store(Arc::new(store)).await
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&dir)).await.map_err(|e| {
+            // sled can panic on some damaged files; report it as what it is.
+            StoreError::Damaged { path: config.data_dir.clone(), reason: panic_text(e) }
+        })??;
+        ControlPlane::with_store(Arc::new(store), config).await
     }
 
-    /// A control plane over any store.
-    pub async fn with_store(store: Arc<dyn Store>) -> Result<ControlPlane, StoreError> {
+    /// A control plane over any store (`config.data_dir` is not used).
+    pub async fn with_store(store: Arc<dyn Store>, config: ControlPlaneConfig) -> Result<ControlPlane, StoreError> {
         let reader = store.clone();
         let latest = tokio::task::spawn_blocking(move || reader.latest())
             .await
-            .map_err(|e| StoreError::Io(sled::Error::Io(std::io::Error::other(e))))??;
+            .map_err(|e| StoreError::Damaged { path: config.data_dir.clone(), reason: panic_text(e) })??;
         let published = latest.map(|v| {
             Arc::new(Published { version: v.version, sha256: v.sha256, config: v.config.unwrap_or_default() })
         });
@@ -103,6 +147,10 @@ impl ControlPlane {
                 fleet: fleet::Fleet::default(),
                 shutdown: watch::Sender::new(false),
                 counter: AtomicU64::new(1),
+                tokens: config.tokens,
+                retain_versions: config.retain_versions.max(1),
+                node_purge_after: config.node_purge_after,
+                debounce: config.debounce,
             }),
         })
     }
@@ -136,6 +184,8 @@ impl ControlPlane {
             shutdown.await;
             shared.shutdown.send_replace(true);
         };
+        let purge = tokio::spawn(purge_nodes(self.shared.clone()));
+        let _purge = AbortOnDrop(purge);
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -146,5 +196,37 @@ impl ControlPlane {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await?;
         Ok(())
+    }
+}
+
+/// Aborts a background task when its owner is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Forgets nodes that stayed disconnected longer than `node_purge_after`.
+async fn purge_nodes(shared: Arc<Shared>) {
+    let every = (shared.node_purge_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        for node in shared.fleet.purge(shared.node_purge_after) {
+            tracing::info!(%node, "disconnected node purged");
+        }
+    }
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the store panicked".into()),
+        Err(e) => e.to_string(),
     }
 }

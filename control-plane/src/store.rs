@@ -31,6 +31,8 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("data dir {path} is not a vane data dir (it holds other data); pick an empty or vane-owned dir")]
     Foreign { path: PathBuf },
+    #[error("data dir {path} is damaged: {reason}")]
+    Damaged { path: PathBuf, reason: String },
     #[error("store i/o: {0}")]
     Io(#[from] sled::Error),
     #[error("store record for version {version} is damaged: {source}")]
@@ -62,6 +64,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn commit(&self, new: NewVersion) -> Result<StoredVersion, StoreError>;
     /// Versions newest first, without their configs; `limit` 0 means all.
     fn history(&self, limit: usize) -> Result<Vec<StoredVersion>, StoreError>;
+    /// Removes the oldest versions so that at most `keep` (at least 1) remain; returns how
+    /// many were removed.
+    fn prune(&self, keep: usize) -> Result<usize, StoreError>;
 }
 
 /// The embedded default store.
@@ -145,6 +150,15 @@ impl Store for SledStore {
         Ok(record)
     }
 
+    fn prune(&self, keep: usize) -> Result<usize, StoreError> {
+        let latest = self.meta.get(LATEST_KEY)?.map_or(0, |v| u64_from(&v));
+        let keep = u64::try_from(keep.max(1)).unwrap_or(u64::MAX);
+        match latest.checked_sub(keep) {
+            Some(cutoff) if cutoff > 0 => self.prune_below(cutoff),
+            _ => Ok(0),
+        }
+    }
+
     fn history(&self, limit: usize) -> Result<Vec<StoredVersion>, StoreError> {
         let limit = if limit == 0 { usize::MAX } else { limit };
         self.history
@@ -178,6 +192,24 @@ fn open_waiting_for_lock(dir: &Path) -> Result<sled::Db, StoreError> {
             }
             Err(source) => return Err(StoreError::Open { path: dir.to_owned(), source }),
         }
+    }
+}
+
+impl SledStore {
+    fn prune_below(&self, cutoff: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let old: Vec<sled::IVec> = self.history.range(..=cutoff.to_be_bytes()).keys().collect::<Result<_, _>>()?;
+        for key in old {
+            // Versions first, then history: a crash in between leaves a history line whose
+            // config is gone, which the next prune removes; never the reverse.
+            self.versions.remove(&key)?;
+            self.history.remove(&key)?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.db.flush()?;
+        }
+        Ok(removed)
     }
 }
 
@@ -220,6 +252,21 @@ mod tests {
         let history: Vec<u64> = store.history(0).unwrap().iter().map(|h| h.version).collect();
         assert_eq!(history, vec![2, 1]);
         assert!(store.history(1).unwrap()[0].config.is_none());
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for i in 0..5 {
+            store.commit(new_version(&format!("c{i}"))).unwrap();
+        }
+        assert_eq!(store.prune(3).unwrap(), 2);
+        let versions: Vec<u64> = store.history(0).unwrap().iter().map(|h| h.version).collect();
+        assert_eq!(versions, vec![5, 4, 3]);
+        assert!(store.get(2).unwrap().is_none());
+        assert_eq!(store.prune(3).unwrap(), 0);
+        assert_eq!(store.commit(new_version("next")).unwrap().version, 6, "numbers never restart");
     }
 
     #[test]

@@ -59,6 +59,8 @@ fn answer(shared: &NodeShared, req: &Request<Incoming>) -> Response<Full<Bytes>>
                 "sha256": sha256,
                 "connected": shared.connected.load(Ordering::Relaxed),
                 "stale": shared.stale.load(Ordering::Relaxed),
+                "snapshots_received": shared.snapshots.load(Ordering::Relaxed),
+                "swaps": shared.swaps.load(Ordering::Relaxed),
                 "listeners": listeners,
             });
             let mut response = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));

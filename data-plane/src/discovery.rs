@@ -61,13 +61,21 @@ async fn session(
     let (version_held, hash_held) = shared.held();
     let hello = Hello { node_id: config.node_id.clone(), labels: config.labels.clone(), version_held, hash_held };
     let _ = tx.send(NodeMessage { message: Some(node_message::Message::Hello(hello)) }).await;
-    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = &config.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("the node token holds characters a header cannot"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut inbound = client.stream(request).await?.into_inner();
     shared.connected.store(true, Ordering::Relaxed);
     shared.stale.store(false, Ordering::Relaxed);
     *attempt = 0;
     info!(version_held, "connected to control plane");
     while let Some(message) = inbound.message().await? {
         let Some(control_message::Message::Snapshot(snapshot)) = message.message else { continue };
+        shared.snapshots.fetch_add(1, Ordering::Relaxed);
         let reply = apply(shared, config, snapshot).await;
         if tx.send(reply).await.is_err() {
             break;

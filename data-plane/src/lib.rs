@@ -20,7 +20,7 @@ mod runtime;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub admin: Option<SocketAddr>,
     /// Free-form labels reported to the control plane.
     pub labels: HashMap<String, String>,
+    /// Bearer token (role `node`) for the discovery stream, when the control plane wants one.
+    pub token: Option<String>,
 }
 
 /// Why a node could not start.
@@ -71,6 +73,9 @@ pub(crate) struct NodeShared {
     pub(crate) stale: AtomicBool,
     pub(crate) connected: AtomicBool,
     pub(crate) metrics: metrics::Metrics,
+    /// Snapshots received from the control plane, and those swapped in.
+    pub(crate) snapshots: AtomicU64,
+    pub(crate) swaps: AtomicU64,
 }
 
 impl NodeShared {
@@ -106,6 +111,7 @@ impl NodeShared {
         });
         self.runtime.store(Some(Arc::new(runtime)));
         listeners.commit(prepared, self);
+        self.swaps.fetch_add(1, Ordering::Relaxed);
         info!(version = snapshot.version, "snapshot applied");
         Ok(())
     }
@@ -137,6 +143,8 @@ impl Node {
             stale: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             metrics: metrics::Metrics::default(),
+            snapshots: AtomicU64::new(0),
+            swaps: AtomicU64::new(0),
         });
         if let Some(dir) = &config.cache_dir {
             match cache::read(dir) {
@@ -176,6 +184,16 @@ impl Node {
     /// Bound address of the admin endpoint.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// How many snapshots this node has swapped in (including one from its cache).
+    pub fn swaps(&self) -> u64 {
+        self.shared.swaps.load(Ordering::Relaxed)
+    }
+
+    /// How many snapshots the control plane has sent this node.
+    pub fn snapshots_received(&self) -> u64 {
+        self.shared.snapshots.load(Ordering::Relaxed)
     }
 
     /// Whether the discovery stream is up.

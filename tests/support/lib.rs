@@ -70,7 +70,7 @@ impl TestControlPlane {
     }
 
     pub async fn start_in(data_dir: PathBuf) -> TestControlPlane {
-        let plane = ControlPlane::open(ControlPlaneConfig { data_dir }).await.expect("control plane opens");
+        let plane = ControlPlane::open(ControlPlaneConfig::new(data_dir)).await.expect("control plane opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -128,6 +128,7 @@ pub async fn start_node(id: &str, control_plane: &str, cache_dir: Option<PathBuf
         cache_dir,
         admin: Some("127.0.0.1:0".parse().expect("addr")),
         labels: [("test".to_owned(), id.to_owned())].into(),
+        token: None,
     })
     .await
     .expect("node starts")

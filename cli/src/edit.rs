@@ -1,0 +1,180 @@
+//! One-resource commands (`vane route ...`, `vane cluster ...`) and `vane token new`.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use vane_proto::admin::{Kind, Resource, resource};
+use vane_proto::config::{Cluster, Endpoint, Forward, Route, RouteMatch, WeightedCluster, route, route_match};
+
+use crate::client::Admin;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RouteCommand {
+    /// Add a route, or replace the route of that name.
+    Add(RouteAdd),
+    /// Delete a route.
+    Delete {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RouteAdd {
+    name: String,
+    /// Match paths starting with this.
+    #[arg(long, group = "path", required = true)]
+    prefix: Option<String>,
+    /// Match this path only.
+    #[arg(long, group = "path")]
+    exact: Option<String>,
+    /// Cluster to forward to, `NAME` or `NAME=WEIGHT`; repeat to split traffic.
+    #[arg(long = "cluster", required = true)]
+    clusters: Vec<String>,
+    /// Upstream timeout, e.g. `5s` or `500ms`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Attach to this listener only; repeatable (default: every HTTP listener).
+    #[arg(long = "listener")]
+    listeners: Vec<String>,
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Add a cluster, or replace the cluster of that name.
+    Add(ClusterAdd),
+    /// Delete a cluster (refused while a route uses it).
+    Delete {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Policy {
+    RoundRobin,
+    Random,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterAdd {
+    name: String,
+    /// Upstream `IP:PORT` or `IP:PORT=WEIGHT`; repeatable.
+    #[arg(long = "endpoint", required = true)]
+    endpoints: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Policy::RoundRobin)]
+    lb_policy: Policy,
+    /// e.g. `2s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    connect_timeout: Option<Duration>,
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Print a new random token (line 1) and its token-file entry (line 2).
+    New {
+        /// Who uses it; shown as the author in `vane history`.
+        name: String,
+        #[arg(long, value_enum)]
+        role: TokenRole,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum TokenRole {
+    Read,
+    Write,
+    Node,
+}
+
+fn proto_duration(d: Duration) -> pbjson_types::Duration {
+    pbjson_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// `NAME=WEIGHT` or `NAME`; the split is on the last `=` so names stay free-form.
+fn weighted(spec: &str) -> anyhow::Result<(String, u32)> {
+    match spec.rsplit_once('=') {
+        Some((name, weight)) => {
+            let weight = weight.parse().map_err(|_| anyhow!("'{spec}': the weight after '=' must be a number"))?;
+            Ok((name.to_owned(), weight))
+        }
+        None => Ok((spec.to_owned(), 0)),
+    }
+}
+
+pub(crate) async fn route(admin: &Admin, command: RouteCommand) -> anyhow::Result<()> {
+    match command {
+        RouteCommand::Delete { name, dry_run } => admin.delete_kind(Kind::Route, &name, dry_run).await,
+        RouteCommand::Add(add) => {
+            let path = match (add.prefix, add.exact) {
+                (Some(p), None) => route_match::Path::Prefix(p),
+                (None, Some(p)) => route_match::Path::Exact(p),
+                _ => bail!("give one of --prefix or --exact"),
+            };
+            let clusters = add
+                .clusters
+                .iter()
+                .map(|c| weighted(c).map(|(name, weight)| WeightedCluster { name, weight }))
+                .collect::<anyhow::Result<_>>()?;
+            let route = Route {
+                name: add.name,
+                r#match: Some(RouteMatch { path: Some(path) }),
+                action: Some(route::Action::Forward(Forward { clusters, timeout: add.timeout.map(proto_duration) })),
+                listeners: add.listeners,
+            };
+            admin.put(Resource { resource: Some(resource::Resource::Route(route)) }, add.dry_run).await
+        }
+    }
+}
+
+pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Delete { name, dry_run } => admin.delete_kind(Kind::Cluster, &name, dry_run).await,
+        ClusterCommand::Add(add) => {
+            let endpoints = add
+                .endpoints
+                .iter()
+                .map(|e| weighted(e).map(|(address, weight)| Endpoint { address, weight }))
+                .collect::<anyhow::Result<_>>()?;
+            let lb_policy = match add.lb_policy {
+                Policy::RoundRobin => vane_proto::config::cluster::LbPolicy::RoundRobin,
+                Policy::Random => vane_proto::config::cluster::LbPolicy::Random,
+            };
+            let cluster = Cluster {
+                name: add.name,
+                lb_policy: lb_policy as i32,
+                endpoints,
+                connect_timeout: add.connect_timeout.map(proto_duration),
+            };
+            admin.put(Resource { resource: Some(resource::Resource::Cluster(cluster)) }, add.dry_run).await
+        }
+    }
+}
+
+pub(crate) fn token(command: TokenCommand) -> anyhow::Result<()> {
+    let TokenCommand::New { name, role } = command;
+    if name.is_empty() || name.chars().any(char::is_whitespace) {
+        bail!("a token name may not be empty or hold spaces");
+    }
+    let role = match role {
+        TokenRole::Read => "read",
+        TokenRole::Write => "write",
+        TokenRole::Node => "node",
+    };
+    let token = vane_control_plane::generate_token();
+    println!("{token}");
+    println!("{name} {role} {}", vane_control_plane::hash_token(&token));
+    eprintln!("line 1 is the token: give it to its user, it is shown only now.");
+    eprintln!("line 2 goes into the --admin-token-file of the control plane.");
+    Ok(())
+}
