@@ -112,7 +112,9 @@ enum Command {
     Cluster(edit::ClusterCommand),
     /// Publish a new version whose config equals VERSION's.
     Rollback {
-        version: u64,
+        /// The version to return to.
+        #[arg(value_name = "VERSION")]
+        target: u64,
         #[arg(long)]
         dry_run: bool,
         #[arg(long)]
@@ -179,9 +181,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete { kind, name, dry_run } => admin.delete(&kind, &name, dry_run).await,
         Command::Route(command) => edit::route(&admin, command).await,
         Command::Cluster(command) => edit::cluster(&admin, command).await,
-        Command::Rollback { version, dry_run, expected_version } => {
-            admin.rollback(version, dry_run, expected_version.unwrap_or(0)).await
+        Command::Rollback { target, dry_run, expected_version } => {
+            admin.rollback(target, dry_run, expected_version.unwrap_or(0)).await
         }
         Command::Token(command) => edit::token(command),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -53,6 +53,11 @@ impl Fleet {
             disconnected_at: None,
         });
         entry.disconnected_at = None;
+        // A node that comes back holding nothing can only serve what it is sent: give its
+        // refused versions another chance (once per restart, so never a loop).
+        if version_held == 0 {
+            entry.nacked.clear();
+        }
         entry.session = session;
         entry.status.labels = labels;
         entry.status.address = address;

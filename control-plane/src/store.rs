@@ -81,6 +81,16 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (creating when missing) the store in `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        // Only a missing or empty dir may become a new store: anything else must already be
+        // a Vane store, so a damaged one is reported instead of silently started afresh.
+        let fresh = match std::fs::read_dir(dir) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(StoreError::Open { path: dir.to_owned(), source: sled::Error::Io(e) }),
+        };
+        if !fresh && !dir.join("db").is_file() {
+            return Err(StoreError::Foreign { path: dir.to_owned() });
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Open { path: dir.to_owned(), source: sled::Error::Io(e) })?;
         let db = open_waiting_for_lock(dir)?;
@@ -97,6 +107,12 @@ impl SledStore {
                     .any(|t| !matches!(t.as_ref(), b"versions" | b"history" | b"meta" | b"__sled__default"));
                 if !db.is_empty() || !versions.is_empty() || foreign_trees {
                     return Err(StoreError::Foreign { path: dir.to_owned() });
+                }
+                if !fresh {
+                    return Err(StoreError::Damaged {
+                        path: dir.to_owned(),
+                        reason: "it holds a database without Vane's format marker (damaged, or not Vane's)".into(),
+                    });
                 }
                 meta.insert(FORMAT_KEY, FORMAT)?;
                 db.flush()?;
@@ -275,6 +291,19 @@ mod tests {
         let _held = SledStore::open(dir.path()).unwrap();
         let err = SledStore::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("in use by another process"), "{err}");
+    }
+
+    #[test]
+    fn damaged_or_unrelated_dirs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a vane data dir"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db"), vec![0xa5u8; 100_000]).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is damaged"), "{err}");
     }
 
     #[test]

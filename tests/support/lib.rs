@@ -70,8 +70,14 @@ impl TestControlPlane {
     }
 
     pub async fn start_in(data_dir: PathBuf) -> TestControlPlane {
-        let plane = ControlPlane::open(ControlPlaneConfig::new(data_dir)).await.expect("control plane opens");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        TestControlPlane::start_with(ControlPlaneConfig::new(data_dir), "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// Starts with a full config on `addr` (port 0 for any; a fixed one to come back on
+    /// the address nodes already know).
+    pub async fn start_with(config: ControlPlaneConfig, addr: SocketAddr) -> TestControlPlane {
+        let plane = ControlPlane::open(config).await.expect("control plane opens");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let server = plane.clone();
@@ -122,13 +128,23 @@ impl Drop for TestControlPlane {
 
 /// Starts a node with an admin endpoint on an ephemeral port.
 pub async fn start_node(id: &str, control_plane: &str, cache_dir: Option<PathBuf>) -> Node {
+    start_node_with_token(id, control_plane, cache_dir, None).await
+}
+
+/// Starts a node that authenticates with `token`.
+pub async fn start_node_with_token(
+    id: &str,
+    control_plane: &str,
+    cache_dir: Option<PathBuf>,
+    token: Option<String>,
+) -> Node {
     Node::start(NodeConfig {
         node_id: id.into(),
         control_plane: control_plane.into(),
         cache_dir,
         admin: Some("127.0.0.1:0".parse().expect("addr")),
         labels: [("test".to_owned(), id.to_owned())].into(),
-        token: None,
+        token,
     })
     .await
     .expect("node starts")
@@ -193,13 +209,29 @@ impl HttpClient {
     }
 }
 
-/// Path of the real `vane` binary, built beside the test binaries.
+/// Path of the real `vane` binary, beside the test binaries. `cargo test` builds only
+/// the binaries of the package under test, so the first call in a test process runs
+/// `cargo build --bin vane` (a no-op when it is fresh) to never test a stale binary.
 pub fn vane_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("vane{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} is missing: run the tests with `cargo test --workspace`", bin.display());
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            let dir = exe.parent().and_then(Path::parent).expect("target dir");
+            let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = std::process::Command::new(cargo);
+            build.args(["build", "--quiet", "-p", "vane", "--bin", "vane"]);
+            if profile == "release" {
+                build.arg("--release");
+            }
+            let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("cargo runs");
+            assert!(status.success(), "building the vane binary failed");
+            let bin = dir.join(format!("vane{}", std::env::consts::EXE_SUFFIX));
+            assert!(bin.exists(), "{} is missing after cargo build", bin.display());
+            bin
+        })
+        .clone()
 }
 
 /// What a finished `vane` command printed.
@@ -212,12 +244,17 @@ pub struct CliOutput {
 
 /// Runs `vane ARGS` against `server` and waits for it.
 pub async fn vane(server: &str, args: &[&str]) -> CliOutput {
-    let output = tokio::process::Command::new(vane_bin())
-        .args(args)
-        .env("VANE_SERVER", server)
-        .env_remove("VANE_TOKEN")
-        .stdin(Stdio::null())
-        .output();
+    vane_with_token(server, None, args).await
+}
+
+/// Runs `vane ARGS` against `server`, with `VANE_TOKEN` set when `token` is given.
+pub async fn vane_with_token(server: &str, token: Option<&str>, args: &[&str]) -> CliOutput {
+    let mut command = tokio::process::Command::new(vane_bin());
+    match token {
+        Some(t) => command.env("VANE_TOKEN", t),
+        None => command.env_remove("VANE_TOKEN"),
+    };
+    let output = command.args(args).env("VANE_SERVER", server).stdin(Stdio::null()).output();
     let output = tokio::time::timeout(Duration::from_secs(30), output)
         .await
         .expect("vane command finished in time")
@@ -249,6 +286,7 @@ impl VaneProcess {
     pub async fn start(args: &[&str]) -> anyhow::Result<VaneProcess> {
         let mut child = tokio::process::Command::new(vane_bin())
             .args(args)
+            .env_remove("VANE_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
