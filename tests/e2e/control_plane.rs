@@ -401,3 +401,28 @@ async fn disconnected_nodes_show_as_such_then_are_purged() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_automation_example_changes_config_and_waits_for_the_fleet() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("api", "/api", "echo")])).await.unwrap();
+    wait_version(&node, 1).await;
+    let out = tokio::process::Command::new(example_bin("automate"))
+        .args(["shop", "/shop", &e1.addr().to_string()])
+        .env("VANE_SERVER", cp.url())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("against version 1: +cluster shop, +route shop"), "{stdout}");
+    assert!(
+        stdout.contains("version 2 (unchanged: false)") && stdout.contains("1 connected node(s) at version 2"),
+        "{stdout}"
+    );
+    let reply = HttpClient::default().get(listener(&node, "web").await, "/shop/x").await.unwrap();
+    assert_eq!(reply.backend(), "echo-1");
+}

@@ -214,24 +214,29 @@ impl HttpClient {
 /// `cargo build --bin vane` (a no-op when it is fresh) to never test a stale binary.
 pub fn vane_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("current exe");
-            let dir = exe.parent().and_then(Path::parent).expect("target dir");
-            let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = std::process::Command::new(cargo);
-            build.args(["build", "--quiet", "-p", "vane", "--bin", "vane"]);
-            if profile == "release" {
-                build.arg("--release");
-            }
-            let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("cargo runs");
-            assert!(status.success(), "building the vane binary failed");
-            let bin = dir.join(format!("vane{}", std::env::consts::EXE_SUFFIX));
-            assert!(bin.exists(), "{} is missing after cargo build", bin.display());
-            bin
-        })
-        .clone()
+    BUILT.get_or_init(|| cargo_build(&["-p", "vane", "--bin", "vane"], "vane")).clone()
+}
+
+/// Path of an example program of this package, built the same way as [`vane_bin`].
+pub fn example_bin(name: &str) -> PathBuf {
+    cargo_build(&["-p", "vane-suite", "--example", name], &format!("examples/{name}"))
+}
+
+fn cargo_build(args: &[&str], artifact: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "--quiet"]).args(args);
+    if profile == "release" {
+        build.arg("--release");
+    }
+    let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("cargo runs");
+    assert!(status.success(), "cargo build {args:?} failed");
+    let path = dir.join(format!("{artifact}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is missing after cargo build", path.display());
+    path
 }
 
 /// What a finished `vane` command printed.
