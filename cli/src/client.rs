@@ -23,6 +23,7 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 pub(crate) struct Admin {
     server: String,
     token: Option<String>,
+    tls: crate::tls::ClientTlsArgs,
 }
 
 /// Turns a gRPC error into one line a user can act on.
@@ -37,13 +38,17 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 impl Admin {
-    pub(crate) fn new(server: String, token: Option<String>) -> Admin {
-        Admin { server, token }
+    pub(crate) fn new(server: String, token: Option<String>, tls: crate::tls::ClientTlsArgs) -> Admin {
+        Admin { server, token, tls }
     }
 
     async fn client(&self) -> anyhow::Result<ConfigServiceClient<Channel>> {
-        let channel = Channel::from_shared(self.server.clone())
-            .with_context(|| format!("invalid --server url '{}'", self.server))?
+        let mut endpoint = Channel::from_shared(self.server.clone())
+            .with_context(|| format!("invalid --server url '{}'", self.server))?;
+        if let Some(tls) = self.tls.config(&self.server)? {
+            endpoint = endpoint.tls_config(tls).context("tls settings")?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .map_err(|e| anyhow!("cannot reach control plane at {}: {}", self.server, source_chain(&e)))?;

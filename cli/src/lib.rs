@@ -8,6 +8,7 @@ pub mod demo;
 mod edit;
 mod output;
 mod serve;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,8 @@ pub struct Cli {
     /// Bearer token for the admin API.
     #[arg(long, global = true, env = "VANE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    tls: tls::ClientTlsArgs,
     /// Log format of long-running commands.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -156,7 +159,7 @@ fn init_logs(format: LogFormat) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let admin = client::Admin::new(cli.server.clone(), cli.token.clone());
+    let admin = client::Admin::new(cli.server.clone(), cli.token.clone(), cli.tls.clone());
     match cli.command {
         Command::Dev(args) => {
             init_logs(cli.log_format);
@@ -168,7 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Proxy(args) => {
             init_logs(cli.log_format);
-            serve::proxy(args, cli.token).await
+            serve::proxy(args, cli.token, &cli.tls).await
         }
         Command::Apply { file, dry_run, expected_version } => {
             admin.apply(&file, dry_run, expected_version.unwrap_or(0)).await

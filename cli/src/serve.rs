@@ -35,6 +35,8 @@ pub(crate) struct ControlPlaneArgs {
     /// How long a disconnected node stays listed by `vane nodes`, e.g. `10m`.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     node_purge_after: Duration,
+    #[command(flatten)]
+    tls: crate::tls::ServerTlsArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -121,18 +123,29 @@ pub(crate) async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> 
     let mut config = ControlPlaneConfig::new(args.data_dir);
     config.retain_versions = args.retain_versions;
     config.node_purge_after = args.node_purge_after;
+    config.tls = args.tls.config()?;
     if let Some(path) = &args.admin_token_file {
         config.tokens = Tokens::load(path)?;
         if config.tokens.is_open() {
             bail!("token file {} lists no tokens", path.display());
         }
     }
+    let tls = config.tls.is_some();
     let (cp, addr, task) = start_control_plane(config, args.listen).await?;
-    println!("vane control-plane listening on {addr} (version {})", cp.latest_version());
+    println!(
+        "vane control-plane listening on {addr} (version {}){}",
+        cp.latest_version(),
+        if tls { " tls" } else { "" }
+    );
     task.await.map_err(|e| anyhow!("control plane task: {e}"))?
 }
 
-pub(crate) async fn proxy(args: ProxyArgs, token: Option<String>) -> anyhow::Result<()> {
+pub(crate) async fn proxy(
+    args: ProxyArgs,
+    token: Option<String>,
+    tls: &crate::tls::ClientTlsArgs,
+) -> anyhow::Result<()> {
+    let tls = tls.config(&args.control_plane)?;
     let node = Node::start(NodeConfig {
         node_id: args.node_id.clone(),
         control_plane: args.control_plane,
@@ -140,6 +153,7 @@ pub(crate) async fn proxy(args: ProxyArgs, token: Option<String>) -> anyhow::Res
         admin: Some(args.admin),
         labels: args.labels.into_iter().collect(),
         token,
+        tls,
     })
     .await?;
     let admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string());
@@ -163,6 +177,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         admin: Some(args.admin),
         labels: HashMap::from([("mode".to_owned(), "dev".to_owned())]),
         token: None,
+        tls: None,
     })
     .await?;
 

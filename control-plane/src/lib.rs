@@ -46,6 +46,8 @@ pub struct ControlPlaneConfig {
     pub tokens: Tokens,
     /// Push coalescing: see [`Debounce`].
     pub debounce: Debounce,
+    /// TLS (and, with a client CA, mTLS) on the gRPC port; `None`: plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl ControlPlaneConfig {
@@ -57,6 +59,7 @@ impl ControlPlaneConfig {
             node_purge_after: Duration::from_secs(600),
             tokens: Tokens::default(),
             debounce: Debounce::default(),
+            tls: None,
         }
     }
 }
@@ -106,6 +109,7 @@ pub(crate) struct Shared {
 #[derive(Clone, Debug)]
 pub struct ControlPlane {
     shared: Arc<Shared>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// Why the control plane could not start or stopped.
@@ -139,7 +143,9 @@ impl ControlPlane {
         let published = latest.map(|v| {
             Arc::new(Published { version: v.version, sha256: v.sha256, config: v.config.unwrap_or_default() })
         });
+        let tls = config.tls.clone();
         Ok(ControlPlane {
+            tls,
             shared: Arc::new(Shared {
                 store,
                 published: watch::Sender::new(published),
@@ -186,9 +192,13 @@ impl ControlPlane {
         };
         let purge = tokio::spawn(purge_nodes(self.shared.clone()));
         let _purge = AbortOnDrop(purge);
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        if let Some(tls) = self.tls.clone() {
+            server = server.tls_config(tls)?;
+        }
+        server
             .add_service(health)
             .add_service(reflection)
             .add_service(admin)

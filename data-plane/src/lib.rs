@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub labels: HashMap<String, String>,
     /// Bearer token (role `node`) for the discovery stream, when the control plane wants one.
     pub token: Option<String>,
+    /// TLS towards the control plane (trusted CA, client certificate for mTLS); required
+    /// for an `https://` URL.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// Why a node could not start.
@@ -60,6 +63,8 @@ pub enum NodeError {
     },
     #[error("invalid control-plane url '{0}'")]
     ControlPlaneUrl(String),
+    #[error("control-plane tls: {0}")]
+    Tls(String),
 }
 
 /// State shared by the discovery client, the listeners and the admin endpoint.
@@ -134,8 +139,11 @@ impl Node {
     /// Starts a node: serves its cached snapshot if it has one, opens the admin endpoint
     /// and connects to the control plane (retrying forever with backoff).
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(config.control_plane.clone())
+        let mut endpoint = tonic::transport::Endpoint::from_shared(config.control_plane.clone())
             .map_err(|_| NodeError::ControlPlaneUrl(config.control_plane.clone()))?;
+        if let Some(tls) = config.tls.clone() {
+            endpoint = endpoint.tls_config(tls).map_err(|e| NodeError::Tls(e.to_string()))?;
+        }
         let shared = Arc::new(NodeShared {
             node_id: config.node_id.clone(),
             runtime: ArcSwapOption::empty(),

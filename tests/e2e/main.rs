@@ -6,3 +6,4 @@ mod control_plane;
 mod fleet;
 mod proxy_http;
 mod restart;
+mod tls;

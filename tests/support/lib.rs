@@ -145,6 +145,7 @@ pub async fn start_node_with_token(
         admin: Some("127.0.0.1:0".parse().expect("addr")),
         labels: [("test".to_owned(), id.to_owned())].into(),
         token,
+        tls: None,
     })
     .await
     .expect("node starts")
@@ -315,7 +316,8 @@ impl VaneProcess {
             .strip_prefix("vane control-plane listening on ")
             .and_then(|rest| rest.split_whitespace().next())
             .ok_or_else(|| anyhow!("unexpected banner: {}", self.banner))?;
-        Ok(format!("http://{addr}"))
+        let scheme = if self.banner.ends_with(" tls") { "https" } else { "http" };
+        Ok(format!("{scheme}://{addr}"))
     }
 
     /// SIGKILL, then reap.
@@ -347,4 +349,58 @@ pub fn config_yaml(clusters: &[(&str, &[SocketAddr])], routes: &[(&str, &str, &s
 /// Fails unless `cond`, with a message (for use in `?` chains).
 pub fn ensure(cond: bool, message: impl Into<String>) -> anyhow::Result<()> {
     if cond { Ok(()) } else { bail!(message.into()) }
+}
+
+/// PEM files of a test PKI: a CA, a server certificate for 127.0.0.1 and localhost, and
+/// a client certificate, all signed by the CA; plus an unrelated CA.
+#[derive(Debug)]
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).expect("write pem");
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            let key = KeyPair::generate().expect("key");
+            let cert = params.self_signed(&key).expect("ca cert");
+            (cert, Issuer::new(params, key))
+        };
+        let (ca_cert, issuer) = ca("vane test ca");
+        write("ca.pem", ca_cert.pem());
+        let (other_ca, _) = ca("someone else");
+        write("other-ca.pem", other_ca.pem());
+        for (name, sans) in
+            [("server", vec!["127.0.0.1".to_owned(), "localhost".to_owned()]), ("client", vec!["node-1".to_owned()])]
+        {
+            let mut params = CertificateParams::new(sans).expect("params");
+            params.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &issuer).expect("signed");
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        TestPki { dir }
+    }
+
+    /// Path of one of the files: ca.pem, other-ca.pem, server.pem/.key, client.pem/.key.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).expect("read pem")
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        TestPki::new()
+    }
 }
