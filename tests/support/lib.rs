@@ -210,31 +210,49 @@ impl HttpClient {
     }
 }
 
-/// Path of the real `vane` binary, beside the test binaries. `cargo test` builds only
-/// the binaries of the package under test, so the first call in a test process runs
-/// `cargo build --bin vane` (a no-op when it is fresh) to never test a stale binary.
+/// Path of the real `vane` binary, beside the test binaries.
 pub fn vane_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| cargo_build(&["-p", "vane", "--bin", "vane"], "vane")).clone()
+    built_artifact("vane")
 }
 
-/// Path of an example program of this package, built the same way as [`vane_bin`].
+/// Path of an example program of this package.
 pub fn example_bin(name: &str) -> PathBuf {
-    cargo_build(&["-p", "vane-suite", "--example", name], &format!("examples/{name}"))
+    built_artifact(&format!("examples/{name}"))
 }
 
-fn cargo_build(args: &[&str], artifact: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = std::process::Command::new(cargo);
-    build.args(["build", "--quiet"]).args(args);
-    if profile == "release" {
-        build.arg("--release");
-    }
-    let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("cargo runs");
-    assert!(status.success(), "cargo build {args:?} failed");
+/// `cargo test` builds only the binaries of the package under test, so the first call in
+/// a test process runs `cargo build --workspace --all-targets` (a no-op when fresh). It
+/// selects what `cargo test --workspace` selects, so features unify the same way and
+/// nothing is rebuilt back and forth; and no test ever runs a stale binary.
+fn built_artifact(artifact: &str) -> PathBuf {
+    static TARGET_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = TARGET_DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe.parent().and_then(Path::parent).expect("target dir").to_owned();
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--quiet", "--workspace", "--all-targets"]);
+        // The test runner's own variables (package metadata, library paths) would make the
+        // nested cargo see a different environment and rebuild crates whose build scripts
+        // watch it.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let runner_only = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_CRATE_", "NEXTEST", "__NEXTEST"]
+                .iter()
+                .any(|p| key.starts_with(p))
+                || matches!(&*key, "LD_LIBRARY_PATH" | "DYLD_FALLBACK_LIBRARY_PATH" | "CARGO_TARGET_TMPDIR");
+            if runner_only {
+                build.env_remove(&*key);
+            }
+        }
+        if profile == "release" {
+            build.arg("--release");
+        }
+        let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("cargo runs");
+        assert!(status.success(), "cargo build --workspace --all-targets failed");
+        dir
+    });
     let path = dir.join(format!("{artifact}{}", std::env::consts::EXE_SUFFIX));
     assert!(path.exists(), "{} is missing after cargo build", path.display());
     path
