@@ -96,6 +96,7 @@ async fn node_restarted_while_the_control_plane_is_down_catches_up_when_it_retur
         let node = start_node("n1", &url, Some(cache.path().to_owned())).await;
         cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("api", "/api", "echo")])).await.unwrap();
         wait_version(&node, 1).await;
+        cp.wait_acked("n1", 1).await;
     }
     cp.stop().await;
 

@@ -59,6 +59,7 @@ async fn node_restarted_while_the_control_plane_is_down_serves_its_cached_snapsh
         let node = start_node("n1", &url, Some(cache.path().to_owned())).await;
         cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("api", "/api", "echo")])).await.unwrap();
         wait_version(&node, 1).await;
+        cp.wait_acked("n1", 1).await;
     }
     cp.stop().await;
 

@@ -24,7 +24,7 @@ pub use vane::demo::EchoServer;
 use vane_control_plane::{ControlPlane, ControlPlaneConfig};
 use vane_data_plane::{Node, NodeConfig};
 use vane_proto::admin::config_service_client::ConfigServiceClient;
-use vane_proto::admin::{ApplyRequest, ApplyResponse};
+use vane_proto::admin::{ApplyRequest, ApplyResponse, ListNodesRequest};
 use vane_proto::{Format, load};
 
 /// Logs to the test's captured output when `RUST_LOG` is set.
@@ -109,6 +109,20 @@ impl TestControlPlane {
             .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0 })
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// Waits until the control plane has `node_id`'s ACK of `version` (the node has then
+    /// also written the snapshot to its cache).
+    pub async fn wait_acked(&self, node_id: &str, version: u64) {
+        let client = ConfigServiceClient::connect(self.url()).await.expect("admin client connects");
+        eventually(Duration::from_secs(10), &format!("{node_id} acked version {version}"), || {
+            let mut client = client.clone();
+            async move {
+                let nodes = client.list_nodes(ListNodesRequest {}).await.ok()?.into_inner().nodes;
+                nodes.iter().any(|n| n.node_id == node_id && n.acked_version == version).then_some(())
+            }
+        })
+        .await;
     }
 
     /// Stops serving and waits until the server is gone.
