@@ -427,3 +427,36 @@ async fn the_automation_example_changes_config_and_waits_for_the_fleet() {
     let reply = HttpClient::default().get(listener(&node, "web").await, "/shop/x").await.unwrap();
     assert_eq!(reply.backend(), "echo-1");
 }
+
+#[tokio::test]
+async fn stock_grpc_health_and_reflection_answer_on_the_control_plane_port() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let cp = TestControlPlane::start().await;
+    let channel = tonic::transport::Channel::from_shared(cp.url()).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["vane.admin.v1.ConfigService", "vane.discovery.v1.DiscoveryService"] {
+        let status = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(status.status, ServingStatus::Serving as i32, "{service}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"vane.admin.v1.ConfigService".to_owned()), "{names:?}");
+    assert!(names.contains(&"vane.discovery.v1.DiscoveryService".to_owned()), "{names:?}");
+}
