@@ -236,3 +236,62 @@ pub(crate) fn duration_or(d: Option<&pbjson_types::Duration>, default: Duration)
     .filter(|d| !d.is_zero())
     .unwrap_or(default)
 }
+
+/// Internals exposed for the criterion benches (`benches/hot_path.rs`) only: not an API.
+#[doc(hidden)]
+pub mod bench {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use crate::cluster::{Cluster, ClusterRegistry};
+    use crate::metrics::Metrics;
+    use crate::router::Router;
+    use crate::runtime::Runtime;
+
+    /// A compiled runtime with one listener (slot 1).
+    #[derive(Debug)]
+    pub struct CompiledRoutes {
+        runtime: Runtime,
+    }
+
+    impl CompiledRoutes {
+        /// Compiles `config` (listeners by name get slots 1, 2, ...).
+        pub fn compile(config: &vane_proto::config::Config) -> CompiledRoutes {
+            let slots: HashMap<String, u64> =
+                config.listeners.iter().enumerate().map(|(i, l)| (l.name.clone(), i as u64 + 1)).collect();
+            let metrics = Metrics::default();
+            let runtime = metrics.rebuild(|m| Runtime::compile(1, String::new(), config, &slots, None, m));
+            CompiledRoutes { runtime }
+        }
+
+        fn router(&self) -> Option<&Router> {
+            self.runtime.listeners.get(&1)
+        }
+
+        /// The name of the route `path` takes on the first listener.
+        pub fn find(&self, path: &str) -> Option<&str> {
+            self.router()?.find(path).map(|e| &*e.route.name)
+        }
+    }
+
+    /// A compiled cluster, for endpoint picks and request rewrites.
+    #[derive(Debug)]
+    pub struct CompiledCluster(Arc<Cluster>);
+
+    impl CompiledCluster {
+        pub fn new(spec: &vane_proto::config::Cluster) -> CompiledCluster {
+            CompiledCluster(ClusterRegistry::new(&HashMap::new()).build(spec))
+        }
+
+        /// The port of the next endpoint.
+        pub fn pick(&self) -> Option<u16> {
+            self.0.pick().and_then(|e| e.authority.port_u16())
+        }
+
+        /// Rewrites a downstream request as the proxy does before sending it upstream.
+        pub fn rewrite<B>(&self, req: http::Request<B>, peer: SocketAddr) -> Option<http::Request<B>> {
+            crate::proxy::upstream_request(req, &self.0, peer)
+        }
+    }
+}

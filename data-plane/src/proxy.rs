@@ -97,7 +97,7 @@ async fn forward(route: &Route, cluster: &Cluster, req: Request<Incoming>, peer:
 
 /// Rewrites a downstream request for `cluster`'s next endpoint; `None` when the request
 /// cannot be expressed upstream.
-fn upstream_request(req: Request<Incoming>, cluster: &Cluster, peer: SocketAddr) -> Option<Request<Incoming>> {
+pub(crate) fn upstream_request<B>(req: Request<B>, cluster: &Cluster, peer: SocketAddr) -> Option<Request<B>> {
     let endpoint = cluster.pick()?;
     let (mut parts, body) = req.into_parts();
     let original_host = parts

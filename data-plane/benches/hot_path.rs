@@ -1,0 +1,83 @@
+//! The per-request work of the data plane, without sockets: route lookup as the route
+//! count grows, the round-robin pick, and the upstream request rewrite.
+//!
+//! `cargo bench -p vane-data-plane --bench hot_path`
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use vane_data_plane::bench::{CompiledCluster, CompiledRoutes};
+use vane_proto::config::{self, Config};
+
+fn config_with_routes(n: usize) -> Config {
+    let cluster = config::Cluster {
+        name: "c".into(),
+        endpoints: vec![config::Endpoint { address: "127.0.0.1:9001".into(), weight: 1 }],
+        ..Default::default()
+    };
+    let routes = (0..n)
+        .map(|i| config::Route {
+            name: format!("r{i}"),
+            r#match: Some(config::RouteMatch {
+                path: Some(if i % 2 == 0 {
+                    config::route_match::Path::Prefix(format!("/svc{i}/"))
+                } else {
+                    config::route_match::Path::Exact(format!("/svc{i}/health"))
+                }),
+            }),
+            action: Some(config::route::Action::Forward(config::Forward {
+                clusters: vec![config::WeightedCluster { name: "c".into(), weight: 0 }],
+                timeout: None,
+            })),
+            listeners: vec![],
+        })
+        .collect();
+    Config {
+        listeners: vec![config::Listener { name: "web".into(), address: "127.0.0.1:0".into(), protocol: 0 }],
+        routes,
+        clusters: vec![cluster],
+    }
+}
+
+fn route_lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_lookup");
+    for n in [10usize, 1_000, 100_000] {
+        let routes = CompiledRoutes::compile(&config_with_routes(n));
+        // A prefix route in the middle of the table, and an exact one.
+        let prefix_path = format!("/svc{}/items/42", (n / 2) & !1);
+        let exact_path = format!("/svc{}/health", (n / 2) | 1);
+        assert!(routes.find(&prefix_path).is_some() && routes.find(&exact_path).is_some());
+        group
+            .bench_with_input(BenchmarkId::new("prefix", n), &prefix_path, |b, p| b.iter(|| routes.find(black_box(p))));
+        group.bench_with_input(BenchmarkId::new("exact", n), &exact_path, |b, p| b.iter(|| routes.find(black_box(p))));
+    }
+    group.finish();
+}
+
+fn balance_and_rewrite(c: &mut Criterion) {
+    let spec = config::Cluster {
+        name: "c".into(),
+        endpoints: (0..4)
+            .map(|i| config::Endpoint { address: format!("127.0.0.1:{}", 9001 + i), weight: i + 1 })
+            .collect(),
+        ..Default::default()
+    };
+    let cluster = CompiledCluster::new(&spec);
+    c.bench_function("round_robin_pick", |b| b.iter(|| black_box(cluster.pick())));
+    let peer: SocketAddr = "192.0.2.10:50000".parse().unwrap();
+    c.bench_function("upstream_request_rewrite", |b| {
+        b.iter(|| {
+            let req = http::Request::get("/api/items?id=7")
+                .header("host", "shop.example")
+                .header("user-agent", "bench")
+                .header("connection", "keep-alive")
+                .body(())
+                .unwrap();
+            black_box(cluster.rewrite(req, peer))
+        })
+    });
+}
+
+criterion_group!(benches, route_lookup, balance_and_rewrite);
+criterion_main!(benches);
