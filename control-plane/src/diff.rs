@@ -94,7 +94,7 @@ mod tests {
     #[test]
     fn summary_lists_added_changed_removed() {
         let old = Config {
-            listeners: vec![Listener { name: "web".into(), address: "127.0.0.1:1".into(), protocol: 0 }],
+            listeners: vec![Listener { name: "web".into(), address: "127.0.0.1:1".into(), ..Default::default() }],
             clusters: vec![Cluster { name: "a".into(), ..Default::default() }],
             ..Default::default()
         };

@@ -34,7 +34,7 @@ fn config_with_routes(n: usize) -> Config {
         })
         .collect();
     Config {
-        listeners: vec![config::Listener { name: "web".into(), address: "127.0.0.1:0".into(), protocol: 0 }],
+        listeners: vec![config::Listener { name: "web".into(), address: "127.0.0.1:0".into(), ..Default::default() }],
         routes,
         clusters: vec![cluster],
     }

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use crate::NodeShared;
+use crate::{NodeShared, metrics};
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<NodeShared>) {
     loop {
@@ -68,7 +68,7 @@ fn answer(shared: &NodeShared, req: &Request<Incoming>) -> Response<Full<Bytes>>
             response
         }
         "/metrics" => {
-            let mut response = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+            let mut response = Response::new(Full::new(Bytes::from(render_metrics(shared))));
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -82,4 +82,62 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response
+}
+
+/// Everything `/metrics` shows: request families, listeners, config and control-plane state.
+fn render_metrics(shared: &NodeShared) -> String {
+    let mut out = String::with_capacity(4096);
+    shared.metrics.render(&mut out);
+    metrics::render_listeners(&mut out, &shared.listeners().stats());
+    let (version, _) = shared.held();
+    metrics::single(&mut out, "vane_config_version", "gauge", "Config version this node serves (0: none).", version);
+    let swaps = shared.swaps.load(Ordering::Relaxed);
+    metrics::single(&mut out, "vane_config_swaps_total", "counter", "Snapshots swapped in.", swaps);
+    let nacks = shared.metrics.nacks.load(Ordering::Relaxed);
+    metrics::single(&mut out, "vane_config_nacks_total", "counter", "Snapshots refused.", nacks);
+    let connected = shared.connected.load(Ordering::Relaxed);
+    metrics::single(
+        &mut out,
+        "vane_control_plane_connected",
+        "gauge",
+        "1 while the discovery stream is up.",
+        u8::from(connected),
+    );
+    let since = if connected {
+        0.0
+    } else {
+        let now_ms = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        now_ms.saturating_sub(shared.lost_at_ms.load(Ordering::Relaxed)) as f64 / 1000.0
+    };
+    metrics::single(
+        &mut out,
+        "vane_control_plane_last_contact_seconds",
+        "gauge",
+        "Seconds since the discovery stream was last up (0 while it is).",
+        since,
+    );
+    let stale = shared.stale.load(Ordering::Relaxed);
+    metrics::single(
+        &mut out,
+        "vane_config_stale",
+        "gauge",
+        "1 while serving a cached snapshot not yet confirmed.",
+        u8::from(stale),
+    );
+    let logs = &shared.access_logs.counters;
+    metrics::single(
+        &mut out,
+        "vane_access_log_lines_total",
+        "counter",
+        "Access log lines queued.",
+        logs.lines.load(Ordering::Relaxed),
+    );
+    metrics::single(
+        &mut out,
+        "vane_access_log_dropped_total",
+        "counter",
+        "Access log lines dropped because the writer fell behind.",
+        logs.dropped.load(Ordering::Relaxed),
+    );
+    out
 }

@@ -12,19 +12,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use vane_proto::config::{self, cluster::LbPolicy};
 
 use crate::duration_or;
+use crate::metrics::ClusterStats;
 
 /// Connect timeout when a cluster sets none.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
+pub(crate) type UpstreamClient = Client<HttpConnector, crate::proxy::UpstreamBody>;
 
 /// One upstream endpoint, its authority prebuilt for request URIs.
 #[derive(Debug)]
@@ -43,6 +43,7 @@ pub(crate) struct Cluster {
     schedule: Arc<[u32]>,
     cursor: Arc<AtomicUsize>,
     pub(crate) client: UpstreamClient,
+    pub(crate) stats: Arc<ClusterStats>,
 }
 
 impl Cluster {
@@ -70,9 +71,9 @@ impl<'a> ClusterRegistry<'a> {
     }
 
     /// A compiled cluster for a validated spec.
-    pub(crate) fn build(&self, spec: &config::Cluster) -> Arc<Cluster> {
+    pub(crate) fn build(&self, spec: &config::Cluster, stats: Arc<ClusterStats>) -> Arc<Cluster> {
         let old = self.previous.get(spec.name.as_str());
-        if let Some(old) = old.filter(|old| old.spec == *spec) {
+        if let Some(old) = old.filter(|old| old.spec == *spec && Arc::ptr_eq(&old.stats, &stats)) {
             return old.clone();
         }
         let endpoints: Vec<Endpoint> = spec
@@ -101,6 +102,7 @@ impl<'a> ClusterRegistry<'a> {
             schedule: smooth_weighted_schedule(&weights).into(),
             cursor: old.map(|o| o.cursor.clone()).unwrap_or_default(),
             client,
+            stats,
         })
     }
 }
@@ -151,14 +153,15 @@ mod tests {
     #[tokio::test]
     async fn round_robin_cycles_and_cursor_survives_a_changed_cluster() {
         let empty = HashMap::new();
-        let cluster = ClusterRegistry::new(&empty).build(&spec(&[1, 1, 1]));
+        let stats = Arc::new(ClusterStats::default());
+        let cluster = ClusterRegistry::new(&empty).build(&spec(&[1, 1, 1]), stats.clone());
         let ports: Vec<u16> = (0..4).map(|_| cluster.pick().unwrap().authority.port_u16().unwrap()).collect();
         assert_eq!(ports, vec![9000, 9001, 9002, 9000]);
 
         let previous = HashMap::from([(cluster.name.clone(), cluster.clone())]);
-        let same = ClusterRegistry::new(&previous).build(&spec(&[1, 1, 1]));
+        let same = ClusterRegistry::new(&previous).build(&spec(&[1, 1, 1]), stats.clone());
         assert!(Arc::ptr_eq(&same, &cluster), "an unchanged cluster is shared whole");
-        let changed = ClusterRegistry::new(&previous).build(&spec(&[1, 1, 2]));
+        let changed = ClusterRegistry::new(&previous).build(&spec(&[1, 1, 2]), stats);
         assert!(!Arc::ptr_eq(&changed, &cluster));
         assert_eq!(changed.cursor.load(Ordering::Relaxed), 4, "the cursor is carried over");
     }

@@ -38,7 +38,10 @@ pub(crate) async fn run(shared: Arc<NodeShared>, endpoint: Endpoint, config: Nod
             Ok(()) => info!("control plane closed the stream"),
             Err(error) => warn!(%error, control_plane = %config.control_plane, "discovery stream failed"),
         }
-        shared.connected.store(false, Ordering::Relaxed);
+        if shared.connected.swap(false, Ordering::Relaxed) {
+            let now_ms = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            shared.lost_at_ms.store(now_ms, Ordering::Relaxed);
+        }
         let ceiling = BACKOFF_MIN.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
         let delay = ceiling.mul_f64(rand::random::<f64>());
         attempt = attempt.saturating_add(1);
@@ -100,6 +103,7 @@ async fn apply(shared: &Arc<NodeShared>, config: &NodeConfig, snapshot: Snapshot
     let message = match result {
         Ok(()) => node_message::Message::Ack(Ack { version, nonce }),
         Err(errors) => {
+            shared.metrics.nacks.fetch_add(1, Ordering::Relaxed);
             let text = errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
             warn!(version, errors = %text, "snapshot rejected");
             node_message::Message::Nack(Nack { version, nonce, errors })

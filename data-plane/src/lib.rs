@@ -7,6 +7,7 @@
 //! cached on disk, and the node ACKs. Any failure before the swap NACKs and leaves the
 //! previous runtime serving. Requests (`proxy`) load the runtime once and keep it.
 
+mod accesslog;
 mod admin;
 mod cache;
 mod cluster;
@@ -22,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use tokio::task::JoinHandle;
@@ -81,6 +82,10 @@ pub(crate) struct NodeShared {
     /// Snapshots received from the control plane, and those swapped in.
     pub(crate) snapshots: AtomicU64,
     pub(crate) swaps: AtomicU64,
+    pub(crate) access_logs: accesslog::Sinks,
+    /// When the node started, and when (ms after that) the control plane was last lost.
+    pub(crate) started: Instant,
+    pub(crate) lost_at_ms: AtomicU64,
 }
 
 impl NodeShared {
@@ -101,6 +106,25 @@ impl NodeShared {
             }]);
         }
         validate(config).map_err(|e| e.0)?;
+        let mut access_logs = HashMap::new();
+        let mut errors = Vec::new();
+        for l in &config.listeners {
+            let Some(log) = &l.access_log else { continue };
+            match self.access_logs.get(log) {
+                Ok(sink) => {
+                    access_logs.insert(l.name.clone(), sink);
+                }
+                Err(message) => errors.push(ConfigError {
+                    kind: "listener",
+                    name: l.name.clone(),
+                    field: "access_log.path".into(),
+                    message,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         let mut listeners = self.listeners();
         let prepared = listeners.prepare(&config.listeners)?;
         let previous = self.runtime.load_full();
@@ -112,6 +136,7 @@ impl NodeShared {
                 &prepared.ids,
                 previous.as_deref(),
                 metrics,
+                &access_logs,
             )
         });
         self.runtime.store(Some(Arc::new(runtime)));
@@ -153,6 +178,9 @@ impl Node {
             metrics: metrics::Metrics::default(),
             snapshots: AtomicU64::new(0),
             swaps: AtomicU64::new(0),
+            access_logs: accesslog::Sinks::default(),
+            started: Instant::now(),
+            lost_at_ms: AtomicU64::new(0),
         });
         if let Some(dir) = &config.cache_dir {
             match cache::read(dir) {
@@ -261,7 +289,8 @@ pub mod bench {
             let slots: HashMap<String, u64> =
                 config.listeners.iter().enumerate().map(|(i, l)| (l.name.clone(), i as u64 + 1)).collect();
             let metrics = Metrics::default();
-            let runtime = metrics.rebuild(|m| Runtime::compile(1, String::new(), config, &slots, None, m));
+            let runtime =
+                metrics.rebuild(|m| Runtime::compile(1, String::new(), config, &slots, None, m, &HashMap::new()));
             CompiledRoutes { runtime }
         }
 
@@ -281,7 +310,7 @@ pub mod bench {
 
     impl CompiledCluster {
         pub fn new(spec: &vane_proto::config::Cluster) -> CompiledCluster {
-            CompiledCluster(ClusterRegistry::new(&HashMap::new()).build(spec))
+            CompiledCluster(ClusterRegistry::new(&HashMap::new()).build(spec, Default::default()))
         }
 
         /// The port of the next endpoint.
@@ -291,7 +320,7 @@ pub mod bench {
 
         /// Rewrites a downstream request as the proxy does before sending it upstream.
         pub fn rewrite<B>(&self, req: http::Request<B>, peer: SocketAddr) -> Option<http::Request<B>> {
-            crate::proxy::upstream_request(req, &self.0, peer)
+            crate::proxy::upstream_request(req, &self.0, peer).map(|(r, _)| r)
         }
     }
 }

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,6 +25,7 @@ use vane_proto::ConfigError;
 use vane_proto::config;
 
 use crate::NodeShared;
+use crate::metrics::ListenerStats;
 use crate::proxy;
 
 /// Time a client has to send a request's headers (slowloris guard).
@@ -37,6 +39,7 @@ struct Slot {
     protocol: i32,
     local: SocketAddr,
     stop: watch::Sender<bool>,
+    stats: Arc<ListenerStats>,
 }
 
 /// The bound listeners of a node.
@@ -108,15 +111,24 @@ impl Listeners {
         });
         for (id, spec, socket, local) in fresh {
             let (stop, stopped) = watch::channel(false);
+            let stats = Arc::new(ListenerStats::default());
             match TcpListener::from_std(socket) {
                 Ok(listener) => {
                     info!(listener = %spec.name, address = %local, "listener started");
                     let span = info_span!("listener", name = %spec.name, address = %local);
-                    tokio::spawn(accept_loop(listener, id, shared.clone(), stopped).instrument(span));
+                    tokio::spawn(accept_loop(listener, id, shared.clone(), stopped, stats.clone()).instrument(span));
                 }
                 Err(error) => warn!(listener = %spec.name, %error, "listener could not be registered"),
             }
-            self.slots.push(Slot { id, name: spec.name, address: spec.address, protocol: spec.protocol, local, stop });
+            self.slots.push(Slot {
+                id,
+                name: spec.name,
+                address: spec.address,
+                protocol: spec.protocol,
+                local,
+                stop,
+                stats,
+            });
         }
     }
 
@@ -128,6 +140,11 @@ impl Listeners {
     /// `(name, bound address)` of every listener.
     pub(crate) fn bound(&self) -> Vec<(String, SocketAddr)> {
         self.slots.iter().map(|s| (s.name.clone(), s.local)).collect()
+    }
+
+    /// `(name, connection counters)` of every listener.
+    pub(crate) fn stats(&self) -> Vec<(String, Arc<ListenerStats>)> {
+        self.slots.iter().map(|s| (s.name.clone(), s.stats.clone())).collect()
     }
 
     /// Stops every listener (node shutdown).
@@ -162,12 +179,34 @@ fn bind(address: &str) -> Result<(std::net::TcpListener, SocketAddr), String> {
     Ok((listener, local))
 }
 
+/// Counts a connection as active for as long as it lives.
+struct OpenConnection(Arc<ListenerStats>);
+
+impl OpenConnection {
+    fn new(stats: Arc<ListenerStats>) -> OpenConnection {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(stats)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Completes once the stop flag is set (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn accept_loop(listener: TcpListener, slot: u64, shared: Arc<NodeShared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    slot: u64,
+    shared: Arc<NodeShared>,
+    mut stop: watch::Receiver<bool>,
+    stats: Arc<ListenerStats>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
@@ -187,6 +226,8 @@ async fn accept_loop(listener: TcpListener, slot: u64, shared: Arc<NodeShared>, 
             }
         };
         let _ = stream.set_nodelay(true);
+        stats.total.fetch_add(1, Ordering::Relaxed);
+        let open = OpenConnection::new(stats.clone());
         let conn = proxy::Connection { shared: shared.clone(), slot, peer };
         let builder = builder.clone();
         let mut stop = stop.clone();
@@ -206,6 +247,7 @@ async fn accept_loop(listener: TcpListener, slot: u64, shared: Arc<NodeShared>, 
                 if let Err(error) = result {
                     debug!(%error, "connection ended with an error");
                 }
+                drop(open);
             }
             .instrument(span),
         );

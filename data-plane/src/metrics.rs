@@ -1,72 +1,192 @@
-//! Request counters, exposed in Prometheus text format on the admin endpoint as
-//! `vane_http_requests_total{listener, route, cluster, status}`.
+//! Node metrics in the Prometheus text format, served on the admin endpoint.
 //!
-//! Handles are resolved when a runtime is compiled, one per (listener, route, cluster),
-//! so the request path only does an atomic add. The registry carries a handle across
-//! swaps while its key is still in use, so counters keep counting through config
-//! changes; keys no longer used are dropped with the runtime that used them.
+//! Written here rather than with `prometheus-client`: that crate resolves a label set
+//! through a lock and a hash map each time a sample is recorded (or needs one handle per
+//! label combination held up front), while the request path here only does atomic adds on
+//! counters it already holds. Handles are resolved once per (listener, route, cluster)
+//! when a runtime is compiled; the per-request storage (statuses, methods, histograms,
+//! bytes) is allocated on a route's first request, so a config of 100k idle routes costs
+//! a pointer each. The registry carries a handle across swaps while its key is still in
+//! use, so counters keep counting through config changes. Every label value comes from
+//! config or from a fixed set (status codes 100-599, ten method names), never from
+//! request data.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// Status codes 100..=599 each get a slot.
 const STATUS_SLOTS: usize = 500;
+/// Methods counted by name; anything else is `OTHER`.
+const METHODS: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER"];
+/// Histogram bucket upper bounds, in microseconds (0.5 ms to 60 s).
+const BOUNDS_US: [u64; 16] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000, 30_000_000, 60_000_000,
+];
 
-/// The counters of one (listener, route, cluster); per status code, allocated on first use
-/// so that many idle routes cost a few words each.
-#[derive(Debug, Default)]
-pub(crate) struct RequestCounters {
-    by_status: OnceLock<Box<[AtomicU64]>>,
+/// Index of a method in [`METHODS`].
+pub(crate) fn method_index(method: &http::Method) -> usize {
+    METHODS[..METHODS.len() - 1].iter().position(|m| *m == method.as_str()).unwrap_or(METHODS.len() - 1)
 }
 
-impl RequestCounters {
-    pub(crate) fn record(&self, status: u16) {
-        let slots = self.by_status.get_or_init(|| (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect());
-        let index = usize::from(status.saturating_sub(100)).min(STATUS_SLOTS - 1);
-        if let Some(slot) = slots.get(index) {
-            slot.fetch_add(1, Ordering::Relaxed);
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    /// Non-cumulative counts; the last slot is above every bound.
+    buckets: [AtomicU64; BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn record(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let slot = BOUNDS_US.iter().position(|b| us <= *b).unwrap_or(BOUNDS_US.len());
+        if let Some(b) = self.buckets.get(slot) {
+            b.fetch_add(1, Ordering::Relaxed);
         }
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn each(&self, mut f: impl FnMut(u16, u64)) {
-        let Some(slots) = self.by_status.get() else { return };
-        for (i, slot) in slots.iter().enumerate() {
-            let n = slot.load(Ordering::Relaxed);
-            if n > 0 {
-                f(u16::try_from(i + 100).unwrap_or(599), n);
-            }
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let le = BOUNDS_US.get(i).map_or_else(|| "+Inf".to_owned(), |b| format!("{}", *b as f64 / 1e6));
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
         }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count.load(Ordering::Relaxed));
     }
+}
+
+/// What one finished request adds to its route's metrics.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub(crate) status: u16,
+    pub(crate) method: usize,
+    pub(crate) total: Duration,
+    pub(crate) upstream: Option<Duration>,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+}
+
+#[derive(Debug)]
+struct Live {
+    by_status: Box<[AtomicU64]>,
+    by_method: [AtomicU64; METHODS.len()],
+    duration: Histogram,
+    upstream: Histogram,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// The metrics of one (listener, route, cluster).
+#[derive(Debug, Default)]
+pub(crate) struct RouteStats {
+    live: OnceLock<Box<Live>>,
+}
+
+impl RouteStats {
+    pub(crate) fn record(&self, o: &Outcome) {
+        let live = self.live.get_or_init(|| {
+            Box::new(Live {
+                by_status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+                by_method: Default::default(),
+                duration: Histogram::default(),
+                upstream: Histogram::default(),
+                bytes_in: AtomicU64::new(0),
+                bytes_out: AtomicU64::new(0),
+            })
+        });
+        let index = usize::from(o.status.saturating_sub(100)).min(STATUS_SLOTS - 1);
+        if let Some(slot) = live.by_status.get(index) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(slot) = live.by_method.get(o.method) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+        live.duration.record(o.total);
+        if let Some(u) = o.upstream {
+            live.upstream.record(u);
+        }
+        live.bytes_in.fetch_add(o.bytes_in, Ordering::Relaxed);
+        live.bytes_out.fetch_add(o.bytes_out, Ordering::Relaxed);
+    }
+}
+
+/// Upstream failures of one cluster.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterStats {
+    pub(crate) connect_failures: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) errors: AtomicU64,
+}
+
+/// Connections of one listener.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerStats {
+    pub(crate) active: AtomicU64,
+    pub(crate) total: AtomicU64,
 }
 
 /// `(listener, route, cluster)`; route and cluster are empty for requests no route took.
 pub(crate) type Key = (Arc<str>, Arc<str>, Arc<str>);
 
-/// All live counters of a node.
+/// The handles one runtime uses.
+#[derive(Debug, Default)]
+struct Handles {
+    routes: HashMap<Key, Arc<RouteStats>>,
+    clusters: HashMap<Arc<str>, Arc<ClusterStats>>,
+}
+
+/// All live metrics handles of a node, plus node-wide counters.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    live: Mutex<HashMap<Key, Arc<RequestCounters>>>,
+    live: Mutex<Handles>,
+    pub(crate) nacks: AtomicU64,
 }
 
 /// Resolves handles for one runtime being compiled.
 #[derive(Debug)]
 pub(crate) struct MetricsBuilder<'a> {
-    previous: &'a HashMap<Key, Arc<RequestCounters>>,
-    next: HashMap<Key, Arc<RequestCounters>>,
+    previous: &'a Handles,
+    next: Handles,
 }
 
 impl MetricsBuilder<'_> {
-    pub(crate) fn counters(&mut self, listener: &str, route: &str, cluster: &str) -> Arc<RequestCounters> {
+    pub(crate) fn route(&mut self, listener: &str, route: &str, cluster: &str) -> Arc<RouteStats> {
         let key: Key = (listener.into(), route.into(), cluster.into());
-        if let Some(c) = self.next.get(&key) {
+        if let Some(c) = self.next.routes.get(&key) {
             return c.clone();
         }
-        let c = self.previous.get(&key).cloned().unwrap_or_default();
-        self.next.insert(key, c.clone());
+        let c = self.previous.routes.get(&key).cloned().unwrap_or_default();
+        self.next.routes.insert(key, c.clone());
         c
     }
+
+    pub(crate) fn cluster(&mut self, name: &str) -> Arc<ClusterStats> {
+        if let Some(c) = self.next.clusters.get(name) {
+            return c.clone();
+        }
+        let c = self.previous.clusters.get(name).cloned().unwrap_or_default();
+        self.next.clusters.insert(name.into(), c.clone());
+        c
+    }
+}
+
+/// Escapes a label value (they are validated names, but the format must stay parseable).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 impl Metrics {
@@ -74,65 +194,168 @@ impl Metrics {
     /// handles the new runtime uses.
     pub(crate) fn rebuild<R>(&self, build: impl FnOnce(&mut MetricsBuilder<'_>) -> R) -> R {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let mut builder = MetricsBuilder { previous: &live, next: HashMap::new() };
+        let mut builder = MetricsBuilder { previous: &live, next: Handles::default() };
         let result = build(&mut builder);
         let next = builder.next;
         *live = next;
         result
     }
 
-    /// Prometheus text exposition.
-    pub(crate) fn render(&self) -> String {
+    /// Request, route and cluster families.
+    pub(crate) fn render(&self, out: &mut String) {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let mut keys: Vec<&Key> = live.keys().collect();
+        let mut keys: Vec<&Key> = live.routes.keys().collect();
         keys.sort();
-        let mut out = String::from(
-            "# HELP vane_http_requests_total HTTP requests answered, by listener, route, cluster and status.\n\
-             # TYPE vane_http_requests_total counter\n",
+        let active: Vec<(String, &Live)> = keys
+            .iter()
+            .filter_map(|key| {
+                let stats = live.routes.get(*key)?.live.get()?;
+                let (l, r, c) = key;
+                Some((
+                    format!("listener=\"{}\",route=\"{}\",cluster=\"{}\"", escape(l), escape(r), escape(c)),
+                    &**stats,
+                ))
+            })
+            .collect();
+
+        header(
+            out,
+            "vane_http_requests_total",
+            "counter",
+            "HTTP requests answered, by listener, route, cluster and status.",
         );
-        for key in keys {
-            let Some(counters) = live.get(key) else { continue };
-            let (listener, route, cluster) = key;
-            counters.each(|status, n| {
-                let _ = writeln!(
-                    out,
-                    "vane_http_requests_total{{listener=\"{}\",route=\"{}\",cluster=\"{}\",status=\"{status}\"}} {n}",
-                    escape(listener),
-                    escape(route),
-                    escape(cluster)
-                );
-            });
+        for (labels, s) in &active {
+            for (i, n) in s.by_status.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(out, "vane_http_requests_total{{{labels},status=\"{}\"}} {n}", i + 100);
+                }
+            }
         }
-        out
+        header(out, "vane_http_requests_by_method_total", "counter", "HTTP requests answered, by method.");
+        for (labels, s) in &active {
+            for (m, n) in METHODS.iter().zip(&s.by_method) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(out, "vane_http_requests_by_method_total{{{labels},method=\"{m}\"}} {n}");
+                }
+            }
+        }
+        header(out, "vane_http_request_duration_seconds", "histogram", "Time from request received to response end.");
+        for (labels, s) in &active {
+            s.duration.render(out, "vane_http_request_duration_seconds", labels);
+        }
+        header(
+            out,
+            "vane_http_upstream_duration_seconds",
+            "histogram",
+            "Time from sending upstream to response headers.",
+        );
+        for (labels, s) in &active {
+            s.upstream.render(out, "vane_http_upstream_duration_seconds", labels);
+        }
+        header(out, "vane_http_request_bytes_total", "counter", "Request body bytes received from clients.");
+        for (labels, s) in &active {
+            let _ = writeln!(out, "vane_http_request_bytes_total{{{labels}}} {}", s.bytes_in.load(Ordering::Relaxed));
+        }
+        header(out, "vane_http_response_bytes_total", "counter", "Response body bytes sent to clients.");
+        for (labels, s) in &active {
+            let _ = writeln!(out, "vane_http_response_bytes_total{{{labels}}} {}", s.bytes_out.load(Ordering::Relaxed));
+        }
+
+        let mut clusters: Vec<(&Arc<str>, &Arc<ClusterStats>)> = live.clusters.iter().collect();
+        clusters.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, help, get) in [
+            ("vane_upstream_connect_failures_total", "Failed connections to upstream endpoints.", 0),
+            ("vane_upstream_timeouts_total", "Requests whose upstream did not answer in time.", 1),
+            ("vane_upstream_errors_total", "Requests failed by the upstream (reset, protocol error).", 2),
+        ] {
+            header(out, name, "counter", help);
+            for (cluster, stats) in &clusters {
+                let counter = match get {
+                    0 => &stats.connect_failures,
+                    1 => &stats.timeouts,
+                    _ => &stats.errors,
+                };
+                let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {}", escape(cluster), counter.load(Ordering::Relaxed));
+            }
+        }
     }
 }
 
-/// Label values are validated names, but escape anyway: the format must stay parseable.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// Renders one gauge or counter sample with its header.
+pub(crate) fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Renders the listener families.
+pub(crate) fn render_listeners(out: &mut String, listeners: &[(String, Arc<ListenerStats>)]) {
+    header(out, "vane_downstream_connections_active", "gauge", "Open client connections.");
+    for (name, s) in listeners {
+        let _ = writeln!(
+            out,
+            "vane_downstream_connections_active{{listener=\"{}\"}} {}",
+            escape(name),
+            s.active.load(Ordering::Relaxed)
+        );
+    }
+    header(out, "vane_downstream_connections_total", "counter", "Client connections accepted.");
+    for (name, s) in listeners {
+        let _ = writeln!(
+            out,
+            "vane_downstream_connections_total{{listener=\"{}\"}} {}",
+            escape(name),
+            s.total.load(Ordering::Relaxed)
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn outcome(status: u16) -> Outcome {
+        Outcome {
+            status,
+            method: method_index(&http::Method::GET),
+            total: Duration::from_millis(3),
+            upstream: Some(Duration::from_millis(2)),
+            bytes_in: 0,
+            bytes_out: 10,
+        }
+    }
+
     #[test]
     fn counters_survive_a_rebuild_that_keeps_their_key_and_go_with_it_otherwise() {
         let metrics = Metrics::default();
-        let c = metrics.rebuild(|b| {
-            b.counters("web", "api", "echo").record(200);
-            b.counters("web", "old", "echo")
+        let old = metrics.rebuild(|b| {
+            b.route("web", "api", "echo").record(&outcome(200));
+            b.route("web", "old", "echo")
         });
-        c.record(404);
-        let kept = metrics.rebuild(|b| b.counters("web", "api", "echo"));
-        kept.record(200);
-        let text = metrics.render();
+        old.record(&outcome(404));
+        let kept = metrics.rebuild(|b| b.route("web", "api", "echo"));
+        kept.record(&outcome(200));
+        let mut text = String::new();
+        metrics.render(&mut text);
         assert!(
             text.contains(
                 "vane_http_requests_total{listener=\"web\",route=\"api\",cluster=\"echo\",status=\"200\"} 2\n"
             ),
             "{text}"
         );
+        assert!(text.contains("vane_http_request_duration_seconds_bucket{listener=\"web\",route=\"api\",cluster=\"echo\",le=\"0.005\"} 2\n"), "{text}");
+        assert!(text.contains("vane_http_request_duration_seconds_bucket{listener=\"web\",route=\"api\",cluster=\"echo\",le=\"0.0025\"} 0\n"), "{text}");
+        assert!(
+            text.contains("vane_http_response_bytes_total{listener=\"web\",route=\"api\",cluster=\"echo\"} 20\n"),
+            "{text}"
+        );
         assert!(!text.contains("route=\"old\""), "{text}");
+    }
+
+    #[test]
+    fn unknown_methods_count_as_other() {
+        assert_eq!(METHODS[method_index(&http::Method::from_bytes(b"PURGE").unwrap())], "OTHER");
+        assert_eq!(METHODS[method_index(&http::Method::DELETE)], "DELETE");
     }
 }

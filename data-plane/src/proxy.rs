@@ -3,24 +3,37 @@
 //! A request loads the current runtime once and keeps it to the end, so a swap never
 //! changes the rules under a request in flight. Local answers: `404` no route, `502`
 //! upstream unreachable or broken, `503` no config yet, `504` upstream too slow.
+//! The response body is wrapped so that when it is done (sent, or dropped because the
+//! client left) the request's metrics are recorded and its access log line is queued.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tracing::debug;
 
 use crate::NodeShared;
+use crate::accesslog::{Line, Sink};
 use crate::cluster::Cluster;
+use crate::metrics::{self, Outcome, RouteStats};
 use crate::router::Route;
 
-/// Response bodies: streamed from upstream, or a short local answer.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// What an upstream answer or a local answer streams as.
+pub(crate) type InnerBody = Either<Incoming, Full<Bytes>>;
+/// Response bodies, counted and finished (metrics, access log) when done.
+pub(crate) type ProxyBody = Finishing<InnerBody>;
+/// Request bodies sent upstream, counted.
+pub(crate) type UpstreamBody = Counting<Incoming>;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -52,52 +65,245 @@ pub(crate) struct Connection {
 
 impl Connection {
     pub(crate) async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
-        let Some(runtime) = self.shared.runtime.load_full() else {
-            return Ok(local(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n"));
+        let start = Instant::now();
+        let runtime = self.shared.runtime.load_full();
+        let Some(router) = runtime.as_ref().and_then(|rt| rt.listeners.get(&self.slot)) else {
+            // No config yet, or a request on a listener that is being removed.
+            let response = match runtime {
+                None => local(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n"),
+                Some(_) => local(StatusCode::NOT_FOUND, "no route\n"),
+            };
+            return Ok(response.map(|body| Finishing { inner: body, sent: 0, finish: None }));
         };
-        let Some(router) = runtime.listeners.get(&self.slot) else {
-            return Ok(local(StatusCode::NOT_FOUND, "no route\n"));
+        let method = metrics::method_index(req.method());
+        let draft = router.access_log.as_ref().map(|sink| Box::new((sink.clone(), draft_line(&req, self.peer))));
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let none: Arc<str> = Arc::from("");
+        let (stats, route, cluster, response, upstream) = match router.find(req.uri().path()) {
+            None => (router.unrouted.clone(), none.clone(), none, local(StatusCode::NOT_FOUND, "no route\n"), None),
+            Some(entry) => match entry.route.forward.pick() {
+                None => (
+                    router.unrouted.clone(),
+                    entry.route.name.clone(),
+                    none,
+                    local(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n"),
+                    None,
+                ),
+                Some((index, cluster)) => {
+                    let stats = entry.stats.get(index).cloned().unwrap_or_else(|| router.unrouted.clone());
+                    let req = req.map(|body| Counting { inner: body, counter: bytes_in.clone() });
+                    let (response, upstream) = forward(&entry.route, cluster, req, self.peer).await;
+                    (stats, entry.route.name.clone(), cluster.name.clone(), response, upstream)
+                }
+            },
         };
-        let Some(entry) = router.find(req.uri().path()) else {
-            router.unrouted.record(404);
-            return Ok(local(StatusCode::NOT_FOUND, "no route\n"));
+        let finish = Finish {
+            start,
+            stats,
+            method,
+            status: response.status().as_u16(),
+            upstream,
+            bytes_in,
+            draft,
+            listener: router.listener.clone(),
+            route,
+            cluster,
         };
-        let Some((index, cluster)) = entry.route.forward.pick() else {
-            router.unrouted.record(503);
-            return Ok(local(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n"));
-        };
-        let response = forward(&entry.route, cluster, req, self.peer).await;
-        if let Some(counters) = entry.counters.get(index) {
-            counters.record(response.status().as_u16());
+        Ok(response.map(|body| Finishing { inner: body, sent: 0, finish: Some(finish) }))
+    }
+}
+
+/// The request side of an access log line, taken before the request is forwarded.
+fn draft_line<B>(req: &Request<B>, client: SocketAddr) -> Line {
+    let headers = req.headers();
+    Line {
+        time: SystemTime::now(),
+        client,
+        method: req.method().clone(),
+        host: headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())),
+        uri: req.uri().clone(),
+        version: req.version(),
+        status: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration: Duration::ZERO,
+        upstream: None,
+        upstream_time: None,
+        listener: Arc::from(""),
+        route: Arc::from(""),
+        cluster: Arc::from(""),
+        request_id: headers.get(&X_REQUEST_ID).cloned(),
+        user_agent: headers.get(header::USER_AGENT).cloned(),
+        referer: headers.get(header::REFERER).cloned(),
+    }
+}
+
+/// Everything recorded once a response has been sent (or abandoned).
+#[derive(Debug)]
+struct Finish {
+    start: Instant,
+    stats: Arc<RouteStats>,
+    method: usize,
+    status: u16,
+    upstream: Option<(Authority, Duration, Option<HeaderValue>)>,
+    bytes_in: Arc<AtomicU64>,
+    draft: Option<Box<(Arc<Sink>, Line)>>,
+    listener: Arc<str>,
+    route: Arc<str>,
+    cluster: Arc<str>,
+}
+
+impl Finish {
+    fn complete(self, bytes_out: u64) {
+        let total = self.start.elapsed();
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let upstream_time = self.upstream.as_ref().map(|(_, t, _)| *t);
+        self.stats.record(&Outcome {
+            status: self.status,
+            method: self.method,
+            total,
+            upstream: upstream_time,
+            bytes_in,
+            bytes_out,
+        });
+        if let Some(draft) = self.draft {
+            let (sink, mut line) = *draft;
+            line.status = self.status;
+            line.bytes_in = bytes_in;
+            line.bytes_out = bytes_out;
+            line.duration = total;
+            line.upstream_time = upstream_time;
+            if let Some((authority, _, request_id)) = self.upstream {
+                line.upstream = Some(authority);
+                // The id the upstream saw, generated here when the client sent none.
+                if line.request_id.is_none() {
+                    line.request_id = request_id;
+                }
+            }
+            line.listener = self.listener;
+            line.route = self.route;
+            line.cluster = self.cluster;
+            sink.send(line);
         }
-        Ok(response)
+    }
+}
+
+/// A response body that counts what it sends and records the request when it is done
+/// (fully sent, or dropped because the client went away).
+#[derive(Debug)]
+pub(crate) struct Finishing<B> {
+    inner: B,
+    sent: u64,
+    finish: Option<Finish>,
+}
+
+impl<B> Drop for Finishing<B> {
+    fn drop(&mut self) {
+        if let Some(finish) = self.finish.take() {
+            finish.complete(self.sent);
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Finishing<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.sent += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that counts the bytes it passes upstream.
+#[derive(Debug)]
+pub(crate) struct Counting<B> {
+    inner: B,
+    counter: Arc<AtomicU64>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
 /// Sends the request to `cluster` and streams the answer back, or answers locally.
-async fn forward(route: &Route, cluster: &Cluster, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-    let Some(upstream) = upstream_request(req, cluster, peer) else {
-        return local(StatusCode::BAD_REQUEST, "bad request\n");
+/// Also returns the endpoint, the time to its response headers and the request id sent.
+async fn forward(
+    route: &Route,
+    cluster: &Cluster,
+    req: Request<UpstreamBody>,
+    peer: SocketAddr,
+) -> (Response<InnerBody>, Option<(Authority, Duration, Option<HeaderValue>)>) {
+    let Some((upstream, endpoint)) = upstream_request(req, cluster, peer) else {
+        return (local(StatusCode::BAD_REQUEST, "bad request\n"), None);
     };
-    let response = match tokio::time::timeout(route.timeout, cluster.client.request(upstream)).await {
+    let request_id = upstream.headers().get(&X_REQUEST_ID).cloned();
+    let sent = Instant::now();
+    let result = tokio::time::timeout(route.timeout, cluster.client.request(upstream)).await;
+    let info = Some((endpoint, sent.elapsed(), request_id));
+    let response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
+            let counter = if error.is_connect() { &cluster.stats.connect_failures } else { &cluster.stats.errors };
+            counter.fetch_add(1, Ordering::Relaxed);
             debug!(route = %route.name, cluster = %cluster.name, %error, "upstream failed");
-            return local(StatusCode::BAD_GATEWAY, "upstream unavailable\n");
+            return (local(StatusCode::BAD_GATEWAY, "upstream unavailable\n"), info);
         }
         Err(_) => {
+            cluster.stats.timeouts.fetch_add(1, Ordering::Relaxed);
             debug!(route = %route.name, cluster = %cluster.name, "upstream timed out");
-            return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+            return (local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"), info);
         }
     };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Either::Left(body))
+    (Response::from_parts(parts, Either::Left(body)), info)
 }
 
 /// Rewrites a downstream request for `cluster`'s next endpoint; `None` when the request
 /// cannot be expressed upstream.
-pub(crate) fn upstream_request<B>(req: Request<B>, cluster: &Cluster, peer: SocketAddr) -> Option<Request<B>> {
+pub(crate) fn upstream_request<B>(
+    req: Request<B>,
+    cluster: &Cluster,
+    peer: SocketAddr,
+) -> Option<(Request<B>, Authority)> {
     let endpoint = cluster.pick()?;
     let (mut parts, body) = req.into_parts();
     let original_host = parts
@@ -126,7 +332,7 @@ pub(crate) fn upstream_request<B>(req: Request<B>, cluster: &Cluster, peer: Sock
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
     }
-    Some(Request::from_parts(parts, body))
+    Some((Request::from_parts(parts, body), endpoint.authority.clone()))
 }
 
 struct IpHeader(SocketAddr);
@@ -175,7 +381,7 @@ fn request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-fn local(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+fn local(status: StatusCode, body: &'static str) -> Response<InnerBody> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

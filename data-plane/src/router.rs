@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::accesslog::Sink;
 use crate::cluster::Cluster;
-use crate::metrics::RequestCounters;
+use crate::metrics::RouteStats;
 
 /// A compiled route.
 #[derive(Debug)]
@@ -57,12 +58,12 @@ impl WeightedClusters {
     }
 }
 
-/// A route as one listener holds it: with that listener's counters, one per cluster of
+/// A route as one listener holds it: with that listener's metrics, one per cluster of
 /// the route (same order as `forward`).
 #[derive(Debug)]
 pub(crate) struct RouteEntry {
     pub(crate) route: Arc<Route>,
-    pub(crate) counters: Box<[Arc<RequestCounters>]>,
+    pub(crate) stats: Box<[Arc<RouteStats>]>,
 }
 
 /// The routes of one listener.
@@ -71,13 +72,17 @@ pub(crate) struct Router {
     exact: HashMap<Box<str>, Arc<RouteEntry>>,
     /// Longest first; equal lengths in config order.
     prefixes: Vec<(Box<str>, Arc<RouteEntry>)>,
-    /// Counts requests no route took (and requests refused before routing).
-    pub(crate) unrouted: Arc<RequestCounters>,
+    /// Metrics of requests no route took (and requests refused before routing).
+    pub(crate) unrouted: Arc<RouteStats>,
+    /// The listener's name, for logs and metrics.
+    pub(crate) listener: Arc<str>,
+    /// Where the listener's access log goes, when it has one.
+    pub(crate) access_log: Option<Arc<Sink>>,
 }
 
 impl Router {
-    pub(crate) fn new(unrouted: Arc<RequestCounters>) -> Router {
-        Router { exact: HashMap::new(), prefixes: Vec::new(), unrouted }
+    pub(crate) fn new(listener: Arc<str>, unrouted: Arc<RouteStats>, access_log: Option<Arc<Sink>>) -> Router {
+        Router { exact: HashMap::new(), prefixes: Vec::new(), unrouted, listener, access_log }
     }
 
     /// Adds a route; call in config order.
@@ -113,12 +118,12 @@ mod tests {
             timeout: Duration::from_secs(1),
             forward: WeightedClusters::new(vec![]),
         });
-        Arc::new(RouteEntry { route, counters: Box::new([]) })
+        Arc::new(RouteEntry { route, stats: Box::new([]) })
     }
 
     #[test]
     fn exact_beats_longest_prefix_beats_order() {
-        let mut r = Router::new(Arc::default());
+        let mut r = Router::new("web".into(), Arc::default(), None);
         r.add_prefix("/", route("root"));
         r.add_prefix("/api", route("api"));
         r.add_prefix("/api", route("api-shadowed"));

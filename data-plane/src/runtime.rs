@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use vane_proto::config::{Config, listener::Protocol, route, route_match};
 
+use crate::accesslog::Sink;
 use crate::cluster::{Cluster, ClusterRegistry};
 use crate::duration_or;
 use crate::metrics::MetricsBuilder;
@@ -35,18 +36,30 @@ impl Runtime {
         slots: &HashMap<String, u64>,
         previous: Option<&Runtime>,
         metrics: &mut MetricsBuilder<'_>,
+        access_logs: &HashMap<String, Arc<Sink>>,
     ) -> Runtime {
         let empty = HashMap::new();
         let registry = ClusterRegistry::new(previous.map_or(&empty, |p| &p.clusters));
-        let clusters: HashMap<Arc<str>, Arc<Cluster>> =
-            config.clusters.iter().map(|c| registry.build(c)).map(|c| (c.name.clone(), c)).collect();
+        let clusters: HashMap<Arc<str>, Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|c| registry.build(c, metrics.cluster(&c.name)))
+            .map(|c| (c.name.clone(), c))
+            .collect();
 
         let http_listeners: Vec<&str> =
             config.listeners.iter().filter(|l| l.protocol == Protocol::Http as i32).map(|l| l.name.as_str()).collect();
         let mut routers: HashMap<u64, Router> = config
             .listeners
             .iter()
-            .filter_map(|l| Some((*slots.get(&l.name)?, Router::new(metrics.counters(&l.name, "", "")))))
+            .filter_map(|l| {
+                let router = Router::new(
+                    l.name.as_str().into(),
+                    metrics.route(&l.name, "", ""),
+                    access_logs.get(&l.name).cloned(),
+                );
+                Some((*slots.get(&l.name)?, router))
+            })
             .collect();
         for r in &config.routes {
             let Some(route::Action::Forward(forward)) = &r.action else { continue };
@@ -68,9 +81,8 @@ impl Runtime {
             };
             for listener in attached {
                 let Some(router) = slots.get(listener).and_then(|slot| routers.get_mut(slot)) else { continue };
-                let counters =
-                    compiled.forward.clusters().map(|c| metrics.counters(listener, &r.name, &c.name)).collect();
-                let entry = Arc::new(RouteEntry { route: compiled.clone(), counters });
+                let stats = compiled.forward.clusters().map(|c| metrics.route(listener, &r.name, &c.name)).collect();
+                let entry = Arc::new(RouteEntry { route: compiled.clone(), stats });
                 match path {
                     route_match::Path::Prefix(p) => router.add_prefix(p, entry),
                     route_match::Path::Exact(p) => router.add_exact(p, entry),
@@ -102,7 +114,7 @@ mod tests {
         .unwrap();
         let slots = HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)]);
         let metrics = Metrics::default();
-        let rt = metrics.rebuild(|m| Runtime::compile(1, String::new(), &config, &slots, None, m));
+        let rt = metrics.rebuild(|m| Runtime::compile(1, String::new(), &config, &slots, None, m, &HashMap::new()));
         let route = |slot: u64, path: &str| rt.listeners[&slot].find(path).map(|e| e.route.name.to_string());
         assert_eq!(route(1, "/b/x").as_deref(), Some("everywhere"));
         assert_eq!(route(2, "/b/x").as_deref(), Some("only-b"));

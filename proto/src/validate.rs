@@ -83,6 +83,19 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             }
             Ok(_) => {}
         }
+        if let Some(log) = &l.access_log {
+            if config::access_log::Format::try_from(log.format).is_err() {
+                v.err("listener", &name, "access_log.format", format!("unknown format {}", log.format));
+            }
+            if !log.path.is_empty() && !log.path.starts_with('/') {
+                v.err(
+                    "listener",
+                    &name,
+                    "access_log.path",
+                    format!("'{}' must be an absolute path (or empty for stdout)", log.path),
+                );
+            }
+        }
         match Protocol::try_from(l.protocol) {
             Ok(Protocol::Http) => {}
             Ok(p) => v.err("listener", &name, "protocol", format!("{} is not supported yet", p.as_str_name())),

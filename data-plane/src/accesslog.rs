@@ -1,0 +1,262 @@
+//! Access logs: one line per request, JSON or text, to a file or standard output.
+//!
+//! The request path only fills a [`Line`] (cheap clones of what the request already
+//! holds) and `try_send`s it on a bounded channel; a dedicated writer thread per
+//! destination formats and writes, flushing whenever the channel runs empty. A full
+//! channel drops the line and counts it: logging never blocks or slows a request beyond
+//! that send. Sinks are shared by destination and live as long as a runtime uses them;
+//! when the last one goes, the channel closes and the thread drains and exits.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use http::header::HeaderValue;
+use http::uri::Authority;
+use http::{Method, Uri, Version};
+use tokio::sync::mpsc;
+use tracing::warn;
+use vane_proto::config::access_log::Format;
+
+/// Lines buffered per destination before new ones are dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// Node-wide access log counters.
+#[derive(Debug, Default)]
+pub(crate) struct LogCounters {
+    pub(crate) lines: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+/// One request, as logged.
+#[derive(Debug)]
+pub(crate) struct Line {
+    pub(crate) time: SystemTime,
+    pub(crate) client: SocketAddr,
+    pub(crate) method: Method,
+    pub(crate) host: Option<HeaderValue>,
+    pub(crate) uri: Uri,
+    pub(crate) version: Version,
+    pub(crate) status: u16,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) duration: Duration,
+    pub(crate) upstream: Option<Authority>,
+    pub(crate) upstream_time: Option<Duration>,
+    pub(crate) listener: Arc<str>,
+    pub(crate) route: Arc<str>,
+    pub(crate) cluster: Arc<str>,
+    pub(crate) request_id: Option<HeaderValue>,
+    pub(crate) user_agent: Option<HeaderValue>,
+    pub(crate) referer: Option<HeaderValue>,
+}
+
+/// Where lines of one (destination, format) go.
+#[derive(Debug)]
+pub(crate) struct Sink {
+    tx: mpsc::Sender<Line>,
+    counters: Arc<LogCounters>,
+}
+
+impl Sink {
+    pub(crate) fn send(&self, line: Line) {
+        match self.tx.try_send(line) {
+            Ok(()) => self.counters.lines.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.counters.dropped.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// Open sinks by (path, format); weak so that unused ones close.
+#[derive(Debug, Default)]
+pub(crate) struct Sinks {
+    open: Mutex<HashMap<(String, i32), Weak<Sink>>>,
+    pub(crate) counters: Arc<LogCounters>,
+}
+
+impl Sinks {
+    /// The sink for a listener's access log config, opening the destination if needed.
+    pub(crate) fn get(&self, config: &vane_proto::config::AccessLog) -> Result<Arc<Sink>, String> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, weak| weak.strong_count() > 0);
+        let key = (config.path.clone(), config.format);
+        if let Some(sink) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(sink);
+        }
+        let out: Box<dyn Write + Send> = if config.path.is_empty() {
+            Box::new(std::io::stdout())
+        } else {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&config.path)
+                .map_err(|e| format!("cannot open {}: {e}", config.path))?;
+            Box::new(file)
+        };
+        let format = Format::try_from(config.format).unwrap_or(Format::Json);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("vane-access-log".into())
+            .spawn(move || write_lines(rx, out, format))
+            .map_err(|e| format!("cannot start the access log writer: {e}"))?;
+        let sink = Arc::new(Sink { tx, counters: self.counters.clone() });
+        open.insert(key, Arc::downgrade(&sink));
+        Ok(sink)
+    }
+}
+
+fn write_lines(mut rx: mpsc::Receiver<Line>, out: Box<dyn Write + Send>, format: Format) {
+    let mut out = std::io::BufWriter::new(out);
+    let mut text = String::with_capacity(512);
+    while let Some(line) = rx.blocking_recv() {
+        let mut next = Some(line);
+        // Write everything queued, then flush once.
+        while let Some(line) = next {
+            text.clear();
+            match format {
+                Format::Json => json(&line, &mut text),
+                Format::Text => combined(&line, &mut text),
+            }
+            if let Err(error) = out.write_all(text.as_bytes()) {
+                warn!(%error, "access log write failed");
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(error) = out.flush() {
+            warn!(%error, "access log flush failed");
+        }
+    }
+}
+
+fn header_str(v: &Option<HeaderValue>) -> Option<String> {
+    v.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP",
+    }
+}
+
+fn path(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/", |p| p.as_str())
+}
+
+/// One JSON object per line; absent values are `null`.
+fn json(l: &Line, out: &mut String) {
+    let value = serde_json::json!({
+        "time": humantime::format_rfc3339_millis(l.time).to_string(),
+        "client": l.client.to_string(),
+        "method": l.method.as_str(),
+        "host": header_str(&l.host),
+        "path": path(&l.uri),
+        "protocol": version(l.version),
+        "status": l.status,
+        "bytes_in": l.bytes_in,
+        "bytes_out": l.bytes_out,
+        "duration_ms": millis(l.duration),
+        "upstream": l.upstream.as_ref().map(Authority::as_str),
+        "upstream_ms": l.upstream_time.map(millis),
+        "listener": &*l.listener,
+        "route": &*l.route,
+        "cluster": &*l.cluster,
+        "request_id": header_str(&l.request_id),
+        "user_agent": header_str(&l.user_agent),
+        "referer": header_str(&l.referer),
+    });
+    out.push_str(&value.to_string());
+    out.push('\n');
+}
+
+/// Combined log format, then Vane's fields as `key=value`:
+/// `client - - [time] "METHOD path PROTO" status bytes "referer" "agent" host=.. rt=.. ut=.. upstream=.. listener=.. route=.. cluster=.. rid=.. in=..`
+fn combined(l: &Line, out: &mut String) {
+    use std::fmt::Write as _;
+    let quoted = |v: &Option<HeaderValue>| header_str(v).map_or_else(|| "-".to_owned(), |s| s.replace('"', "\\\""));
+    let _ = writeln!(
+        out,
+        "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" host={} rt={:.3} ut={} upstream={} listener={} route={} cluster={} rid={} in={}",
+        l.client.ip(),
+        humantime::format_rfc3339_millis(l.time),
+        l.method,
+        path(&l.uri),
+        version(l.version),
+        l.status,
+        l.bytes_out,
+        quoted(&l.referer),
+        quoted(&l.user_agent),
+        header_str(&l.host).unwrap_or_else(|| "-".into()),
+        l.duration.as_secs_f64(),
+        l.upstream_time.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64())),
+        l.upstream.as_ref().map_or("-", Authority::as_str),
+        l.listener,
+        if l.route.is_empty() { "-" } else { &l.route },
+        if l.cluster.is_empty() { "-" } else { &l.cluster },
+        header_str(&l.request_id).unwrap_or_else(|| "-".into()),
+        l.bytes_in,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line() -> Line {
+        Line {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            client: "192.0.2.1:5000".parse().unwrap(),
+            method: Method::POST,
+            host: Some(HeaderValue::from_static("shop.example")),
+            uri: "/cart?id=1".parse().unwrap(),
+            version: Version::HTTP_11,
+            status: 201,
+            bytes_in: 12,
+            bytes_out: 34,
+            duration: Duration::from_micros(2_500),
+            upstream: Some(Authority::from_static("127.0.0.1:9001")),
+            upstream_time: Some(Duration::from_micros(2_000)),
+            listener: "web".into(),
+            route: "cart".into(),
+            cluster: "shop".into(),
+            request_id: Some(HeaderValue::from_static("abc")),
+            user_agent: Some(HeaderValue::from_static("curl/8")),
+            referer: None,
+        }
+    }
+
+    #[test]
+    fn json_lines_hold_every_field() {
+        let mut out = String::new();
+        json(&line(), &mut out);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            (v["method"].as_str(), v["path"].as_str(), v["status"].as_u64()),
+            (Some("POST"), Some("/cart?id=1"), Some(201))
+        );
+        assert_eq!((v["duration_ms"].as_f64(), v["upstream_ms"].as_f64()), (Some(2.5), Some(2.0)));
+        assert_eq!(v["referer"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn text_lines_are_combined_log_format_plus_fields() {
+        let mut out = String::new();
+        combined(&line(), &mut out);
+        assert_eq!(
+            out,
+            "192.0.2.1 - - [2023-11-14T22:13:20.123Z] \"POST /cart?id=1 HTTP/1.1\" 201 34 \"-\" \"curl/8\" host=shop.example rt=0.003 ut=0.002 upstream=127.0.0.1:9001 listener=web route=cart cluster=shop rid=abc in=12\n"
+        );
+    }
+}
