@@ -37,6 +37,9 @@ pub(crate) struct ControlPlaneArgs {
     node_purge_after: Duration,
     #[command(flatten)]
     tls: crate::tls::ServerTlsArgs,
+    /// Serve Prometheus metrics over plain HTTP at ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,12 +135,41 @@ pub(crate) async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> 
     }
     let tls = config.tls.is_some();
     let (cp, addr, task) = start_control_plane(config, args.listen).await?;
+    if let Some(metrics) = args.metrics_listen {
+        let listener =
+            tokio::net::TcpListener::bind(metrics).await.with_context(|| format!("cannot listen on {metrics}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "control-plane metrics at /metrics");
+        tokio::spawn(serve_metrics(listener, cp.clone()));
+    }
     println!(
         "vane control-plane listening on {addr} (version {}){}",
         cp.latest_version(),
         if tls { " tls" } else { "" }
     );
     task.await.map_err(|e| anyhow!("control plane task: {e}"))?
+}
+
+/// A minimal HTTP endpoint: `/metrics` of the control plane, 404 elsewhere.
+async fn serve_metrics(listener: tokio::net::TcpListener, cp: ControlPlane) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let cp = cp.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (status, body) = if req.uri().path() == "/metrics" {
+                    (http::StatusCode::OK, cp.render_metrics())
+                } else {
+                    (http::StatusCode::NOT_FOUND, "not found: try /metrics\n".to_owned())
+                };
+                let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                *response.status_mut() = status;
+                std::future::ready(Ok::<_, std::convert::Infallible>(response))
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
 }
 
 pub(crate) async fn proxy(

@@ -23,7 +23,7 @@ use vane_proto::{ValidationErrors, config_sha256, validate};
 use crate::auth::Role;
 use crate::diff::{self, kind_name};
 use crate::store::{NewVersion, StoreError};
-use crate::{Published, Shared};
+use crate::{Published, Shared, WriteOutcome};
 
 /// Failures of admin calls, each mapped to its gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +85,29 @@ impl AdminService {
         result
     }
 
-    /// The one write path; see the module docs.
+    /// The one write path; see the module docs. Counts outcomes and latency.
     async fn change(
+        &self,
+        author: String,
+        expected_version: u64,
+        dry_run: bool,
+        label: Option<String>,
+        derive: Derive<'_>,
+    ) -> Result<ApplyResponse, AdminError> {
+        let started = std::time::Instant::now();
+        let result = self.change_inner(author, expected_version, dry_run, label, derive).await;
+        let outcome = match &result {
+            Ok(r) if r.unchanged => WriteOutcome::Unchanged,
+            Ok(_) if dry_run => WriteOutcome::DryRun,
+            Ok(_) => WriteOutcome::Stored,
+            Err(AdminError::Stale { .. }) => WriteOutcome::Stale,
+            Err(_) => WriteOutcome::Invalid,
+        };
+        self.shared.stats.write(outcome, started.elapsed());
+        result
+    }
+
+    async fn change_inner(
         &self,
         author: String,
         expected_version: u64,
@@ -202,7 +223,10 @@ impl ConfigService for AdminService {
         let req = request.into_inner();
         let config = req.config.unwrap_or_default();
         // Refuse before queueing behind other writers.
-        validate(&config).map_err(AdminError::Invalid)?;
+        if let Err(errors) = validate(&config) {
+            self.shared.stats.write(WriteOutcome::Invalid, std::time::Duration::ZERO);
+            return Err(AdminError::Invalid(errors).into());
+        }
         let response =
             self.change(author, req.expected_version, req.dry_run, None, Box::new(move |_| Ok(config))).await?;
         Ok(Response::new(response))

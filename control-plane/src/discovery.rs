@@ -104,6 +104,7 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
                         break;
                     }
                     debug!(node = %node_id, version = p.version, "snapshot sent");
+                    shared.stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
                     pending =
                         Some(Pending { version: p.version, nonce, sha256: p.sha256.clone(), sent_at: Instant::now() });
                 }
@@ -127,6 +128,7 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
                     node_message::Message::Ack(ack) => {
                         if let Some(p) = pending.take_if(|p| p.nonce == ack.nonce && p.version == ack.version) {
                             shared.fleet.acked(&node_id, p.version, p.sent_at.elapsed());
+                            shared.stats.push_to_ack.record(p.sent_at.elapsed());
                             info!(node = %node_id, version = p.version, "snapshot acked");
                             held = (p.version, p.sha256);
                         }

@@ -24,6 +24,8 @@ struct Entry {
     nacked: HashSet<u64>,
     /// When its last session ended (None while connected).
     disconnected_at: Option<Instant>,
+    /// Snapshots it refused, ever.
+    nacks: u64,
 }
 
 fn now() -> Option<pbjson_types::Timestamp> {
@@ -51,6 +53,7 @@ impl Fleet {
             session,
             nacked: HashSet::new(),
             disconnected_at: None,
+            nacks: 0,
         });
         entry.disconnected_at = None;
         // A node that comes back holding nothing can only serve what it is sent: give its
@@ -88,6 +91,7 @@ impl Fleet {
     pub(crate) fn nacked(&self, node_id: &str, version: u64, errors: Vec<ValidationError>) {
         self.with(node_id, |e| {
             e.nacked.insert(version);
+            e.nacks += 1;
             e.status.nack_version = version;
             e.status.nack_errors = errors;
             e.status.last_seen = now();
@@ -110,6 +114,14 @@ impl Fleet {
             nodes.remove(id);
         }
         gone
+    }
+
+    /// `(node, NACK count)` of every known node, sorted by id.
+    pub(crate) fn nack_counts(&self) -> Vec<(String, u64)> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, u64)> = nodes.iter().map(|(id, e)| (id.clone(), e.nacks)).collect();
+        out.sort();
+        out
     }
 
     /// Every known node, sorted by id.

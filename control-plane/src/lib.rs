@@ -14,6 +14,7 @@ mod discovery;
 mod fleet;
 mod store;
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,6 +104,36 @@ pub(crate) struct Shared {
     pub(crate) retain_versions: usize,
     pub(crate) node_purge_after: Duration,
     pub(crate) debounce: Debounce,
+    pub(crate) stats: Stats,
+}
+
+/// Control-plane counters for `/metrics`.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Writes by outcome: stored, unchanged, invalid, stale, dry run.
+    pub(crate) writes: [AtomicU64; 5],
+    pub(crate) write_duration: vane_proto::prom::Histogram,
+    pub(crate) push_to_ack: vane_proto::prom::Histogram,
+    pub(crate) snapshots_sent: AtomicU64,
+}
+
+/// Index into [`Stats::writes`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum WriteOutcome {
+    Stored = 0,
+    Unchanged = 1,
+    Invalid = 2,
+    Stale = 3,
+    DryRun = 4,
+}
+
+impl Stats {
+    pub(crate) fn write(&self, outcome: WriteOutcome, took: Duration) {
+        if let Some(c) = self.writes.get(outcome as usize) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.write_duration.record(took);
+    }
 }
 
 /// A control plane over one store, ready to serve.
@@ -157,6 +188,7 @@ impl ControlPlane {
                 retain_versions: config.retain_versions.max(1),
                 node_purge_after: config.node_purge_after,
                 debounce: config.debounce,
+                stats: Stats::default(),
             }),
         })
     }
@@ -164,6 +196,44 @@ impl ControlPlane {
     /// The latest stored version (0 before the first apply).
     pub fn latest_version(&self) -> u64 {
         self.shared.published.borrow().as_ref().map_or(0, |p| p.version)
+    }
+
+    /// Prometheus text: fleet, versions, writes and their latency, push-to-ACK latency,
+    /// NACKs by node, store size.
+    pub fn render_metrics(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        use vane_proto::prom::{escape, header, single};
+        let shared = &self.shared;
+        let mut out = String::with_capacity(2048);
+        let nodes = shared.fleet.list();
+        let connected = nodes.iter().filter(|n| n.connected).count();
+        single(&mut out, "vane_cp_nodes_connected", "gauge", "Nodes with a live discovery stream.", connected);
+        single(&mut out, "vane_cp_nodes_known", "gauge", "Nodes listed by ListNodes.", nodes.len());
+        single(&mut out, "vane_cp_config_version", "gauge", "Latest stored version.", self.latest_version());
+        let behind = nodes.iter().filter(|n| n.connected && n.acked_version < self.latest_version()).count();
+        single(&mut out, "vane_cp_nodes_behind", "gauge", "Connected nodes not at the latest version.", behind);
+        header(&mut out, "vane_cp_writes_total", "counter", "Config writes (apply, put, delete, rollback) by outcome.");
+        for (i, outcome) in ["stored", "unchanged", "invalid", "stale", "dry_run"].iter().enumerate() {
+            let n = shared.stats.writes.get(i).map_or(0, |c| c.load(Relaxed));
+            let _ = writeln!(out, "vane_cp_writes_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "vane_cp_write_duration_seconds",
+            "histogram",
+            "Time to validate, store durably and publish a write.",
+        );
+        shared.stats.write_duration.render(&mut out, "vane_cp_write_duration_seconds", "");
+        header(&mut out, "vane_cp_push_to_ack_seconds", "histogram", "Time from sending a snapshot to its ACK.");
+        shared.stats.push_to_ack.render(&mut out, "vane_cp_push_to_ack_seconds", "");
+        let sent = shared.stats.snapshots_sent.load(Relaxed);
+        single(&mut out, "vane_cp_snapshots_sent_total", "counter", "Snapshots pushed to nodes.", sent);
+        header(&mut out, "vane_cp_nacks_total", "counter", "Snapshots refused, by node.");
+        for (node, n) in shared.fleet.nack_counts() {
+            let _ = writeln!(out, "vane_cp_nacks_total{{node=\"{}\"}} {n}", escape(&node));
+        }
+        single(&mut out, "vane_cp_store_bytes", "gauge", "Size of the store on disk.", shared.store.size_on_disk());
+        out
     }
 
     /// Serves the admin and discovery services (plus gRPC health and reflection) on

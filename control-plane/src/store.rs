@@ -67,6 +67,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Removes the oldest versions so that at most `keep` (at least 1) remain; returns how
     /// many were removed.
     fn prune(&self, keep: usize) -> Result<usize, StoreError>;
+    /// Bytes the store takes on disk (0 when unknown).
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
 }
 
 /// The embedded default store.
@@ -173,6 +177,10 @@ impl Store for SledStore {
             Some(cutoff) if cutoff > 0 => self.prune_below(cutoff),
             _ => Ok(0),
         }
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
     }
 
     fn history(&self, limit: usize) -> Result<Vec<StoredVersion>, StoreError> {

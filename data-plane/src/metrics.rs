@@ -13,56 +13,19 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+pub(crate) use vane_proto::prom::{Histogram, escape, header, single};
 
 /// Status codes 100..=599 each get a slot.
 const STATUS_SLOTS: usize = 500;
 /// Methods counted by name; anything else is `OTHER`.
 const METHODS: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER"];
-/// Histogram bucket upper bounds, in microseconds (0.5 ms to 60 s).
-const BOUNDS_US: [u64; 16] = [
-    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
-    10_000_000, 30_000_000, 60_000_000,
-];
-
 /// Index of a method in [`METHODS`].
 pub(crate) fn method_index(method: &http::Method) -> usize {
     METHODS[..METHODS.len() - 1].iter().position(|m| *m == method.as_str()).unwrap_or(METHODS.len() - 1)
-}
-
-/// A latency histogram with fixed buckets.
-#[derive(Debug, Default)]
-pub(crate) struct Histogram {
-    /// Non-cumulative counts; the last slot is above every bound.
-    buckets: [AtomicU64; BOUNDS_US.len() + 1],
-    sum_us: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub(crate) fn record(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let slot = BOUNDS_US.iter().position(|b| us <= *b).unwrap_or(BOUNDS_US.len());
-        if let Some(b) = self.buckets.get(slot) {
-            b.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, bucket) in self.buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let le = BOUNDS_US.get(i).map_or_else(|| "+Inf".to_owned(), |b| format!("{}", *b as f64 / 1e6));
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count.load(Ordering::Relaxed));
-    }
 }
 
 /// What one finished request adds to its route's metrics.
@@ -180,15 +143,6 @@ impl MetricsBuilder<'_> {
     }
 }
 
-/// Escapes a label value (they are validated names, but the format must stay parseable).
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
 impl Metrics {
     /// Runs `build` with a builder lending the current handles, then keeps only the
     /// handles the new runtime uses.
@@ -281,12 +235,6 @@ impl Metrics {
             }
         }
     }
-}
-
-/// Renders one gauge or counter sample with its header.
-pub(crate) fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    header(out, name, kind, help);
-    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Renders the listener families.

@@ -7,6 +7,7 @@
 //! planes link this crate, so a config one accepts the other accepts.
 
 mod format;
+pub mod prom;
 mod validate;
 
 /// Generated code of the `.proto` files, one module per package.

@@ -183,3 +183,66 @@ async fn an_unwritable_access_log_path_is_nacked() {
     .await;
     assert_eq!(node.version(), 1);
 }
+
+#[tokio::test]
+async fn control_plane_metrics_count_writes_pushes_nacks_and_nodes() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let good = config_yaml(&[("echo", &[e1.addr()])], &[("api", "/api", "echo")]);
+    cp.apply(&good).await.unwrap();
+    cp.apply(&good).await.unwrap(); // unchanged
+    cp.apply(&good.replace("name: echo }", "name: nope }")).await.unwrap_err(); // invalid
+    wait_version(&node, 1).await;
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap();
+    cp.apply(&good.replacen("listeners:\n", &format!("listeners:\n  - {{ name: b, address: \"{taken}\" }}\n"), 1))
+        .await
+        .unwrap();
+    let text = eventually(Duration::from_secs(5), "the NACK is counted", || async {
+        let text = cp.plane.render_metrics();
+        text.contains("vane_cp_nacks_total{node=\"n1\"} 1").then_some(text)
+    })
+    .await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid exposition");
+    assert_eq!(sample(&scrape, "vane_cp_nodes_connected", &[]), Some(1.0));
+    assert_eq!(sample(&scrape, "vane_cp_config_version", &[]), Some(2.0));
+    assert_eq!(sample(&scrape, "vane_cp_nodes_behind", &[]), Some(1.0), "n1 refused version 2");
+    assert_eq!(sample(&scrape, "vane_cp_writes_total", &[("outcome", "stored")]), Some(2.0));
+    assert_eq!(sample(&scrape, "vane_cp_writes_total", &[("outcome", "unchanged")]), Some(1.0));
+    assert_eq!(sample(&scrape, "vane_cp_writes_total", &[("outcome", "invalid")]), Some(1.0));
+    assert_eq!(sample(&scrape, "vane_cp_write_duration_seconds", &[]), Some(4.0));
+    assert_eq!(sample(&scrape, "vane_cp_push_to_ack_seconds", &[]), Some(1.0));
+    assert_eq!(sample(&scrape, "vane_cp_snapshots_sent_total", &[]), Some(2.0));
+    assert!(sample(&scrape, "vane_cp_store_bytes", &[]).unwrap() > 0.0);
+    drop(squatter);
+}
+
+#[tokio::test]
+async fn control_plane_process_serves_metrics_over_http() {
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let store = data.path().join("store");
+    let cp = VaneProcess::start(&[
+        "control-plane",
+        "--data-dir",
+        store.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        &metrics_addr,
+    ])
+    .await
+    .unwrap();
+    let url = cp.control_plane_url().unwrap();
+    let file = write_yaml(data.path(), "c.yaml", "clusters:\n  - name: c\n    endpoints: [{address: '127.0.0.1:9'}]\n");
+    assert!(vane(&url, &["apply", "-f", &file]).await.success);
+    let body = eventually(Duration::from_secs(5), "metrics over http", || async {
+        HttpClient::default().get(metrics_addr.parse().unwrap(), "/metrics").await.ok().map(|r| r.body)
+    })
+    .await;
+    assert!(body.contains("vane_cp_config_version 1\n"), "{body}");
+    assert!(body.contains("vane_cp_writes_total{outcome=\"stored\"} 1\n"), "{body}");
+}
