@@ -9,6 +9,7 @@ mod edit;
 mod output;
 mod serve;
 mod tls;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,6 +124,8 @@ enum Command {
         #[arg(long)]
         expected_version: Option<u64>,
     },
+    /// Live request rate, 5xx share and p99 per route, from nodes' /metrics.
+    Top(top::TopArgs),
     /// Make admin and node tokens (local: prints, stores nothing).
     #[command(subcommand)]
     Token(edit::TokenCommand),
@@ -188,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin.rollback(target, dry_run, expected_version.unwrap_or(0)).await
         }
         Command::Token(command) => edit::token(command),
+        Command::Top(args) => top::top(args).await,
     }
 }
 

@@ -7,7 +7,7 @@ use vane_proto::{Format, render};
 use crate::Output;
 
 /// Left-aligned columns separated by two spaces.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {

@@ -246,3 +246,51 @@ async fn control_plane_process_serves_metrics_over_http() {
     assert!(body.contains("vane_cp_config_version 1\n"), "{body}");
     assert!(body.contains("vane_cp_writes_total{outcome=\"stored\"} 1\n"), "{body}");
 }
+
+#[tokio::test]
+async fn vane_top_shows_rate_errors_and_p99_per_route() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("api", "/api", "echo"), ("err", "/err", "echo")]))
+        .await
+        .unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let client = HttpClient::default();
+            // Bounded: stops when told, or after 20 s / 100k requests.
+            let started = std::time::Instant::now();
+            for _ in 0..100_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || started.elapsed() > Duration::from_secs(20) {
+                    break;
+                }
+                let _ = client.get(web, "/api/x").await;
+                let _ = client.get(web, "/err/x?status=503").await;
+            }
+        }
+    });
+    let admin = format!("http://{}", node.admin_addr().unwrap());
+    let out = vane("http://127.0.0.1:1", &["top", "--node", &admin, "--once", "--interval", "500ms"]).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.unwrap();
+    assert!(out.success, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("LISTENER  ROUTE"), "{}", out.stdout);
+    let row = |route: &str| {
+        lines
+            .iter()
+            .find(|l| l.split_whitespace().nth(1) == Some(route))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    };
+    let api = row("api").expect("api row");
+    let err = row("err").expect("err row");
+    assert!(api[3].parse::<f64>().unwrap() > 0.0, "{api:?}");
+    assert_eq!(api[4], "0.0%");
+    assert_eq!(err[4], "100.0%", "{err:?}");
+    assert!(api[5].starts_with("<=") && api[5].ends_with("ms"), "{api:?}");
+}
