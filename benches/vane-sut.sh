@@ -6,6 +6,10 @@
 #
 #   VANE=target/release/vane PB_LISTEN=127.0.0.1:18400 \
 #     PB_BACKENDS=127.0.0.1:18081,127.0.0.1:18082 benches/vane-sut.sh
+#
+# VANE_ACCESS_LOG=/path/file turns the listener's access log on (JSON; VANE_ACCESS_LOG_FORMAT=TEXT
+# for text). VANE_BENCH_CP / VANE_BENCH_ADMIN move the control plane and node admin ports so
+# that two SUTs can run side by side (use `env VAR=... benches/vane-sut.sh` in --sut).
 set -euo pipefail
 VANE=${VANE:-target/release/vane}
 CP_ADDR=${VANE_BENCH_CP:-127.0.0.1:18900}
@@ -17,7 +21,11 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT INT TE
 
 {
   echo "listeners:"
-  echo "  - { name: bench, address: \"$PB_LISTEN\" }"
+  if [ -n "${VANE_ACCESS_LOG:-}" ]; then
+    echo "  - { name: bench, address: \"$PB_LISTEN\", access_log: { path: \"$VANE_ACCESS_LOG\", format: ${VANE_ACCESS_LOG_FORMAT:-JSON} } }"
+  else
+    echo "  - { name: bench, address: \"$PB_LISTEN\" }"
+  fi
   echo "clusters:"
   echo "  - name: backends"
   echo "    endpoints:"

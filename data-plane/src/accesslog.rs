@@ -108,8 +108,13 @@ impl Sinks {
     }
 }
 
+/// How long the writer rests after each batch. While it rests it holds no waker, so
+/// senders enqueue without waking a thread: under load one wake-up writes a whole batch
+/// instead of one line (a wake per request would cost more than the formatting).
+const BATCH_PAUSE: Duration = Duration::from_millis(5);
+
 fn write_lines(mut rx: mpsc::Receiver<Line>, out: Box<dyn Write + Send>, format: Format) {
-    let mut out = std::io::BufWriter::new(out);
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut text = String::with_capacity(512);
     while let Some(line) = rx.blocking_recv() {
         let mut next = Some(line);
@@ -128,6 +133,7 @@ fn write_lines(mut rx: mpsc::Receiver<Line>, out: Box<dyn Write + Send>, format:
         if let Err(error) = out.flush() {
             warn!(%error, "access log flush failed");
         }
+        std::thread::sleep(BATCH_PAUSE);
     }
 }
 
@@ -154,30 +160,83 @@ fn path(uri: &Uri) -> &str {
     uri.path_and_query().map_or("/", |p| p.as_str())
 }
 
-/// One JSON object per line; absent values are `null`.
+/// A header value as text: borrowed unless it is not UTF-8.
+fn header(v: &Option<HeaderValue>) -> Option<std::borrow::Cow<'_, str>> {
+    v.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()))
+}
+
+/// Appends `v` as a JSON string (quotes and escapes included).
+fn json_str(out: &mut String, v: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_opt(out: &mut String, v: Option<&str>) {
+    match v {
+        Some(v) => json_str(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+/// One JSON object per line; absent values are `null`. Written by hand: building a
+/// `serde_json::Value` per line costs a map and a string per field.
 fn json(l: &Line, out: &mut String) {
-    let value = serde_json::json!({
-        "time": humantime::format_rfc3339_millis(l.time).to_string(),
-        "client": l.client.to_string(),
-        "method": l.method.as_str(),
-        "host": header_str(&l.host),
-        "path": path(&l.uri),
-        "protocol": version(l.version),
-        "status": l.status,
-        "bytes_in": l.bytes_in,
-        "bytes_out": l.bytes_out,
-        "duration_ms": millis(l.duration),
-        "upstream": l.upstream.as_ref().map(Authority::as_str),
-        "upstream_ms": l.upstream_time.map(millis),
-        "listener": &*l.listener,
-        "route": &*l.route,
-        "cluster": &*l.cluster,
-        "request_id": header_str(&l.request_id),
-        "user_agent": header_str(&l.user_agent),
-        "referer": header_str(&l.referer),
-    });
-    out.push_str(&value.to_string());
-    out.push('\n');
+    use std::fmt::Write as _;
+    out.push_str("{\"time\":\"");
+    let _ = write!(out, "{}", humantime::format_rfc3339_millis(l.time));
+    out.push_str("\",\"client\":\"");
+    let _ = write!(out, "{}", l.client);
+    out.push_str("\",\"method\":");
+    json_str(out, l.method.as_str());
+    out.push_str(",\"host\":");
+    json_opt(out, header(&l.host).as_deref());
+    out.push_str(",\"path\":");
+    json_str(out, path(&l.uri));
+    let _ = write!(
+        out,
+        ",\"protocol\":\"{}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{}",
+        version(l.version),
+        l.status,
+        l.bytes_in,
+        l.bytes_out,
+        millis(l.duration)
+    );
+    out.push_str(",\"upstream\":");
+    json_opt(out, l.upstream.as_ref().map(Authority::as_str));
+    out.push_str(",\"upstream_ms\":");
+    match l.upstream_time {
+        Some(t) => {
+            let _ = write!(out, "{}", millis(t));
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"listener\":");
+    json_str(out, &l.listener);
+    out.push_str(",\"route\":");
+    json_str(out, &l.route);
+    out.push_str(",\"cluster\":");
+    json_str(out, &l.cluster);
+    out.push_str(",\"request_id\":");
+    json_opt(out, header(&l.request_id).as_deref());
+    out.push_str(",\"user_agent\":");
+    json_opt(out, header(&l.user_agent).as_deref());
+    out.push_str(",\"referer\":");
+    json_opt(out, header(&l.referer).as_deref());
+    out.push_str("}\n");
 }
 
 /// Combined log format, then Vane's fields as `key=value`:
@@ -248,6 +307,18 @@ mod tests {
         );
         assert_eq!((v["duration_ms"].as_f64(), v["upstream_ms"].as_f64()), (Some(2.5), Some(2.0)));
         assert_eq!(v["referer"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn json_escapes_what_clients_send() {
+        let mut l = line();
+        l.user_agent = Some(HeaderValue::from_bytes(b"evil\"\\agent").unwrap());
+        l.uri = "/a%22b".parse().unwrap();
+        let mut out = String::new();
+        json(&l, &mut out);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["user_agent"], "evil\"\\agent");
+        assert_eq!(v["path"], "/a%22b");
     }
 
     #[test]

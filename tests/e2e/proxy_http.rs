@@ -56,6 +56,8 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
         .header("x-private", "secret")
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-keep", "yes")
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header("tracestate", "vendor=1")
         .body(Full::<Bytes>::default())
         .unwrap();
     let body = client.send(req).await.unwrap().body;
@@ -65,6 +67,8 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
     assert!(body.contains("x-forwarded-host: shop.example\n"), "{body}");
     assert!(body.contains("host: shop.example\n"), "the Host header is kept:\n{body}");
     assert!(body.contains("x-keep: yes\n"), "{body}");
+    assert!(body.contains("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n"), "{body}");
+    assert!(body.contains("tracestate: vendor=1\n"), "{body}");
     assert!(!body.contains("x-private"), "headers named by Connection are removed:\n{body}");
     let id = body.lines().find_map(|l| l.strip_prefix("x-request-id: ")).expect("a request id is generated");
     assert_eq!(id.len(), 36);
