@@ -59,6 +59,10 @@ pub(crate) struct ProxyArgs {
     /// A label reported to the control plane, `key=value`; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Export a span per request to this OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`
+    /// (builds with the `otlp` feature).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -186,6 +190,7 @@ pub(crate) async fn proxy(
         labels: args.labels.into_iter().collect(),
         token,
         tls,
+        otlp_endpoint: args.otlp_endpoint,
     })
     .await?;
     let admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string());
@@ -210,6 +215,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         labels: HashMap::from([("mode".to_owned(), "dev".to_owned())]),
         token: None,
         tls: None,
+        otlp_endpoint: None,
     })
     .await?;
 

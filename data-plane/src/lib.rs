@@ -14,6 +14,8 @@ mod cluster;
 mod discovery;
 mod listeners;
 mod metrics;
+#[cfg(feature = "otlp")]
+mod otel;
 mod proxy;
 mod router;
 mod runtime;
@@ -51,6 +53,9 @@ pub struct NodeConfig {
     /// TLS towards the control plane (trusted CA, client certificate for mTLS); required
     /// for an `https://` URL.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// OTLP/gRPC collector for request spans, e.g. `http://127.0.0.1:4317` (needs the
+    /// `otlp` cargo feature).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Why a node could not start.
@@ -66,6 +71,8 @@ pub enum NodeError {
     ControlPlaneUrl(String),
     #[error("control-plane tls: {0}")]
     Tls(String),
+    #[error("tracing: {0}")]
+    Otlp(String),
 }
 
 /// State shared by the discovery client, the listeners and the admin endpoint.
@@ -86,6 +93,8 @@ pub(crate) struct NodeShared {
     /// When the node started, and when (ms after that) the control plane was last lost.
     pub(crate) started: Instant,
     pub(crate) lost_at_ms: AtomicU64,
+    #[cfg(feature = "otlp")]
+    pub(crate) tracing: Option<otel::Tracing>,
 }
 
 impl NodeShared {
@@ -169,6 +178,15 @@ impl Node {
         if let Some(tls) = config.tls.clone() {
             endpoint = endpoint.tls_config(tls).map_err(|e| NodeError::Tls(e.to_string()))?;
         }
+        #[cfg(feature = "otlp")]
+        let tracing = match &config.otlp_endpoint {
+            Some(endpoint) => Some(otel::Tracing::start(endpoint, &config.node_id).map_err(NodeError::Otlp)?),
+            None => None,
+        };
+        #[cfg(not(feature = "otlp"))]
+        if config.otlp_endpoint.is_some() {
+            return Err(NodeError::Otlp("this build has no OTLP export (cargo feature `otlp`)".into()));
+        }
         let shared = Arc::new(NodeShared {
             node_id: config.node_id.clone(),
             runtime: ArcSwapOption::empty(),
@@ -181,6 +199,8 @@ impl Node {
             access_logs: accesslog::Sinks::default(),
             started: Instant::now(),
             lost_at_ms: AtomicU64::new(0),
+            #[cfg(feature = "otlp")]
+            tracing,
         });
         if let Some(dir) = &config.cache_dir {
             match cache::read(dir) {

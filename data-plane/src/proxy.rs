@@ -64,7 +64,7 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    pub(crate) async fn handle(self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         let runtime = self.shared.runtime.load_full();
         let Some(router) = runtime.as_ref().and_then(|rt| rt.listeners.get(&self.slot)) else {
@@ -76,6 +76,14 @@ impl Connection {
             return Ok(response.map(|body| Finishing { inner: body, sent: 0, finish: None }));
         };
         let method = metrics::method_index(req.method());
+        #[cfg(feature = "otlp")]
+        let trace = self.shared.tracing.as_ref().map(|t| {
+            let cx = t.start_request(req.headers(), req.method(), req.uri().path());
+            t.inject(&cx, req.headers_mut());
+            cx
+        });
+        #[cfg(not(feature = "otlp"))]
+        let _ = &mut req;
         let draft = router.access_log.as_ref().map(|sink| Box::new((sink.clone(), draft_line(&req, self.peer))));
         let bytes_in = Arc::new(AtomicU64::new(0));
         let none: Arc<str> = Arc::from("");
@@ -108,6 +116,8 @@ impl Connection {
             listener: router.listener.clone(),
             route,
             cluster,
+            #[cfg(feature = "otlp")]
+            trace,
         };
         Ok(response.map(|body| Finishing { inner: body, sent: 0, finish: Some(finish) }))
     }
@@ -154,6 +164,8 @@ struct Finish {
     listener: Arc<str>,
     route: Arc<str>,
     cluster: Arc<str>,
+    #[cfg(feature = "otlp")]
+    trace: Option<opentelemetry::Context>,
 }
 
 impl Finish {
@@ -169,6 +181,11 @@ impl Finish {
             bytes_in,
             bytes_out,
         });
+        #[cfg(feature = "otlp")]
+        if let Some(cx) = self.trace {
+            let upstream = self.upstream.as_ref().map(|(a, _, _)| a.as_str());
+            crate::otel::finish(cx, &self.route, &self.cluster, upstream, self.status, bytes_in, bytes_out);
+        }
         if let Some(draft) = self.draft {
             let (sink, mut line) = *draft;
             line.status = self.status;

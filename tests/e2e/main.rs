@@ -8,3 +8,4 @@ mod observability;
 mod proxy_http;
 mod restart;
 mod tls;
+mod tracing;

@@ -57,6 +57,7 @@ async fn mtls_control_plane_serves_the_cli_and_nodes_with_certificates_only() {
         labels: Default::default(),
         token: None,
         tls,
+        otlp_endpoint: None,
     };
     let good = Node::start(node("with-cert", Some(tls))).await.unwrap();
     let anonymous = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pki.read("ca.pem")));

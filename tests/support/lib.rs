@@ -160,6 +160,7 @@ pub async fn start_node_with_token(
         labels: [("test".to_owned(), id.to_owned())].into(),
         token,
         tls: None,
+        otlp_endpoint: None,
     })
     .await
     .expect("node starts")
