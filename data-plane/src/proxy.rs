@@ -231,13 +231,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Finishing<B> {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.sent += data.len() as u64;
-        }
-        polled
+        poll_counting(&mut this.inner, cx, |n| this.sent += n)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -247,6 +241,21 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Finishing<B> {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Polls `inner` for a frame and hands the size of a data frame to `count`.
+fn poll_counting<B: Body<Data = Bytes> + Unpin>(
+    inner: &mut B,
+    cx: &mut Context<'_>,
+    count: impl FnOnce(u64),
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    let polled = Pin::new(inner).poll_frame(cx);
+    if let Poll::Ready(Some(Ok(frame))) = &polled
+        && let Some(data) = frame.data_ref()
+    {
+        count(data.len() as u64);
+    }
+    polled
 }
 
 /// A request body that counts the bytes it passes upstream.
@@ -262,13 +271,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        polled
+        poll_counting(&mut this.inner, cx, |n| {
+            this.counter.fetch_add(n, Ordering::Relaxed);
+        })
     }
 
     fn is_end_stream(&self) -> bool {

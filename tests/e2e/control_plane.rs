@@ -21,9 +21,8 @@ async fn sigkill_during_a_loop_of_applies_loses_no_acknowledged_version() {
     init_logs();
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("store");
-    let dir = dir.to_str().unwrap();
     let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
-    let cp = VaneProcess::start(&["control-plane", "--data-dir", dir, "--listen", "127.0.0.1:0"]).await.unwrap();
+    let cp = VaneProcess::control_plane(&dir, &[]).await.unwrap();
     let url = cp.control_plane_url().unwrap();
 
     // Applies run in their own task; the test kills the control plane mid-loop.
@@ -57,7 +56,7 @@ async fn sigkill_during_a_loop_of_applies_loses_no_acknowledged_version() {
     assert!(stopped_at < 200, "the kill interrupted the loop");
     let last_acked = seen.last().unwrap().0;
 
-    let cp = VaneProcess::start(&["control-plane", "--data-dir", dir, "--listen", "127.0.0.1:0"]).await.unwrap();
+    let cp = VaneProcess::control_plane(&dir, &[]).await.unwrap();
     let url = cp.control_plane_url().unwrap();
     let mut client = ConfigServiceClient::connect(url.clone()).await.unwrap();
     let history = client.history(HistoryRequest { limit: 0 }).await.unwrap().into_inner().entries;
@@ -191,18 +190,8 @@ async fn tokens_gate_the_admin_api_and_the_discovery_stream() {
     let (write, read, node_token) = (&tokens[0], &tokens[1], &tokens[2]);
     let token_file = write_yaml(data.path(), "tokens", &file);
     assert!(!file.contains(write.as_str()), "only hashes are stored");
-    let store = data.path().join("store");
-    let cp = VaneProcess::start(&[
-        "control-plane",
-        "--data-dir",
-        store.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        &token_file,
-    ])
-    .await
-    .unwrap();
+    let cp =
+        VaneProcess::control_plane(&data.path().join("store"), &["--admin-token-file", &token_file]).await.unwrap();
     let url = cp.control_plane_url().unwrap();
     let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
     let config =

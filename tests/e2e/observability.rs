@@ -224,18 +224,8 @@ async fn control_plane_process_serves_metrics_over_http() {
     let data = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let metrics_addr = format!("127.0.0.1:{port}");
-    let store = data.path().join("store");
-    let cp = VaneProcess::start(&[
-        "control-plane",
-        "--data-dir",
-        store.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        &metrics_addr,
-    ])
-    .await
-    .unwrap();
+    let cp =
+        VaneProcess::control_plane(&data.path().join("store"), &["--metrics-listen", &metrics_addr]).await.unwrap();
     let url = cp.control_plane_url().unwrap();
     let file = write_yaml(data.path(), "c.yaml", "clusters:\n  - name: c\n    endpoints: [{address: '127.0.0.1:9'}]\n");
     assert!(vane(&url, &["apply", "-f", &file]).await.success);

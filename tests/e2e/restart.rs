@@ -9,8 +9,7 @@ async fn control_plane_restarted_on_the_same_data_dir_serves_the_same_latest_ver
     init_logs();
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().join("store");
-    let data_dir = data_dir.to_str().unwrap();
-    let cp = VaneProcess::start(&["control-plane", "--data-dir", data_dir, "--listen", "127.0.0.1:0"]).await.unwrap();
+    let cp = VaneProcess::control_plane(&data_dir, &[]).await.unwrap();
     let url = cp.control_plane_url().unwrap();
     let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
     let v1 = write_yaml(data.path(), "v1.yaml", &config_yaml(&[("echo", &[e1.addr()])], &[("api", "/api", "echo")]));
@@ -22,7 +21,7 @@ async fn control_plane_restarted_on_the_same_data_dir_serves_the_same_latest_ver
 
     // SIGKILL: acknowledged versions are durable.
     cp.kill().await.unwrap();
-    let cp = VaneProcess::start(&["control-plane", "--data-dir", data_dir, "--listen", "127.0.0.1:0"]).await.unwrap();
+    let cp = VaneProcess::control_plane(&data_dir, &[]).await.unwrap();
     assert!(cp.banner.ends_with("(version 2)"), "{}", cp.banner);
     let url = cp.control_plane_url().unwrap();
     assert_eq!(vane(&url, &["get", "routes", "-o", "yaml"]).await.stdout, before);
@@ -46,28 +45,4 @@ async fn control_plane_restarted_on_the_same_data_dir_serves_the_same_latest_ver
     let web = config["listeners"]["web"].as_str().unwrap().parse().unwrap();
     assert_eq!(client.get(web, "/v2/x").await.unwrap().backend(), "echo-1");
     assert_eq!(client.get(admin, "/ready").await.unwrap().body, "ready\n");
-}
-
-#[tokio::test]
-async fn node_restarted_while_the_control_plane_is_down_serves_its_cached_snapshot_as_stale() {
-    init_logs();
-    let cache = tempfile::tempdir().unwrap();
-    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
-    let cp = TestControlPlane::start().await;
-    let url = cp.url();
-    {
-        let node = start_node("n1", &url, Some(cache.path().to_owned())).await;
-        cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("api", "/api", "echo")])).await.unwrap();
-        wait_version(&node, 1).await;
-        cp.wait_acked("n1", 1).await;
-    }
-    cp.stop().await;
-
-    let node = start_node("n1", &url, Some(cache.path().to_owned())).await;
-    assert_eq!(node.version(), 1, "booted from the cached snapshot");
-    let client = HttpClient::default();
-    let web = listener(&node, "web").await;
-    assert_eq!(client.get(web, "/api/x").await.unwrap().backend(), "echo-1");
-    let ready = client.get(node.admin_addr().unwrap(), "/ready").await.unwrap();
-    assert_eq!((ready.status.as_u16(), ready.body.as_str()), (200, "stale\n"));
 }

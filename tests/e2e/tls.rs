@@ -9,20 +9,17 @@ async fn mtls_control_plane_serves_the_cli_and_nodes_with_certificates_only() {
     init_logs();
     let pki = TestPki::new();
     let data = tempfile::tempdir().unwrap();
-    let store = data.path().join("store");
-    let cp = VaneProcess::start(&[
-        "control-plane",
-        "--data-dir",
-        store.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &pki.path("server.pem"),
-        "--tls-key",
-        &pki.path("server.key"),
-        "--tls-client-ca",
-        &pki.path("ca.pem"),
-    ])
+    let cp = VaneProcess::control_plane(
+        &data.path().join("store"),
+        &[
+            "--tls-cert",
+            &pki.path("server.pem"),
+            "--tls-key",
+            &pki.path("server.key"),
+            "--tls-client-ca",
+            &pki.path("ca.pem"),
+        ],
+    )
     .await
     .unwrap();
     let url = cp.control_plane_url().unwrap();

@@ -342,6 +342,14 @@ impl VaneProcess {
         Ok(VaneProcess { child, banner })
     }
 
+    /// Starts `vane control-plane` on `data_dir`, an ephemeral loopback port, and `extra` flags.
+    pub async fn control_plane(data_dir: &Path, extra: &[&str]) -> anyhow::Result<VaneProcess> {
+        let dir = data_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 data dir"))?;
+        let mut args = vec!["control-plane", "--data-dir", dir, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        VaneProcess::start(&args).await
+    }
+
     /// The control plane's URL, read from `vane control-plane listening on ADDR ...`.
     pub fn control_plane_url(&self) -> anyhow::Result<String> {
         let addr = self
