@@ -47,8 +47,9 @@ pub(crate) struct Line {
     pub(crate) upstream: Option<Authority>,
     pub(crate) upstream_time: Option<Duration>,
     pub(crate) listener: Arc<str>,
-    pub(crate) route: Arc<str>,
-    pub(crate) cluster: Arc<str>,
+    /// None: no route (or no cluster) took the request.
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) cluster: Option<Arc<str>>,
     pub(crate) request_id: Option<HeaderValue>,
     pub(crate) user_agent: Option<HeaderValue>,
     pub(crate) referer: Option<HeaderValue>,
@@ -227,9 +228,9 @@ fn json(l: &Line, out: &mut String) {
     out.push_str(",\"listener\":");
     json_str(out, &l.listener);
     out.push_str(",\"route\":");
-    json_str(out, &l.route);
+    json_str(out, l.route.as_deref().unwrap_or(""));
     out.push_str(",\"cluster\":");
-    json_str(out, &l.cluster);
+    json_str(out, l.cluster.as_deref().unwrap_or(""));
     out.push_str(",\"request_id\":");
     json_opt(out, header(&l.request_id).as_deref());
     out.push_str(",\"user_agent\":");
@@ -261,8 +262,8 @@ fn combined(l: &Line, out: &mut String) {
         l.upstream_time.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64())),
         l.upstream.as_ref().map_or("-", Authority::as_str),
         l.listener,
-        if l.route.is_empty() { "-" } else { &l.route },
-        if l.cluster.is_empty() { "-" } else { &l.cluster },
+        l.route.as_deref().unwrap_or("-"),
+        l.cluster.as_deref().unwrap_or("-"),
         header_str(&l.request_id).unwrap_or_else(|| "-".into()),
         l.bytes_in,
     );
@@ -287,8 +288,8 @@ mod tests {
             upstream: Some(Authority::from_static("127.0.0.1:9001")),
             upstream_time: Some(Duration::from_micros(2_000)),
             listener: "web".into(),
-            route: "cart".into(),
-            cluster: "shop".into(),
+            route: Some("cart".into()),
+            cluster: Some("shop".into()),
             request_id: Some(HeaderValue::from_static("abc")),
             user_agent: Some(HeaderValue::from_static("curl/8")),
             referer: None,

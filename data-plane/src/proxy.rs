@@ -85,15 +85,15 @@ impl Connection {
         #[cfg(not(feature = "otlp"))]
         let _ = &mut req;
         let draft = router.access_log.as_ref().map(|sink| Box::new((sink.clone(), draft_line(&req, self.peer))));
-        let bytes_in = Arc::new(AtomicU64::new(0));
-        let none: Arc<str> = Arc::from("");
+        // Bodiless requests (most GETs) need no shared byte counter.
+        let bytes_in = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
         let (stats, route, cluster, response, upstream) = match router.find(req.uri().path()) {
-            None => (router.unrouted.clone(), none.clone(), none, local(StatusCode::NOT_FOUND, "no route\n"), None),
+            None => (router.unrouted.clone(), None, None, local(StatusCode::NOT_FOUND, "no route\n"), None),
             Some(entry) => match entry.route.forward.pick() {
                 None => (
                     router.unrouted.clone(),
-                    entry.route.name.clone(),
-                    none,
+                    Some(entry.route.name.clone()),
+                    None,
                     local(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n"),
                     None,
                 ),
@@ -101,7 +101,7 @@ impl Connection {
                     let stats = entry.stats.get(index).cloned().unwrap_or_else(|| router.unrouted.clone());
                     let req = req.map(|body| Counting { inner: body, counter: bytes_in.clone() });
                     let (response, upstream) = forward(&entry.route, cluster, req, self.peer).await;
-                    (stats, entry.route.name.clone(), cluster.name.clone(), response, upstream)
+                    (stats, Some(entry.route.name.clone()), Some(cluster.name.clone()), response, upstream)
                 }
             },
         };
@@ -143,8 +143,8 @@ fn draft_line<B>(req: &Request<B>, client: SocketAddr) -> Line {
         upstream: None,
         upstream_time: None,
         listener: Arc::from(""),
-        route: Arc::from(""),
-        cluster: Arc::from(""),
+        route: None,
+        cluster: None,
         request_id: headers.get(&X_REQUEST_ID).cloned(),
         user_agent: headers.get(header::USER_AGENT).cloned(),
         referer: headers.get(header::REFERER).cloned(),
@@ -159,11 +159,11 @@ struct Finish {
     method: usize,
     status: u16,
     upstream: Option<(Authority, Duration, Option<HeaderValue>)>,
-    bytes_in: Arc<AtomicU64>,
+    bytes_in: Option<Arc<AtomicU64>>,
     draft: Option<Box<(Arc<Sink>, Line)>>,
     listener: Arc<str>,
-    route: Arc<str>,
-    cluster: Arc<str>,
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
     #[cfg(feature = "otlp")]
     trace: Option<opentelemetry::Context>,
 }
@@ -171,7 +171,7 @@ struct Finish {
 impl Finish {
     fn complete(self, bytes_out: u64) {
         let total = self.start.elapsed();
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let bytes_in = self.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
         let upstream_time = self.upstream.as_ref().map(|(_, t, _)| *t);
         self.stats.record(&Outcome {
             status: self.status,
@@ -184,7 +184,8 @@ impl Finish {
         #[cfg(feature = "otlp")]
         if let Some(cx) = self.trace {
             let upstream = self.upstream.as_ref().map(|(a, _, _)| a.as_str());
-            crate::otel::finish(cx, &self.route, &self.cluster, upstream, self.status, bytes_in, bytes_out);
+            let (route, cluster) = (self.route.as_deref().unwrap_or(""), self.cluster.as_deref().unwrap_or(""));
+            crate::otel::finish(cx, route, cluster, upstream, self.status, bytes_in, bytes_out);
         }
         if let Some(draft) = self.draft {
             let (sink, mut line) = *draft;
@@ -262,7 +263,8 @@ fn poll_counting<B: Body<Data = Bytes> + Unpin>(
 #[derive(Debug)]
 pub(crate) struct Counting<B> {
     inner: B,
-    counter: Arc<AtomicU64>,
+    /// None for a body known to be empty.
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
@@ -272,7 +274,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         poll_counting(&mut this.inner, cx, |n| {
-            this.counter.fetch_add(n, Ordering::Relaxed);
+            if let Some(counter) = &this.counter {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
         })
     }
 
