@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         config.routes.retain(|r| r.name != *name);
         config.routes.push(Route {
             name: name.clone(),
-            r#match: Some(RouteMatch { path: Some(route_match::Path::Prefix(prefix.clone())) }),
+            r#match: Some(RouteMatch { path: Some(route_match::Path::Prefix(prefix.clone())), ..Default::default() }),
             action: Some(route::Action::Forward(Forward {
                 clusters: vec![WeightedCluster { name: name.clone(), weight: 0 }],
                 timeout: None,

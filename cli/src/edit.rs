@@ -12,7 +12,7 @@ use crate::client::Admin;
 #[derive(Debug, Subcommand)]
 pub(crate) enum RouteCommand {
     /// Add a route, or replace the route of that name.
-    Add(RouteAdd),
+    Add(Box<RouteAdd>),
     /// Delete a route.
     Delete {
         name: String,
@@ -30,6 +30,21 @@ pub(crate) struct RouteAdd {
     /// Match this path only.
     #[arg(long, group = "path")]
     exact: Option<String>,
+    /// Match this path and paths below it (`/api`, `/api/...`, not `/apix`).
+    #[arg(long, group = "path")]
+    path_separated_prefix: Option<String>,
+    /// Match paths the whole of which match this regular expression.
+    #[arg(long, group = "path")]
+    regex: Option<String>,
+    /// Match a template such as `/users/{id}`.
+    #[arg(long, group = "path")]
+    template: Option<String>,
+    /// Host to match (`shop.example.com`, `*.example.com`); repeatable.
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// HTTP method to match; repeatable.
+    #[arg(long = "method")]
+    methods: Vec<String>,
     /// Cluster to forward to, `NAME` or `NAME=WEIGHT`; repeat to split traffic.
     #[arg(long = "cluster", required = true)]
     clusters: Vec<String>,
@@ -116,10 +131,19 @@ pub(crate) async fn route(admin: &Admin, command: RouteCommand) -> anyhow::Resul
     match command {
         RouteCommand::Delete { name, dry_run } => admin.delete_kind(Kind::Route, &name, dry_run).await,
         RouteCommand::Add(add) => {
-            let path = match (add.prefix, add.exact) {
-                (Some(p), None) => route_match::Path::Prefix(p),
-                (None, Some(p)) => route_match::Path::Exact(p),
-                _ => bail!("give one of --prefix or --exact"),
+            let add = *add;
+            let path = if let Some(p) = add.prefix {
+                route_match::Path::Prefix(p)
+            } else if let Some(p) = add.exact {
+                route_match::Path::Exact(p)
+            } else if let Some(p) = add.path_separated_prefix {
+                route_match::Path::PathSeparatedPrefix(p)
+            } else if let Some(p) = add.regex {
+                route_match::Path::Regex(p)
+            } else if let Some(p) = add.template {
+                route_match::Path::Template(p)
+            } else {
+                bail!("give one of --prefix, --exact, --path-separated-prefix, --regex or --template");
             };
             let clusters = add
                 .clusters
@@ -128,7 +152,12 @@ pub(crate) async fn route(admin: &Admin, command: RouteCommand) -> anyhow::Resul
                 .collect::<anyhow::Result<_>>()?;
             let route = Route {
                 name: add.name,
-                r#match: Some(RouteMatch { path: Some(path) }),
+                r#match: Some(RouteMatch {
+                    path: Some(path),
+                    hosts: add.hosts,
+                    methods: add.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+                    ..Default::default()
+                }),
                 action: Some(route::Action::Forward(Forward { clusters, timeout: add.timeout.map(proto_duration) })),
                 listeners: add.listeners,
             };

@@ -65,11 +65,25 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
                     .routes
                     .iter()
                     .map(|r| {
-                        let matcher = match r.r#match.as_ref().and_then(|m| m.path.as_ref()) {
+                        let m = r.r#match.clone().unwrap_or_default();
+                        let mut matcher = match &m.path {
                             Some(route_match::Path::Prefix(p)) => format!("prefix {p}"),
                             Some(route_match::Path::Exact(p)) => format!("exact {p}"),
+                            Some(route_match::Path::PathSeparatedPrefix(p)) => format!("path_separated_prefix {p}"),
+                            Some(route_match::Path::Regex(p)) => format!("regex {p}"),
+                            Some(route_match::Path::Template(p)) => format!("template {p}"),
                             None => "-".into(),
                         };
+                        if !m.hosts.is_empty() {
+                            matcher.push_str(&format!(" hosts={}", m.hosts.join(",")));
+                        }
+                        if !m.methods.is_empty() {
+                            matcher.push_str(&format!(" methods={}", m.methods.join(",")));
+                        }
+                        let extra = m.headers.len() + m.query.len();
+                        if extra > 0 {
+                            matcher.push_str(&format!(" +{extra} header/query"));
+                        }
                         let clusters = match &r.action {
                             Some(route::Action::Forward(f)) => f
                                 .clusters

@@ -25,6 +25,7 @@ fn config_with_routes(n: usize) -> Config {
                 } else {
                     config::route_match::Path::Exact(format!("/svc{i}/health"))
                 }),
+                ..Default::default()
             }),
             action: Some(config::route::Action::Forward(config::Forward {
                 clusters: vec![config::WeightedCluster { name: "c".into(), weight: 0 }],
@@ -45,12 +46,12 @@ fn route_lookup(c: &mut Criterion) {
     for n in [10usize, 1_000, 100_000] {
         let routes = CompiledRoutes::compile(&config_with_routes(n));
         // A prefix route in the middle of the table, and an exact one.
-        let prefix_path = format!("/svc{}/items/42", (n / 2) & !1);
-        let exact_path = format!("/svc{}/health", (n / 2) | 1);
-        assert!(routes.find(&prefix_path).is_some() && routes.find(&exact_path).is_some());
-        group
-            .bench_with_input(BenchmarkId::new("prefix", n), &prefix_path, |b, p| b.iter(|| routes.find(black_box(p))));
-        group.bench_with_input(BenchmarkId::new("exact", n), &exact_path, |b, p| b.iter(|| routes.find(black_box(p))));
+        let request = |path: String| http::Request::get(path).header("host", "shop.example").body(()).unwrap();
+        let prefix_req = request(format!("/svc{}/items/42", (n / 2) & !1));
+        let exact_req = request(format!("/svc{}/health", (n / 2) | 1));
+        assert!(routes.find(&prefix_req).is_some() && routes.find(&exact_req).is_some());
+        group.bench_with_input(BenchmarkId::new("prefix", n), &prefix_req, |b, r| b.iter(|| routes.find(black_box(r))));
+        group.bench_with_input(BenchmarkId::new("exact", n), &exact_req, |b, r| b.iter(|| routes.find(black_box(r))));
     }
     group.finish();
 }

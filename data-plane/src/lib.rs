@@ -318,9 +318,9 @@ pub mod bench {
             self.runtime.listeners.get(&1)
         }
 
-        /// The name of the route `path` takes on the first listener.
-        pub fn find(&self, path: &str) -> Option<&str> {
-            self.router()?.find(path).map(|e| &*e.route.name)
+        /// The name of the route a request takes on the first listener.
+        pub fn find<B>(&self, req: &http::Request<B>) -> Option<&str> {
+            self.router()?.find(req).map(|e| &*e.route.name)
         }
     }
 

@@ -87,7 +87,7 @@ impl Connection {
         let draft = router.access_log.as_ref().map(|sink| Box::new((sink.clone(), draft_line(&req, self.peer))));
         // Bodiless requests (most GETs) need no shared byte counter.
         let bytes_in = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
-        let (stats, route, cluster, response, upstream) = match router.find(req.uri().path()) {
+        let (stats, route, cluster, response, upstream) = match router.find(&req) {
             None => (router.unrouted.clone(), None, None, local(StatusCode::NOT_FOUND, "no route\n"), None),
             Some(entry) => match entry.route.forward.pick() {
                 None => (

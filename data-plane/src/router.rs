@@ -1,11 +1,22 @@
 //! Route selection for one listener, compiled once per snapshot.
 //!
-//! Precedence: an exact path match wins; otherwise the longest matching prefix; among
-//! prefixes of equal length, the route listed first in the config.
+//! Lookup never scans the route list: the request's host picks one path table (exact
+//! host, else the longest matching `*.` wildcard, else the routes without hosts: no fall
+//! through between them, as with Envoy's virtual hosts and Gateway API hostnames). In the
+//! table, the path is tried as an exact key (hash map), then against templates (a
+//! `matchit` radix tree), then walked once through a byte trie of prefixes (longest match
+//! first), then against regexes in config order. Every path key holds its routes ordered
+//! by specificity (a method match, then more header matches, then more query matches,
+//! then config order); the first whose method, header and query conditions hold wins.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use http::{HeaderMap, Method, Request};
+use regex::Regex;
+use tracing::warn;
+use vane_proto::config::{self, route_match};
 
 use crate::accesslog::Sink;
 use crate::cluster::Cluster;
@@ -17,6 +28,7 @@ pub(crate) struct Route {
     pub(crate) name: Arc<str>,
     pub(crate) timeout: Duration,
     pub(crate) forward: WeightedClusters,
+    pub(crate) conditions: Conditions,
 }
 
 /// One or more clusters with cumulative weights.
@@ -58,20 +70,287 @@ impl WeightedClusters {
     }
 }
 
+/// A value condition of a header or query match.
+#[derive(Debug)]
+enum ValueMatch {
+    Exact(Box<str>),
+    Regex(Regex),
+    Present(bool),
+}
+
+/// What a request must also satisfy besides its path.
+#[derive(Debug, Default)]
+pub(crate) struct Conditions {
+    methods: Box<[Method]>,
+    headers: Box<[(http::HeaderName, ValueMatch)]>,
+    query: Box<[(Box<str>, ValueMatch)]>,
+}
+
+impl Conditions {
+    /// Compiles validated matchers; anything that still fails to compile is dropped with
+    /// a warning rather than failing the snapshot (the validator refuses it first).
+    pub(crate) fn compile(m: &config::RouteMatch) -> Conditions {
+        let value = |exact: Option<&String>, regex: Option<&String>, present: Option<bool>| -> Option<ValueMatch> {
+            if let Some(e) = exact {
+                return Some(ValueMatch::Exact(e.as_str().into()));
+            }
+            if let Some(r) = regex {
+                return vane_proto::full_match_regex(r)
+                    .inspect_err(|error| warn!(%error, "regex dropped"))
+                    .ok()
+                    .map(ValueMatch::Regex);
+            }
+            present.map(ValueMatch::Present)
+        };
+        let headers = m
+            .headers
+            .iter()
+            .filter_map(|h| {
+                use config::header_match::Match;
+                let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).ok()?;
+                let v = match &h.r#match {
+                    Some(Match::Exact(e)) => value(Some(e), None, None),
+                    Some(Match::Regex(r)) => value(None, Some(r), None),
+                    Some(Match::Present(p)) => value(None, None, Some(*p)),
+                    None => None,
+                }?;
+                Some((name, v))
+            })
+            .collect();
+        let query = m
+            .query
+            .iter()
+            .filter_map(|q| {
+                use config::query_match::Match;
+                let v = match &q.r#match {
+                    Some(Match::Exact(e)) => value(Some(e), None, None),
+                    Some(Match::Regex(r)) => value(None, Some(r), None),
+                    Some(Match::Present(p)) => value(None, None, Some(*p)),
+                    None => None,
+                }?;
+                Some((q.name.as_str().into(), v))
+            })
+            .collect();
+        let methods = m.methods.iter().filter_map(|s| Method::from_bytes(s.as_bytes()).ok()).collect();
+        Conditions { methods, headers, query }
+    }
+
+    /// Sort key: routes with a method match first, then more header, then more query matches.
+    fn specificity(&self) -> (bool, usize, usize) {
+        (!self.methods.is_empty(), self.headers.len(), self.query.len())
+    }
+
+    fn matches(&self, method: &Method, headers: &HeaderMap, query: Option<&str>) -> bool {
+        if !self.methods.is_empty() && !self.methods.contains(method) {
+            return false;
+        }
+        let headers_ok = self.headers.iter().all(|(name, want)| {
+            let mut values = headers.get_all(name).iter();
+            match want {
+                ValueMatch::Present(present) => values.next().is_some() == *present,
+                ValueMatch::Exact(e) => values.any(|v| v.as_bytes() == e.as_bytes()),
+                ValueMatch::Regex(re) => values.any(|v| v.to_str().is_ok_and(|v| re.is_match(v))),
+            }
+        });
+        headers_ok
+            && self.query.iter().all(|(name, want)| {
+                // Raw (not percent-decoded) names and values, as the request sent them.
+                let mut values = query
+                    .unwrap_or("")
+                    .split('&')
+                    .filter_map(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        (k == &**name).then_some(v)
+                    })
+                    .peekable();
+                match want {
+                    ValueMatch::Present(present) => values.peek().is_some() == *present,
+                    ValueMatch::Exact(e) => values.any(|v| v == &**e),
+                    ValueMatch::Regex(re) => values.any(|v| re.is_match(v)),
+                }
+            })
+    }
+}
+
 /// A route as one listener holds it: with that listener's metrics, one per cluster of
 /// the route (same order as `forward`).
 #[derive(Debug)]
 pub(crate) struct RouteEntry {
     pub(crate) route: Arc<Route>,
     pub(crate) stats: Box<[Arc<RouteStats>]>,
+    /// Position in the config, for ties.
+    order: usize,
+}
+
+impl RouteEntry {
+    pub(crate) fn new(route: Arc<Route>, stats: Box<[Arc<RouteStats>]>, order: usize) -> RouteEntry {
+        RouteEntry { route, stats, order }
+    }
+}
+
+type Candidates = Vec<Arc<RouteEntry>>;
+
+/// One node of the prefix trie: children by next byte (sorted), routes ending here.
+#[derive(Debug, Default)]
+struct TrieNode {
+    children: Vec<(u8, u32)>,
+    /// `(segment-aware, route)`.
+    routes: Vec<(bool, Arc<RouteEntry>)>,
+}
+
+/// The routes for one host (or for any host).
+#[derive(Debug, Default)]
+struct PathTable {
+    exact: HashMap<Box<str>, Candidates>,
+    pending_templates: Vec<(Box<str>, Arc<RouteEntry>)>,
+    templates: matchit::Router<Candidates>,
+    trie: Vec<TrieNode>,
+    regexes: Vec<(Regex, Arc<RouteEntry>)>,
+}
+
+fn by_specificity(a: &Arc<RouteEntry>, b: &Arc<RouteEntry>) -> std::cmp::Ordering {
+    let (ka, kb) = (a.route.conditions.specificity(), b.route.conditions.specificity());
+    kb.cmp(&ka).then(a.order.cmp(&b.order))
+}
+
+impl PathTable {
+    fn add(&mut self, path: &route_match::Path, entry: Arc<RouteEntry>) {
+        match path {
+            route_match::Path::Exact(p) => self.exact.entry(p.as_str().into()).or_default().push(entry),
+            route_match::Path::Template(t) => self.pending_templates.push((t.as_str().into(), entry)),
+            route_match::Path::Prefix(p) => self.add_prefix(p, false, entry),
+            route_match::Path::PathSeparatedPrefix(p) => self.add_prefix(p, true, entry),
+            route_match::Path::Regex(r) => match vane_proto::full_match_regex(r) {
+                Ok(re) => self.regexes.push((re, entry)),
+                Err(error) => warn!(route = %entry.route.name, %error, "regex route dropped"),
+            },
+        }
+    }
+
+    fn add_prefix(&mut self, prefix: &str, segment_aware: bool, entry: Arc<RouteEntry>) {
+        if self.trie.is_empty() {
+            self.trie.push(TrieNode::default());
+        }
+        let mut node = 0usize;
+        for b in prefix.bytes() {
+            let next = match self.trie[node].children.binary_search_by_key(&b, |(c, _)| *c) {
+                Ok(i) => self.trie[node].children[i].1 as usize,
+                Err(i) => {
+                    let id = self.trie.len();
+                    self.trie.push(TrieNode::default());
+                    self.trie[node].children.insert(i, (b, u32::try_from(id).unwrap_or(u32::MAX)));
+                    id
+                }
+            };
+            node = next;
+        }
+        self.trie[node].routes.push((segment_aware, entry));
+    }
+
+    fn finish(&mut self) {
+        for candidates in self.exact.values_mut() {
+            candidates.sort_by(by_specificity);
+        }
+        for node in &mut self.trie {
+            node.routes.sort_by(|a, b| by_specificity(&a.1, &b.1));
+        }
+        self.regexes.sort_by_key(|(_, e)| e.order);
+        let mut grouped: Vec<(Box<str>, Candidates)> = Vec::new();
+        for (template, entry) in self.pending_templates.drain(..) {
+            match grouped.iter_mut().find(|(t, _)| *t == template) {
+                Some((_, c)) => c.push(entry),
+                None => grouped.push((template, vec![entry])),
+            }
+        }
+        for (template, mut candidates) in grouped {
+            candidates.sort_by(by_specificity);
+            if let Err(error) = self.templates.insert(&*template, candidates) {
+                warn!(%template, %error, "template route dropped");
+            }
+        }
+    }
+
+    fn find(&self, path: &str, ok: impl Fn(&RouteEntry) -> bool) -> Option<&Arc<RouteEntry>> {
+        if let Some(found) = self.exact.get(path).and_then(|c| c.iter().find(|e| ok(e))) {
+            return Some(found);
+        }
+        if let Ok(m) = self.templates.at(path)
+            && let Some(found) = m.value.iter().find(|e| ok(e))
+        {
+            return Some(found);
+        }
+        if let Some(found) = self.find_prefix(path, &ok) {
+            return Some(found);
+        }
+        self.regexes.iter().find(|(re, e)| re.is_match(path) && ok(e)).map(|(_, e)| e)
+    }
+
+    /// Walks the path through the trie once, then tries the deepest prefix first.
+    fn find_prefix(&self, path: &str, ok: &impl Fn(&RouteEntry) -> bool) -> Option<&Arc<RouteEntry>> {
+        let bytes = path.as_bytes();
+        // (node, bytes matched) of every node on the walk that ends routes; small paths,
+        // so a fixed inline stack avoids an allocation for all but very deep walks.
+        let mut hits: smallvec_lite::Stack = smallvec_lite::Stack::default();
+        let mut node = 0usize;
+        let root = self.trie.first()?;
+        if !root.routes.is_empty() {
+            hits.push((0, 0));
+        }
+        for (depth, b) in bytes.iter().enumerate() {
+            let Some(current) = self.trie.get(node) else { break };
+            let Ok(i) = current.children.binary_search_by_key(b, |(c, _)| *c) else { break };
+            node = current.children[i].1 as usize;
+            if self.trie.get(node).is_some_and(|n| !n.routes.is_empty()) {
+                hits.push((node, depth + 1));
+            }
+        }
+        for &(node, matched) in hits.iter().rev() {
+            let boundary = matched == bytes.len()
+                || bytes.get(matched) == Some(&b'/')
+                || bytes.get(matched.wrapping_sub(1)) == Some(&b'/');
+            let routes = &self.trie.get(node)?.routes;
+            if let Some((_, e)) = routes.iter().find(|(segment_aware, e)| (!segment_aware || boundary) && ok(e)) {
+                return Some(e);
+            }
+        }
+        None
+    }
+}
+
+/// A tiny stack that stays inline for the usual handful of prefix hits.
+mod smallvec_lite {
+    const INLINE: usize = 16;
+
+    #[derive(Debug, Default)]
+    pub(super) struct Stack {
+        inline: [(usize, usize); INLINE],
+        len: usize,
+        spill: Vec<(usize, usize)>,
+    }
+
+    impl Stack {
+        pub(super) fn push(&mut self, v: (usize, usize)) {
+            if self.len < INLINE {
+                self.inline[self.len] = v;
+                self.len += 1;
+            } else {
+                self.spill.push(v);
+            }
+        }
+
+        pub(super) fn iter(&self) -> impl DoubleEndedIterator<Item = &(usize, usize)> {
+            self.inline[..self.len].iter().chain(self.spill.iter())
+        }
+    }
 }
 
 /// The routes of one listener.
 #[derive(Debug)]
 pub(crate) struct Router {
-    exact: HashMap<Box<str>, Arc<RouteEntry>>,
-    /// Longest first; equal lengths in config order.
-    prefixes: Vec<(Box<str>, Arc<RouteEntry>)>,
+    hosts: HashMap<Box<str>, PathTable>,
+    /// `*.example.com` kept as `.example.com`.
+    wildcards: HashMap<Box<str>, PathTable>,
+    any: PathTable,
     /// Metrics of requests no route took (and requests refused before routing).
     pub(crate) unrouted: Arc<RouteStats>,
     /// The listener's name, for logs and metrics.
@@ -80,61 +359,86 @@ pub(crate) struct Router {
     pub(crate) access_log: Option<Arc<Sink>>,
 }
 
+/// The request's host, without port, lower case (borrowed unless it had upper case).
+fn request_host<B>(req: &Request<B>) -> Option<std::borrow::Cow<'_, str>> {
+    let raw = match req.headers().get(http::header::HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => req.uri().host()?,
+    };
+    let host = if raw.starts_with('[') {
+        raw.split_once(']').map_or(raw, |(h, _)| &raw[..h.len() + 1])
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(std::borrow::Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(std::borrow::Cow::Borrowed(host))
+    }
+}
+
 impl Router {
     pub(crate) fn new(listener: Arc<str>, unrouted: Arc<RouteStats>, access_log: Option<Arc<Sink>>) -> Router {
-        Router { exact: HashMap::new(), prefixes: Vec::new(), unrouted, listener, access_log }
-    }
-
-    /// Adds a route; call in config order.
-    pub(crate) fn add_exact(&mut self, path: &str, route: Arc<RouteEntry>) {
-        self.exact.entry(path.into()).or_insert(route);
-    }
-
-    pub(crate) fn add_prefix(&mut self, prefix: &str, route: Arc<RouteEntry>) {
-        self.prefixes.push((prefix.into(), route));
-    }
-
-    /// Orders prefixes for lookup; call once after the last `add_*`.
-    pub(crate) fn finish(&mut self) {
-        // Stable: equal lengths keep config order.
-        self.prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-    }
-
-    pub(crate) fn find(&self, path: &str) -> Option<&Arc<RouteEntry>> {
-        if let Some(route) = self.exact.get(path) {
-            return Some(route);
+        Router {
+            hosts: HashMap::new(),
+            wildcards: HashMap::new(),
+            any: PathTable::default(),
+            unrouted,
+            listener,
+            access_log,
         }
-        self.prefixes.iter().find(|(p, _)| path.starts_with(&**p)).map(|(_, r)| r)
+    }
+
+    /// Adds a route under each of its hosts (or any host); call in config order.
+    pub(crate) fn add(&mut self, m: &config::RouteMatch, entry: Arc<RouteEntry>) {
+        let Some(path) = &m.path else { return };
+        if m.hosts.is_empty() {
+            self.any.add(path, entry);
+            return;
+        }
+        for host in &m.hosts {
+            let table = match host.strip_prefix('*') {
+                Some(suffix) => self.wildcards.entry(suffix.into()).or_default(),
+                None => self.hosts.entry(host.as_str().into()).or_default(),
+            };
+            table.add(path, entry.clone());
+        }
+    }
+
+    /// Orders candidates and builds the template trees; call once after the last `add`.
+    pub(crate) fn finish(&mut self) {
+        self.any.finish();
+        for table in self.hosts.values_mut().chain(self.wildcards.values_mut()) {
+            table.finish();
+        }
+    }
+
+    fn table<B>(&self, req: &Request<B>) -> &PathTable {
+        if self.hosts.is_empty() && self.wildcards.is_empty() {
+            return &self.any;
+        }
+        let Some(host) = request_host(req) else { return &self.any };
+        if let Some(t) = self.hosts.get(&*host) {
+            return t;
+        }
+        // Longest wildcard suffix first: `.b.example.com` before `.example.com`.
+        let mut rest = &*host;
+        while let Some(dot) = rest.find('.') {
+            let suffix = &rest[dot..];
+            if let Some(t) = self.wildcards.get(suffix) {
+                return t;
+            }
+            rest = &rest[dot + 1..];
+        }
+        &self.any
+    }
+
+    /// The route a request takes.
+    pub(crate) fn find<B>(&self, req: &Request<B>) -> Option<&Arc<RouteEntry>> {
+        let (method, headers, query) = (req.method(), req.headers(), req.uri().query());
+        self.table(req).find(req.uri().path(), |e| e.route.conditions.matches(method, headers, query))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn route(name: &str) -> Arc<RouteEntry> {
-        let route = Arc::new(Route {
-            name: name.into(),
-            timeout: Duration::from_secs(1),
-            forward: WeightedClusters::new(vec![]),
-        });
-        Arc::new(RouteEntry { route, stats: Box::new([]) })
-    }
-
-    #[test]
-    fn exact_beats_longest_prefix_beats_order() {
-        let mut r = Router::new("web".into(), Arc::default(), None);
-        r.add_prefix("/", route("root"));
-        r.add_prefix("/api", route("api"));
-        r.add_prefix("/api", route("api-shadowed"));
-        r.add_exact("/api/health", route("health"));
-        r.finish();
-        let name = |p: &str| r.find(p).map(|r| r.route.name.to_string());
-        assert_eq!(name("/api/health").as_deref(), Some("health"));
-        assert_eq!(name("/api/health/x").as_deref(), Some("api"));
-        assert_eq!(name("/apix").as_deref(), Some("api"));
-        assert_eq!(name("/other").as_deref(), Some("root"));
-        r.prefixes.retain(|(p, _)| &**p != "/");
-        assert!(r.find("/other").is_none());
-    }
-}
+mod tests;

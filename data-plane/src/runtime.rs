@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vane_proto::config::{Config, listener::Protocol, route, route_match};
+use vane_proto::config::{Config, listener::Protocol, route};
 
 use crate::accesslog::Sink;
 use crate::cluster::{Cluster, ClusterRegistry};
 use crate::duration_or;
 use crate::metrics::MetricsBuilder;
-use crate::router::{Route, RouteEntry, Router, WeightedClusters};
+use crate::router::{Conditions, Route, RouteEntry, Router, WeightedClusters};
 
 /// Route timeout when a route sets none (Envoy's default).
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -61,9 +61,9 @@ impl Runtime {
                 Some((*slots.get(&l.name)?, router))
             })
             .collect();
-        for r in &config.routes {
+        for (order, r) in config.routes.iter().enumerate() {
             let Some(route::Action::Forward(forward)) = &r.action else { continue };
-            let Some(path) = r.r#match.as_ref().and_then(|m| m.path.as_ref()) else { continue };
+            let Some(m) = r.r#match.as_ref() else { continue };
             let weighted = forward
                 .clusters
                 .iter()
@@ -73,6 +73,7 @@ impl Runtime {
                 name: r.name.as_str().into(),
                 timeout: duration_or(forward.timeout.as_ref(), DEFAULT_ROUTE_TIMEOUT),
                 forward: WeightedClusters::new(weighted),
+                conditions: Conditions::compile(m),
             });
             let attached: Vec<&str> = if r.listeners.is_empty() {
                 http_listeners.clone()
@@ -82,11 +83,7 @@ impl Runtime {
             for listener in attached {
                 let Some(router) = slots.get(listener).and_then(|slot| routers.get_mut(slot)) else { continue };
                 let stats = compiled.forward.clusters().map(|c| metrics.route(listener, &r.name, &c.name)).collect();
-                let entry = Arc::new(RouteEntry { route: compiled.clone(), stats });
-                match path {
-                    route_match::Path::Prefix(p) => router.add_prefix(p, entry),
-                    route_match::Path::Exact(p) => router.add_exact(p, entry),
-                }
+                router.add(m, Arc::new(RouteEntry::new(compiled.clone(), stats, order)));
             }
         }
         for router in routers.values_mut() {
@@ -115,7 +112,10 @@ mod tests {
         let slots = HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)]);
         let metrics = Metrics::default();
         let rt = metrics.rebuild(|m| Runtime::compile(1, String::new(), &config, &slots, None, m, &HashMap::new()));
-        let route = |slot: u64, path: &str| rt.listeners[&slot].find(path).map(|e| e.route.name.to_string());
+        let route = |slot: u64, path: &str| {
+            let req = http::Request::get(path).body(()).unwrap();
+            rt.listeners[&slot].find(&req).map(|e| e.route.name.to_string())
+        };
         assert_eq!(route(1, "/b/x").as_deref(), Some("everywhere"));
         assert_eq!(route(2, "/b/x").as_deref(), Some("only-b"));
         assert_eq!(route(2, "/c").as_deref(), Some("everywhere"));

@@ -134,12 +134,80 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
         v.duration("cluster", &name, "connect_timeout", c.connect_timeout.as_ref());
     }
 
+    // Templates that could take the same path on one host conflict; grouped by host.
+    let mut templates: HashMap<String, matchit::Router<()>> = HashMap::new();
+    let mut seen_templates: HashSet<(String, String)> = HashSet::new();
     for (i, r) in config.routes.iter().enumerate() {
         let name = display_name(&r.name, i);
-        match r.r#match.as_ref().and_then(|m| m.path.as_ref()) {
-            None => v.err("route", &name, "match", "a path match (prefix or exact) is required".into()),
+        let m = r.r#match.clone().unwrap_or_default();
+        match &m.path {
+            None => v.err(
+                "route",
+                &name,
+                "match",
+                "a path match (prefix, exact, path_separated_prefix, regex or template) is required".into(),
+            ),
             Some(route_match::Path::Prefix(p)) => v.path("route", &name, "match.prefix", p),
             Some(route_match::Path::Exact(p)) => v.path("route", &name, "match.exact", p),
+            Some(route_match::Path::PathSeparatedPrefix(p)) => {
+                v.path("route", &name, "match.path_separated_prefix", p);
+                if p.len() > 1 && p.ends_with('/') {
+                    v.err("route", &name, "match.path_separated_prefix", format!("'{p}' must not end with '/'"));
+                }
+            }
+            Some(route_match::Path::Regex(re)) => v.regex("route", &name, "match.regex", re),
+            Some(route_match::Path::Template(t)) => {
+                v.path("route", &name, "match.template", t);
+                let hosts: Vec<String> = if m.hosts.is_empty() { vec![String::new()] } else { m.hosts.clone() };
+                for host in hosts {
+                    if !seen_templates.insert((host.clone(), t.clone())) {
+                        continue;
+                    }
+                    if let Err(e) = templates.entry(host).or_default().insert(t.as_str(), ()) {
+                        v.err("route", &name, "match.template", format!("'{t}': {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        for (j, h) in m.hosts.iter().enumerate() {
+            if let Err(reason) = host_pattern(h) {
+                v.err("route", &name, &format!("match.hosts[{j}]"), format!("'{h}' {reason}"));
+            }
+        }
+        for (j, method) in m.methods.iter().enumerate() {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                v.err(
+                    "route",
+                    &name,
+                    &format!("match.methods[{j}]"),
+                    format!("'{method}' is not an upper-case method name"),
+                );
+            }
+        }
+        for (j, h) in m.headers.iter().enumerate() {
+            let field = format!("match.headers[{j}]");
+            if h.name.is_empty()
+                || !h.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                v.err("route", &name, &format!("{field}.name"), format!("'{}' is not a header name", h.name));
+            }
+            match &h.r#match {
+                None => v.err("route", &name, &field, "one of exact, regex or present is required".into()),
+                Some(config::header_match::Match::Regex(re)) => v.regex("route", &name, &format!("{field}.regex"), re),
+                Some(_) => {}
+            }
+        }
+        for (j, q) in m.query.iter().enumerate() {
+            let field = format!("match.query[{j}]");
+            if q.name.is_empty() {
+                v.err("route", &name, &format!("{field}.name"), "is required".into());
+            }
+            match &q.r#match {
+                None => v.err("route", &name, &field, "one of exact, regex or present is required".into()),
+                Some(config::query_match::Match::Regex(re)) => v.regex("route", &name, &format!("{field}.regex"), re),
+                Some(_) => {}
+            }
         }
         match &r.action {
             None => v.err("route", &name, "forward", "an action is required".into()),
@@ -175,6 +243,35 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
         }
     }
     v.finish()
+}
+
+/// Largest compiled size of one regular expression (bounds node memory and match time).
+pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles a regular expression the whole input must match.
+pub fn full_match_regex(re: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{re})$")).size_limit(REGEX_SIZE_LIMIT).build()
+}
+
+/// Checks a route host: `name.example`, or `*.example` for any name under it.
+fn host_pattern(h: &str) -> Result<(), &'static str> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if name.is_empty() || name.len() > 253 {
+        return Err("is not a host name");
+    }
+    if h.contains(':') {
+        return Err("must not hold a port (the request's port is ignored)");
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("must be lower case");
+    }
+    let labels_ok = name
+        .split('.')
+        .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !labels_ok {
+        return Err("is not a host name (letters, digits, '-', dots; '*.' only as a prefix)");
+    }
+    Ok(())
 }
 
 fn display_name(name: &str, index: usize) -> String {
@@ -214,6 +311,13 @@ impl Validator {
             self.err(kind, name, field, format!("'{path}' must start with '/'"));
         } else if path.contains(['?', '#']) || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             self.err(kind, name, field, format!("'{path}' may not hold '?', '#', spaces or control characters"));
+        }
+    }
+
+    fn regex(&mut self, kind: &'static str, name: &str, field: &str, re: &str) {
+        if let Err(e) = full_match_regex(re) {
+            let reason = e.to_string().lines().last().unwrap_or("invalid").trim().to_owned();
+            self.err(kind, name, field, format!("invalid regex '{re}': {reason}"));
         }
     }
 
@@ -297,7 +401,7 @@ mod tests {
         assert_eq!(
             errs,
             vec![
-                "route 'r': match: a path match (prefix or exact) is required",
+                "route 'r': match: a path match (prefix, exact, path_separated_prefix, regex or template) is required",
                 "route 'r': listeners[0]: unknown listener 'web'"
             ]
         );
@@ -308,6 +412,39 @@ mod tests {
         let errs =
             errors("listeners:\n  - {name: a, address: '127.0.0.1:8080'}\n  - {name: b, address: '127.0.0.1:8080'}\n");
         assert_eq!(errs, vec!["listener 'b': address: 127.0.0.1:8080 is already used by listener 'a'"]);
+    }
+
+    #[test]
+    fn matchers_are_checked() {
+        let errs = errors(&format!(
+            "{BASE}routes:\n  - name: r\n    match:\n      regex: '/a(['\n      hosts: ['Shop.example', '*.ok.example', 'a:80']\n      methods: [get]\n      headers: [{{name: 'x bad', exact: v}}, {{name: x-ok}}]\n      query: [{{name: q, regex: '('}}]\n    forward: {{clusters: [{{name: c}}]}}\n"
+        ));
+        let fields: Vec<&str> = errs.iter().map(|e| e.split(": ").nth(1).unwrap()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "match.regex",
+                "match.hosts[0]",
+                "match.hosts[2]",
+                "match.methods[0]",
+                "match.headers[0].name",
+                "match.headers[1]",
+                "match.query[0].regex"
+            ],
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn conflicting_templates_on_one_host_are_refused() {
+        let route = |n: &str, t: &str| {
+            format!("  - {{name: {n}, match: {{template: '{t}'}}, forward: {{clusters: [{{name: c}}]}}}}\n")
+        };
+        let ok = errors(&format!("{BASE}routes:\n{}{}", route("a", "/users/{id}"), route("b", "/users/{id}/posts")));
+        assert!(ok.is_empty(), "{ok:?}");
+        let errs = errors(&format!("{BASE}routes:\n{}{}", route("a", "/users/{id}"), route("b", "/users/{name}")));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("route 'b': match.template: '/users/{name}'"), "{errs:?}");
     }
 
     #[test]
