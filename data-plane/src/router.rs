@@ -204,6 +204,7 @@ struct PathTable {
     exact: HashMap<Box<str>, Candidates>,
     pending_templates: Vec<(Box<str>, Arc<RouteEntry>)>,
     templates: matchit::Router<Candidates>,
+    has_templates: bool,
     trie: Vec<TrieNode>,
     regexes: Vec<(Regex, Arc<RouteEntry>)>,
 }
@@ -264,8 +265,9 @@ impl PathTable {
         }
         for (template, mut candidates) in grouped {
             candidates.sort_by(by_specificity);
-            if let Err(error) = self.templates.insert(&*template, candidates) {
-                warn!(%template, %error, "template route dropped");
+            match self.templates.insert(&*template, candidates) {
+                Ok(()) => self.has_templates = true,
+                Err(error) => warn!(%template, %error, "template route dropped"),
             }
         }
     }
@@ -274,12 +276,15 @@ impl PathTable {
         if let Some(found) = self.exact.get(path).and_then(|c| c.iter().find(|e| ok(e))) {
             return Some(found);
         }
-        if let Ok(m) = self.templates.at(path)
+        if self.has_templates
+            && let Ok(m) = self.templates.at(path)
             && let Some(found) = m.value.iter().find(|e| ok(e))
         {
             return Some(found);
         }
-        if let Some(found) = self.find_prefix(path, &ok) {
+        if !self.trie.is_empty()
+            && let Some(found) = self.find_prefix(path, &ok)
+        {
             return Some(found);
         }
         self.regexes.iter().find(|(re, e)| re.is_match(path) && ok(e)).map(|(_, e)| e)
