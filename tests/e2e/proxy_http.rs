@@ -129,3 +129,48 @@ async fn listeners_open_and_close_with_snapshots_and_in_flight_requests_finish()
     let web = listener(&node, "web").await;
     assert_eq!(client.get(web, "/x").await.unwrap().status, 200, "the kept listener still serves");
 }
+
+#[tokio::test]
+async fn hosts_templates_methods_and_headers_route_through_the_proxy() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let e2 = EchoServer::start("echo-2", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let mut yaml = config_yaml(&[("one", &[e1.addr()]), ("two", &[e2.addr()])], &[("default", "/", "one")]);
+    yaml.push_str(
+        "  - name: shop-users\n    match: { template: '/users/{id}', hosts: [shop.example.com] }\n    forward: { clusters: [{ name: two }] }\n\
+         \x20 - name: any-shop\n    match: { prefix: /, hosts: ['*.example.com'] }\n    forward: { clusters: [{ name: one }] }\n\
+         \x20 - name: canary\n    match: { prefix: /, headers: [{ name: x-canary, exact: 'on' }], methods: [GET] }\n    forward: { clusters: [{ name: two }] }\n",
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+    let send = |host: &'static str, path: &'static str, canary: bool| {
+        let mut req = Request::get(format!("http://{web}{path}")).header("host", host);
+        if canary {
+            req = req.header("x-canary", "on");
+        }
+        let client = client.clone();
+        async move { client.send(req.body(Full::<Bytes>::default()).unwrap()).await.unwrap() }
+    };
+    assert_eq!(send("shop.example.com", "/users/42", false).await.backend(), "echo-2");
+    assert_eq!(send("shop.example.com:8080", "/users/42/orders", false).await.status, 404, "no fall-through");
+    assert_eq!(send("blog.example.com", "/anything", false).await.backend(), "echo-1");
+    assert_eq!(send("localhost", "/x", true).await.backend(), "echo-2", "header match beats plain prefix");
+    assert_eq!(send("localhost", "/x", false).await.backend(), "echo-1");
+
+    // The same, one route at a time from the CLI.
+    let out = vane(
+        &cp.url(),
+        &["route", "add", "api-v2", "--path-separated-prefix", "/v2", "--host", "api.example.org", "--cluster", "two"],
+    )
+    .await;
+    assert!(out.success, "{}", out.stderr);
+    wait_version(&node, 2).await;
+    assert_eq!(send("api.example.org", "/v2/items", false).await.backend(), "echo-2");
+    assert_eq!(send("api.example.org", "/v2x", false).await.status, 404);
+    let table = vane(&cp.url(), &["get", "route", "api-v2"]).await.stdout;
+    assert!(table.contains("path_separated_prefix /v2 hosts=api.example.org"), "{table}");
+}
