@@ -58,9 +58,9 @@ async fn main() -> anyhow::Result<()> {
             r#match: Some(RouteMatch { path: Some(route_match::Path::Prefix(prefix.clone())), ..Default::default() }),
             action: Some(route::Action::Forward(Forward {
                 clusters: vec![WeightedCluster { name: name.clone(), weight: 0 }],
-                timeout: None,
+                ..Default::default()
             })),
-            listeners: vec![],
+            ..Default::default()
         });
 
         let diff = client.diff(with_token(DiffRequest { config: Some(config.clone()) })?).await?.into_inner();

@@ -158,8 +158,13 @@ pub(crate) async fn route(admin: &Admin, command: RouteCommand) -> anyhow::Resul
                     methods: add.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
                     ..Default::default()
                 }),
-                action: Some(route::Action::Forward(Forward { clusters, timeout: add.timeout.map(proto_duration) })),
+                action: Some(route::Action::Forward(Forward {
+                    clusters,
+                    timeout: add.timeout.map(proto_duration),
+                    ..Default::default()
+                })),
                 listeners: add.listeners,
+                ..Default::default()
             };
             admin.put(Resource { resource: Some(resource::Resource::Route(route)) }, add.dry_run).await
         }

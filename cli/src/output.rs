@@ -91,13 +91,17 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
                                 .map(|c| if c.weight > 0 { format!("{}={}", c.name, c.weight) } else { c.name.clone() })
                                 .collect::<Vec<_>>()
                                 .join(","),
+                            Some(route::Action::Redirect(rd)) => {
+                                format!("(redirect {})", if rd.code == 0 { 302 } else { rd.code })
+                            }
+                            Some(route::Action::DirectResponse(d)) => format!("(direct {})", d.status),
                             None => "-".into(),
                         };
                         let listeners = if r.listeners.is_empty() { "*".into() } else { r.listeners.join(",") };
                         vec![r.name.clone(), matcher, clusters, listeners]
                     })
                     .collect();
-                text.push_str(&table(&["ROUTE", "MATCH", "CLUSTERS", "LISTENERS"], rows));
+                text.push_str(&table(&["ROUTE", "MATCH", "ACTION", "LISTENERS"], rows));
             }
             if all || kind == Kind::Cluster {
                 let rows = config

@@ -29,9 +29,9 @@ fn config_with_routes(n: usize) -> Config {
             }),
             action: Some(config::route::Action::Forward(config::Forward {
                 clusters: vec![config::WeightedCluster { name: "c".into(), weight: 0 }],
-                timeout: None,
+                ..Default::default()
             })),
-            listeners: vec![],
+            ..Default::default()
         })
         .collect();
     Config {

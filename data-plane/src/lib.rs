@@ -8,6 +8,7 @@
 //! previous runtime serving. Requests (`proxy`) load the runtime once and keep it.
 
 mod accesslog;
+mod actions;
 mod admin;
 mod cache;
 mod cluster;
@@ -320,7 +321,7 @@ pub mod bench {
 
         /// The name of the route a request takes on the first listener.
         pub fn find<B>(&self, req: &http::Request<B>) -> Option<&str> {
-            self.router()?.find(req).map(|e| &*e.route.name)
+            self.router()?.find(req).map(|f| &*f.entry.route.name)
         }
     }
 

@@ -24,9 +24,10 @@ use tracing::debug;
 
 use crate::NodeShared;
 use crate::accesslog::{Line, Sink};
+use crate::actions::{PathRewrite, Vars};
 use crate::cluster::Cluster;
 use crate::metrics::{self, Outcome, RouteStats};
-use crate::router::Route;
+use crate::router::{Found, Route, RouteAction};
 
 /// What an upstream answer or a local answer streams as.
 pub(crate) type InnerBody = Either<Incoming, Full<Bytes>>;
@@ -89,21 +90,7 @@ impl Connection {
         let bytes_in = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
         let (stats, route, cluster, response, upstream) = match router.find(&req) {
             None => (router.unrouted.clone(), None, None, local(StatusCode::NOT_FOUND, "no route\n"), None),
-            Some(entry) => match entry.route.forward.pick() {
-                None => (
-                    router.unrouted.clone(),
-                    Some(entry.route.name.clone()),
-                    None,
-                    local(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n"),
-                    None,
-                ),
-                Some((index, cluster)) => {
-                    let stats = entry.stats.get(index).cloned().unwrap_or_else(|| router.unrouted.clone());
-                    let req = req.map(|body| Counting { inner: body, counter: bytes_in.clone() });
-                    let (response, upstream) = forward(&entry.route, cluster, req, self.peer).await;
-                    (stats, Some(entry.route.name.clone()), Some(cluster.name.clone()), response, upstream)
-                }
-            },
+            Some(found) => self.take(found, req, bytes_in.clone()).await,
         };
         let finish = Finish {
             start,
@@ -121,6 +108,115 @@ impl Connection {
         };
         Ok(response.map(|body| Finishing { inner: body, sent: 0, finish: Some(finish) }))
     }
+}
+
+/// What a routed request produced: its metrics handle, route and cluster names, the
+/// response, and upstream details when it was forwarded.
+type Taken = (
+    Arc<RouteStats>,
+    Option<Arc<str>>,
+    Option<Arc<str>>,
+    Response<InnerBody>,
+    Option<(Authority, Duration, Option<HeaderValue>)>,
+);
+
+/// The request's host as sent (port included).
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+impl Connection {
+    /// Runs the action of the route a request took.
+    async fn take(&self, found: Found<'_>, mut req: Request<Incoming>, bytes_in: Option<Arc<AtomicU64>>) -> Taken {
+        let entry = found.entry;
+        let route = &entry.route;
+        let name = Some(route.name.clone());
+        let stats = entry.stats.first().cloned().unwrap_or_default();
+        let vars = |req: &Request<Incoming>| -> (Option<String>, Option<HeaderValue>) {
+            (host_of(req).map(str::to_owned), req.headers().get(&X_REQUEST_ID).cloned())
+        };
+        match &route.action {
+            RouteAction::Direct(d) => {
+                let mut response = Response::new(Either::Right(Full::new(d.body.clone())));
+                *response.status_mut() = d.status;
+                if let Some(ct) = &d.content_type {
+                    response.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+                }
+                let (host, id) = vars(&req);
+                let v = Vars {
+                    client_ip: self.peer.ip(),
+                    request_id: id.as_ref(),
+                    host: host.as_deref(),
+                    params: &found.params,
+                };
+                route.response_headers.apply(response.headers_mut(), &v);
+                (stats, name, None, response, None)
+            }
+            RouteAction::Redirect(rd) => {
+                let (host, id) = vars(&req);
+                let v = Vars {
+                    client_ip: self.peer.ip(),
+                    request_id: id.as_ref(),
+                    host: host.as_deref(),
+                    params: &found.params,
+                };
+                let Some(location) = rd.location(req.uri(), host.as_deref(), &v) else {
+                    return (stats, name, None, local(StatusCode::BAD_REQUEST, "bad request\n"), None);
+                };
+                let mut response = Response::new(Either::Right(Full::default()));
+                *response.status_mut() = rd.code;
+                response.headers_mut().insert(header::LOCATION, location);
+                route.response_headers.apply(response.headers_mut(), &v);
+                (stats, name, None, response, None)
+            }
+            RouteAction::Forward { rewrite, host: host_rewrite } => {
+                let Some((index, cluster)) = route.forward.pick() else {
+                    return (stats, name, None, local(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n"), None);
+                };
+                let stats = entry.stats.get(index).cloned().unwrap_or(stats);
+                if !matches!(rewrite, PathRewrite::Keep) {
+                    let (host, _) = vars(&req);
+                    let v = Vars {
+                        client_ip: self.peer.ip(),
+                        request_id: None,
+                        host: host.as_deref(),
+                        params: &found.params,
+                    };
+                    if let Some(path) = rewrite.apply(req.uri().path(), &v) {
+                        match with_path(req.uri(), &path) {
+                            Some(uri) => *req.uri_mut() = uri,
+                            None => return (stats, name, None, local(StatusCode::BAD_REQUEST, "bad request\n"), None),
+                        }
+                    }
+                }
+                let req = req.map(|body| Counting { inner: body, counter: bytes_in });
+                let edits =
+                    Edits { host: host_rewrite.as_ref(), route, params: &found.params, client_ip: self.peer.ip() };
+                let (response, upstream) = forward(route, cluster, req, self.peer, &edits).await;
+                (stats, name, Some(cluster.name.clone()), response, upstream)
+            }
+        }
+    }
+}
+
+/// `uri` with its path replaced, query kept.
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// The request and response edits of a forwarding route.
+#[derive(Debug)]
+struct Edits<'a> {
+    host: Option<&'a HeaderValue>,
+    route: &'a Route,
+    params: &'a [(Box<str>, Box<str>)],
+    client_ip: std::net::IpAddr,
 }
 
 /// The request side of an access log line, taken before the request is forwarded.
@@ -296,14 +392,29 @@ async fn forward(
     cluster: &Cluster,
     req: Request<UpstreamBody>,
     peer: SocketAddr,
+    edits: &Edits<'_>,
 ) -> (Response<InnerBody>, Option<(Authority, Duration, Option<HeaderValue>)>) {
-    let Some((upstream, endpoint)) = upstream_request(req, cluster, peer) else {
+    let Some((mut upstream, endpoint)) = upstream_request(req, cluster, peer) else {
         return (local(StatusCode::BAD_REQUEST, "bad request\n"), None);
     };
     let request_id = upstream.headers().get(&X_REQUEST_ID).cloned();
+    if let Some(host) = edits.host {
+        upstream.headers_mut().insert(header::HOST, host.clone());
+    }
+    let rules = (&edits.route.request_headers, &edits.route.response_headers);
+    let client_host = upstream.headers().get(&X_FORWARDED_HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    let vars = Vars {
+        client_ip: edits.client_ip,
+        request_id: request_id.as_ref(),
+        host: client_host.as_deref(),
+        params: edits.params,
+    };
+    if !rules.0.is_empty() {
+        rules.0.apply(upstream.headers_mut(), &vars);
+    }
     let sent = Instant::now();
     let result = tokio::time::timeout(route.timeout, cluster.client.request(upstream)).await;
-    let info = Some((endpoint, sent.elapsed(), request_id));
+    let info = Some((endpoint, sent.elapsed(), request_id.clone()));
     let response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
@@ -320,6 +431,9 @@ async fn forward(
     };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if !rules.1.is_empty() {
+        rules.1.apply(&mut parts.headers, &vars);
+    }
     (Response::from_parts(parts, Either::Left(body)), info)
 }
 

@@ -19,6 +19,7 @@ use tracing::warn;
 use vane_proto::config::{self, route_match};
 
 use crate::accesslog::Sink;
+use crate::actions::{Direct, HeaderRules, PathRewrite, Redirect};
 use crate::cluster::Cluster;
 use crate::metrics::RouteStats;
 
@@ -27,8 +28,27 @@ use crate::metrics::RouteStats;
 pub(crate) struct Route {
     pub(crate) name: Arc<str>,
     pub(crate) timeout: Duration,
+    /// Empty unless the action is a forward.
     pub(crate) forward: WeightedClusters,
     pub(crate) conditions: Conditions,
+    pub(crate) action: RouteAction,
+    pub(crate) request_headers: HeaderRules,
+    pub(crate) response_headers: HeaderRules,
+}
+
+/// What a route does with a request it takes.
+#[derive(Debug)]
+pub(crate) enum RouteAction {
+    Forward { rewrite: PathRewrite, host: Option<http::HeaderValue> },
+    Redirect(Redirect),
+    Direct(Direct),
+}
+
+/// A route a request takes, with what a template path captured.
+#[derive(Debug)]
+pub(crate) struct Found<'a> {
+    pub(crate) entry: &'a Arc<RouteEntry>,
+    pub(crate) params: Vec<(Box<str>, Box<str>)>,
 }
 
 /// One or more clusters with cumulative weights.
@@ -272,22 +292,24 @@ impl PathTable {
         }
     }
 
-    fn find(&self, path: &str, ok: impl Fn(&RouteEntry) -> bool) -> Option<&Arc<RouteEntry>> {
-        if let Some(found) = self.exact.get(path).and_then(|c| c.iter().find(|e| ok(e))) {
-            return Some(found);
+    fn find(&self, path: &str, ok: impl Fn(&RouteEntry) -> bool) -> Option<Found<'_>> {
+        let found = |entry| Found { entry, params: Vec::new() };
+        if let Some(entry) = self.exact.get(path).and_then(|c| c.iter().find(|e| ok(e))) {
+            return Some(found(entry));
         }
         if self.has_templates
             && let Ok(m) = self.templates.at(path)
-            && let Some(found) = m.value.iter().find(|e| ok(e))
+            && let Some(entry) = m.value.iter().find(|e| ok(e))
         {
-            return Some(found);
+            let params = m.params.iter().map(|(k, v)| (k.into(), v.into())).collect();
+            return Some(Found { entry, params });
         }
         if !self.trie.is_empty()
-            && let Some(found) = self.find_prefix(path, &ok)
+            && let Some(entry) = self.find_prefix(path, &ok)
         {
-            return Some(found);
+            return Some(found(entry));
         }
-        self.regexes.iter().find(|(re, e)| re.is_match(path) && ok(e)).map(|(_, e)| e)
+        self.regexes.iter().find(|(re, e)| re.is_match(path) && ok(e)).map(|(_, e)| found(e))
     }
 
     /// Walks the path through the trie once, then tries the deepest prefix first.
@@ -439,7 +461,7 @@ impl Router {
     }
 
     /// The route a request takes.
-    pub(crate) fn find<B>(&self, req: &Request<B>) -> Option<&Arc<RouteEntry>> {
+    pub(crate) fn find<B>(&self, req: &Request<B>) -> Option<Found<'_>> {
         let (method, headers, query) = (req.method(), req.headers(), req.uri().query());
         self.table(req).find(req.uri().path(), |e| e.route.conditions.matches(method, headers, query))
     }

@@ -8,10 +8,11 @@ use std::time::Duration;
 use vane_proto::config::{Config, listener::Protocol, route};
 
 use crate::accesslog::Sink;
+use crate::actions::{Direct, HeaderRules, PathRewrite, Redirect};
 use crate::cluster::{Cluster, ClusterRegistry};
 use crate::duration_or;
 use crate::metrics::MetricsBuilder;
-use crate::router::{Conditions, Route, RouteEntry, Router, WeightedClusters};
+use crate::router::{Conditions, Route, RouteAction, RouteEntry, Router, WeightedClusters};
 
 /// Route timeout when a route sets none (Envoy's default).
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -62,18 +63,38 @@ impl Runtime {
             })
             .collect();
         for (order, r) in config.routes.iter().enumerate() {
-            let Some(route::Action::Forward(forward)) = &r.action else { continue };
             let Some(m) = r.r#match.as_ref() else { continue };
-            let weighted = forward
-                .clusters
-                .iter()
-                .filter_map(|wc| clusters.get(wc.name.as_str()).map(|c| (wc.weight, c.clone())))
-                .collect();
+            let (forward, timeout, action) = match &r.action {
+                Some(route::Action::Forward(f)) => {
+                    let weighted = f
+                        .clusters
+                        .iter()
+                        .filter_map(|wc| clusters.get(wc.name.as_str()).map(|c| (wc.weight, c.clone())))
+                        .collect();
+                    let host = (!f.host_rewrite.is_empty())
+                        .then(|| http::HeaderValue::from_str(&f.host_rewrite).ok())
+                        .flatten();
+                    let action = RouteAction::Forward { rewrite: PathRewrite::compile(m, f), host };
+                    (WeightedClusters::new(weighted), duration_or(f.timeout.as_ref(), DEFAULT_ROUTE_TIMEOUT), action)
+                }
+                Some(route::Action::Redirect(rd)) => (
+                    WeightedClusters::new(vec![]),
+                    DEFAULT_ROUTE_TIMEOUT,
+                    RouteAction::Redirect(Redirect::compile(m, rd)),
+                ),
+                Some(route::Action::DirectResponse(d)) => {
+                    (WeightedClusters::new(vec![]), DEFAULT_ROUTE_TIMEOUT, RouteAction::Direct(Direct::compile(d)))
+                }
+                None => continue,
+            };
             let compiled = Arc::new(Route {
                 name: r.name.as_str().into(),
-                timeout: duration_or(forward.timeout.as_ref(), DEFAULT_ROUTE_TIMEOUT),
-                forward: WeightedClusters::new(weighted),
+                timeout,
+                forward,
                 conditions: Conditions::compile(m),
+                action,
+                request_headers: HeaderRules::compile(r.request_headers.as_ref()),
+                response_headers: HeaderRules::compile(r.response_headers.as_ref()),
             });
             let attached: Vec<&str> = if r.listeners.is_empty() {
                 http_listeners.clone()
@@ -82,8 +103,13 @@ impl Runtime {
             };
             for listener in attached {
                 let Some(router) = slots.get(listener).and_then(|slot| routers.get_mut(slot)) else { continue };
-                let stats = compiled.forward.clusters().map(|c| metrics.route(listener, &r.name, &c.name)).collect();
-                router.add(m, Arc::new(RouteEntry::new(compiled.clone(), stats, order)));
+                // Routes without clusters (redirects, direct responses) count under cluster "".
+                let mut stats: Vec<_> =
+                    compiled.forward.clusters().map(|c| metrics.route(listener, &r.name, &c.name)).collect();
+                if stats.is_empty() {
+                    stats.push(metrics.route(listener, &r.name, ""));
+                }
+                router.add(m, Arc::new(RouteEntry::new(compiled.clone(), stats.into(), order)));
             }
         }
         for router in routers.values_mut() {
@@ -114,7 +140,7 @@ mod tests {
         let rt = metrics.rebuild(|m| Runtime::compile(1, String::new(), &config, &slots, None, m, &HashMap::new()));
         let route = |slot: u64, path: &str| {
             let req = http::Request::get(path).body(()).unwrap();
-            rt.listeners[&slot].find(&req).map(|e| e.route.name.to_string())
+            rt.listeners[&slot].find(&req).map(|f| f.entry.route.name.to_string())
         };
         assert_eq!(route(1, "/b/x").as_deref(), Some("everywhere"));
         assert_eq!(route(2, "/b/x").as_deref(), Some("only-b"));

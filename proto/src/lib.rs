@@ -45,7 +45,7 @@ pub use generated::vane::store::v1 as store;
 pub use generated::vane::{admin::v1 as admin, config::v1 as config, discovery::v1 as discovery};
 
 pub use format::{Format, LoadError, config_sha256, load, render};
-pub use validate::{ConfigError, ValidationErrors, full_match_regex, validate};
+pub use validate::{ConfigError, ValidationErrors, full_match_regex, template_params, validate};
 
 /// The encoded `FileDescriptorSet` of every Vane proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vane_descriptor.bin"));

@@ -210,7 +210,9 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             }
         }
         match &r.action {
-            None => v.err("route", &name, "forward", "an action is required".into()),
+            None => {
+                v.err("route", &name, "forward", "an action is required (forward, redirect or direct_response)".into())
+            }
             Some(route::Action::Forward(f)) => {
                 if f.clusters.is_empty() {
                     v.err("route", &name, "forward.clusters", "at least one cluster is required".into());
@@ -234,6 +236,126 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
                     }
                 }
                 v.duration("route", &name, "forward.timeout", f.timeout.as_ref());
+                let is_prefix =
+                    matches!(m.path, Some(route_match::Path::Prefix(_) | route_match::Path::PathSeparatedPrefix(_)));
+                let rewrites =
+                    [!f.prefix_rewrite.is_empty(), f.regex_rewrite.is_some(), !f.template_rewrite.is_empty()];
+                if rewrites.iter().filter(|r| **r).count() > 1 {
+                    v.err(
+                        "route",
+                        &name,
+                        "forward",
+                        "give at most one of prefix_rewrite, regex_rewrite, template_rewrite".into(),
+                    );
+                }
+                if !f.prefix_rewrite.is_empty() {
+                    if !is_prefix {
+                        v.err(
+                            "route",
+                            &name,
+                            "forward.prefix_rewrite",
+                            "needs a prefix or path_separated_prefix match".into(),
+                        );
+                    }
+                    v.path("route", &name, "forward.prefix_rewrite", &f.prefix_rewrite);
+                }
+                if let Some(rr) = &f.regex_rewrite
+                    && let Err(e) = regex::RegexBuilder::new(&rr.pattern).size_limit(REGEX_SIZE_LIMIT).build()
+                {
+                    let reason = e.to_string().lines().last().unwrap_or("invalid").trim().to_owned();
+                    v.err(
+                        "route",
+                        &name,
+                        "forward.regex_rewrite.pattern",
+                        format!("invalid regex '{}': {reason}", rr.pattern),
+                    );
+                }
+                if !f.template_rewrite.is_empty() {
+                    match &m.path {
+                        Some(route_match::Path::Template(t)) => {
+                            v.path("route", &name, "forward.template_rewrite", &f.template_rewrite);
+                            for param in template_params(&f.template_rewrite) {
+                                if !template_params(t).contains(&param) {
+                                    v.err(
+                                        "route",
+                                        &name,
+                                        "forward.template_rewrite",
+                                        format!("'{{{param}}}' is not captured by '{t}'"),
+                                    );
+                                }
+                            }
+                        }
+                        _ => v.err("route", &name, "forward.template_rewrite", "needs a template match".into()),
+                    }
+                }
+                if !f.host_rewrite.is_empty() && host_pattern(&f.host_rewrite.replace(':', "")).is_err() {
+                    v.err("route", &name, "forward.host_rewrite", format!("'{}' is not a host", f.host_rewrite));
+                }
+            }
+            Some(route::Action::Redirect(rd)) => {
+                if !matches!(rd.code, 0 | 301 | 302 | 303 | 307 | 308) {
+                    v.err(
+                        "route",
+                        &name,
+                        "redirect.code",
+                        format!("{} is not a redirect code (301, 302, 303, 307, 308)", rd.code),
+                    );
+                }
+                if !matches!(rd.scheme.as_str(), "" | "http" | "https") {
+                    v.err("route", &name, "redirect.scheme", format!("'{}' is not http or https", rd.scheme));
+                }
+                if !rd.host.is_empty() && host_pattern(&rd.host).is_err() {
+                    v.err("route", &name, "redirect.host", format!("'{}' is not a host name", rd.host));
+                }
+                if rd.port > 65535 {
+                    v.err("route", &name, "redirect.port", "must be at most 65535".into());
+                }
+                if !rd.path.is_empty() {
+                    v.path("route", &name, "redirect.path", &rd.path);
+                }
+                if !rd.prefix_rewrite.is_empty() {
+                    let is_prefix = matches!(
+                        m.path,
+                        Some(route_match::Path::Prefix(_) | route_match::Path::PathSeparatedPrefix(_))
+                    );
+                    if !is_prefix || !rd.path.is_empty() {
+                        v.err(
+                            "route",
+                            &name,
+                            "redirect.prefix_rewrite",
+                            "needs a prefix match and no redirect.path".into(),
+                        );
+                    }
+                }
+            }
+            Some(route::Action::DirectResponse(d)) => {
+                if !(100..=599).contains(&d.status) {
+                    v.err("route", &name, "direct_response.status", format!("{} is not an HTTP status", d.status));
+                }
+                if d.body.len() > MAX_DIRECT_BODY {
+                    v.err("route", &name, "direct_response.body", format!("longer than {MAX_DIRECT_BODY} bytes"));
+                }
+            }
+        }
+        for (field, rules) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)] {
+            let Some(rules) = rules else { continue };
+            let names = rules
+                .add
+                .iter()
+                .chain(&rules.set)
+                .map(|h| (h.name.as_str(), Some(h.value.as_str())))
+                .chain(rules.remove.iter().map(|n| (n.as_str(), None)));
+            for (header, value) in names {
+                if header.is_empty()
+                    || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                {
+                    v.err("route", &name, field, format!("'{header}' is not a header name"));
+                }
+                if let Some(value) = value
+                    && value.bytes().any(|b| b.is_ascii_control() && b != b'\t')
+                {
+                    v.err("route", &name, field, format!("the value of '{header}' holds control characters"));
+                }
             }
         }
         for (j, l) in r.listeners.iter().enumerate() {
@@ -247,6 +369,18 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
 
 /// Largest compiled size of one regular expression (bounds node memory and match time).
 pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Largest direct response body.
+const MAX_DIRECT_BODY: usize = 64 * 1024;
+
+/// The `{name}` and `{*name}` parameters of a template, names only.
+pub fn template_params(template: &str) -> Vec<String> {
+    template
+        .split('{')
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.trim_start_matches('*').to_owned()))
+        .collect()
+}
 
 /// Compiles a regular expression the whole input must match.
 pub fn full_match_regex(re: &str) -> Result<regex::Regex, regex::Error> {

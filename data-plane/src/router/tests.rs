@@ -15,6 +15,9 @@ fn router(routes_yaml: &str) -> Router {
             timeout: Duration::from_secs(1),
             forward: WeightedClusters::new(vec![]),
             conditions: Conditions::compile(&m),
+            action: RouteAction::Direct(crate::actions::Direct::compile(&Default::default())),
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
         });
         router.add(&m, Arc::new(RouteEntry::new(route, Box::new([]), order)));
     }
@@ -28,7 +31,7 @@ fn take(r: &Router, method: &str, host: &str, target: &str, headers: &[(&str, &s
         req = req.header(*k, *v);
     }
     let req = req.body(()).unwrap();
-    r.find(&req).map(|e| e.route.name.to_string())
+    r.find(&req).map(|f| f.entry.route.name.to_string())
 }
 
 fn get(r: &Router, path: &str) -> Option<String> {
@@ -137,4 +140,13 @@ fn lookup_does_not_scan_many_routes() {
     assert_eq!(get(&r, "/svc19999/x").as_deref(), Some("r19999"));
     assert_eq!(get(&r, "/svc1/x").as_deref(), Some("r1"));
     assert_eq!(get(&r, "/nope"), None);
+}
+
+#[test]
+fn template_captures_come_with_the_route() {
+    let r = router("routes:\n- {name: users, match: {template: '/users/{id}/posts/{post}'}}\n");
+    let req = Request::get("/users/7/posts/99").body(()).unwrap();
+    let found = r.find(&req).unwrap();
+    let params: Vec<(&str, &str)> = found.params.iter().map(|(k, v)| (&**k, &**v)).collect();
+    assert_eq!(params, [("id", "7"), ("post", "99")]);
 }

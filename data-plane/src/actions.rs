@@ -1,0 +1,368 @@
+//! What a route does besides choosing a cluster: path and host rewrites, redirects,
+//! direct responses, and header edits whose values may use request variables. All of it
+//! is compiled once per snapshot; a request only fills in its variables.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Uri};
+use regex::Regex;
+use tracing::warn;
+use vane_proto::config::{self, route_match};
+
+/// Values a request contributes to header templates and rewrites.
+#[derive(Debug)]
+pub(crate) struct Vars<'a> {
+    pub(crate) client_ip: IpAddr,
+    pub(crate) request_id: Option<&'a HeaderValue>,
+    pub(crate) host: Option<&'a str>,
+    /// Captures of a template path match.
+    pub(crate) params: &'a [(Box<str>, Box<str>)],
+}
+
+impl Vars<'_> {
+    fn param(&self, name: &str) -> &str {
+        self.params.iter().find(|(k, _)| &**k == name).map_or("", |(_, v)| v)
+    }
+}
+
+/// A value with `${client_ip}`, `${request_id}`, `${host}`, `${param.NAME}` in it.
+#[derive(Debug)]
+enum Part {
+    Literal(Box<str>),
+    ClientIp,
+    RequestId,
+    Host,
+    Param(Box<str>),
+}
+
+#[derive(Debug)]
+pub(crate) struct ValueTemplate(Box<[Part]>);
+
+impl ValueTemplate {
+    fn parse(text: &str) -> ValueTemplate {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            let Some(len) = rest[start..].find('}') else { break };
+            if start > 0 {
+                parts.push(Part::Literal(rest[..start].into()));
+            }
+            let var = &rest[start + 2..start + len];
+            parts.push(match var {
+                "client_ip" => Part::ClientIp,
+                "request_id" => Part::RequestId,
+                "host" => Part::Host,
+                _ => match var.strip_prefix("param.") {
+                    Some(name) => Part::Param(name.into()),
+                    // Unknown variables stay literal, visible to whoever reads the header.
+                    None => Part::Literal(rest[start..=start + len].into()),
+                },
+            });
+            rest = &rest[start + len + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.into()));
+        }
+        ValueTemplate(parts.into())
+    }
+
+    fn render(&self, vars: &Vars<'_>) -> Option<HeaderValue> {
+        if let [Part::Literal(l)] = &*self.0 {
+            return HeaderValue::from_str(l).ok();
+        }
+        let mut out = String::new();
+        for part in &*self.0 {
+            match part {
+                Part::Literal(l) => out.push_str(l),
+                Part::ClientIp => out.push_str(&vars.client_ip.to_string()),
+                Part::RequestId => out.push_str(vars.request_id.and_then(|v| v.to_str().ok()).unwrap_or("")),
+                Part::Host => out.push_str(vars.host.unwrap_or("")),
+                Part::Param(name) => out.push_str(vars.param(name)),
+            }
+        }
+        HeaderValue::from_str(&out).ok()
+    }
+}
+
+/// Header edits: remove, then set, then add.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderRules {
+    remove: Box<[HeaderName]>,
+    set: Box<[(HeaderName, ValueTemplate)]>,
+    add: Box<[(HeaderName, ValueTemplate)]>,
+}
+
+impl HeaderRules {
+    pub(crate) fn compile(rules: Option<&config::HeaderRules>) -> HeaderRules {
+        let Some(rules) = rules else { return HeaderRules::default() };
+        let name = |n: &str| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok();
+        let pairs = |list: &[config::HeaderValue]| -> Box<[(HeaderName, ValueTemplate)]> {
+            list.iter().filter_map(|h| Some((name(&h.name)?, ValueTemplate::parse(&h.value)))).collect()
+        };
+        HeaderRules {
+            remove: rules.remove.iter().filter_map(|n| name(n)).collect(),
+            set: pairs(&rules.set),
+            add: pairs(&rules.add),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    pub(crate) fn apply(&self, headers: &mut HeaderMap, vars: &Vars<'_>) {
+        for name in &*self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &*self.set {
+            if let Some(v) = value.render(vars) {
+                headers.insert(name.clone(), v);
+            }
+        }
+        for (name, value) in &*self.add {
+            if let Some(v) = value.render(vars) {
+                headers.append(name.clone(), v);
+            }
+        }
+    }
+}
+
+/// How the upstream path is derived from the request's.
+#[derive(Debug, Default)]
+pub(crate) enum PathRewrite {
+    #[default]
+    Keep,
+    /// Replace the matched prefix.
+    Prefix {
+        matched: Box<str>,
+        replacement: Box<str>,
+    },
+    Regex {
+        re: Regex,
+        substitution: Box<str>,
+    },
+    /// `/v2/users/{id}`: literal segments and captures.
+    Template(Box<[TemplatePart]>),
+}
+
+#[derive(Debug)]
+pub(crate) enum TemplatePart {
+    Literal(Box<str>),
+    Param(Box<str>),
+}
+
+fn matched_prefix(m: &config::RouteMatch) -> Option<&str> {
+    match &m.path {
+        Some(route_match::Path::Prefix(p) | route_match::Path::PathSeparatedPrefix(p)) => Some(p),
+        _ => None,
+    }
+}
+
+impl PathRewrite {
+    pub(crate) fn compile(m: &config::RouteMatch, f: &config::Forward) -> PathRewrite {
+        if !f.prefix_rewrite.is_empty()
+            && let Some(matched) = matched_prefix(m)
+        {
+            return PathRewrite::Prefix { matched: matched.into(), replacement: f.prefix_rewrite.as_str().into() };
+        }
+        if let Some(rr) = &f.regex_rewrite {
+            match Regex::new(&rr.pattern) {
+                Ok(re) => return PathRewrite::Regex { re, substitution: rr.substitution.as_str().into() },
+                Err(error) => warn!(%error, "regex rewrite dropped"),
+            }
+        }
+        if !f.template_rewrite.is_empty() {
+            let mut parts = Vec::new();
+            let mut rest = f.template_rewrite.as_str();
+            while let Some(start) = rest.find('{') {
+                let Some(len) = rest[start..].find('}') else { break };
+                if start > 0 {
+                    parts.push(TemplatePart::Literal(rest[..start].into()));
+                }
+                parts.push(TemplatePart::Param(rest[start + 1..start + len].trim_start_matches('*').into()));
+                rest = &rest[start + len + 1..];
+            }
+            if !rest.is_empty() {
+                parts.push(TemplatePart::Literal(rest.into()));
+            }
+            return PathRewrite::Template(parts.into());
+        }
+        PathRewrite::Keep
+    }
+
+    /// The new path (without query), or `None` to keep the request's.
+    pub(crate) fn apply(&self, path: &str, vars: &Vars<'_>) -> Option<String> {
+        match self {
+            PathRewrite::Keep => None,
+            PathRewrite::Prefix { matched, replacement } => {
+                let rest = path.get(matched.len()..).unwrap_or("");
+                // `/api` -> `/` on `/api/x` must not give `//x`.
+                if replacement.ends_with('/') && rest.starts_with('/') {
+                    Some(format!("{replacement}{}", &rest[1..]))
+                } else {
+                    Some(format!("{replacement}{rest}"))
+                }
+            }
+            PathRewrite::Regex { re, substitution } => Some(re.replace_all(path, &**substitution).into_owned()),
+            PathRewrite::Template(parts) => {
+                let mut out = String::new();
+                for part in &**parts {
+                    match part {
+                        TemplatePart::Literal(l) => out.push_str(l),
+                        TemplatePart::Param(name) => out.push_str(vars.param(name)),
+                    }
+                }
+                Some(out)
+            }
+        }
+    }
+}
+
+/// A compiled redirect.
+#[derive(Debug)]
+pub(crate) struct Redirect {
+    scheme: Option<Box<str>>,
+    host: Option<Box<str>>,
+    port: u16,
+    path: PathRewrite,
+    fixed_path: Option<Box<str>>,
+    pub(crate) code: StatusCode,
+    strip_query: bool,
+}
+
+impl Redirect {
+    pub(crate) fn compile(m: &config::RouteMatch, r: &config::Redirect) -> Redirect {
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.into());
+        let path = match (matched_prefix(m), r.prefix_rewrite.is_empty()) {
+            (Some(matched), false) => {
+                PathRewrite::Prefix { matched: matched.into(), replacement: r.prefix_rewrite.as_str().into() }
+            }
+            _ => PathRewrite::Keep,
+        };
+        Redirect {
+            scheme: nonempty(&r.scheme),
+            host: nonempty(&r.host),
+            port: u16::try_from(r.port).unwrap_or(0),
+            path,
+            fixed_path: nonempty(&r.path),
+            code: StatusCode::from_u16(u16::try_from(r.code).unwrap_or(302))
+                .ok()
+                .filter(|c| c.is_redirection())
+                .unwrap_or(StatusCode::FOUND),
+            strip_query: r.strip_query,
+        }
+    }
+
+    /// The `Location` for a request to `uri` with host `host` (port included).
+    pub(crate) fn location(&self, uri: &Uri, host: Option<&str>, vars: &Vars<'_>) -> Option<HeaderValue> {
+        let scheme = self.scheme.as_deref().unwrap_or("http");
+        let (req_host, req_port) = match host {
+            Some(h) if !h.starts_with('[') => h.rsplit_once(':').map_or((h, None), |(h, p)| (h, Some(p))),
+            Some(h) => (h, None),
+            None => ("", None),
+        };
+        let host = self.host.as_deref().unwrap_or(req_host);
+        let port = if self.port != 0 {
+            Some(self.port.to_string())
+        } else if self.host.is_some() || self.scheme.is_some() {
+            None
+        } else {
+            req_port.map(str::to_owned)
+        };
+        let path = match (&self.fixed_path, self.path.apply(uri.path(), vars)) {
+            (Some(p), _) => p.to_string(),
+            (None, Some(p)) => p,
+            (None, None) => uri.path().to_owned(),
+        };
+        let mut location = format!("{scheme}://{host}");
+        if let Some(port) = port {
+            location.push(':');
+            location.push_str(&port);
+        }
+        location.push_str(&path);
+        if let (false, Some(q)) = (self.strip_query, uri.query()) {
+            location.push('?');
+            location.push_str(q);
+        }
+        HeaderValue::from_str(&location).ok()
+    }
+}
+
+/// A compiled direct response.
+#[derive(Debug)]
+pub(crate) struct Direct {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
+    pub(crate) content_type: Option<HeaderValue>,
+}
+
+impl Direct {
+    pub(crate) fn compile(d: &config::DirectResponse) -> Direct {
+        let content_type = if !d.content_type.is_empty() {
+            HeaderValue::from_str(&d.content_type).ok()
+        } else if d.body.is_empty() {
+            None
+        } else {
+            Some(HeaderValue::from_static("text/plain; charset=utf-8"))
+        };
+        Direct {
+            status: StatusCode::from_u16(u16::try_from(d.status).unwrap_or(200)).unwrap_or(StatusCode::OK),
+            body: Bytes::from(d.body.clone()),
+            content_type,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(params: &'a [(Box<str>, Box<str>)], id: Option<&'a HeaderValue>) -> Vars<'a> {
+        Vars { client_ip: "192.0.2.7".parse().unwrap(), request_id: id, host: Some("shop.example"), params }
+    }
+
+    #[test]
+    fn header_templates_fill_variables() {
+        let id = HeaderValue::from_static("rid-1");
+        let params = [("id".into(), "42".into())];
+        let v = vars(&params, Some(&id));
+        let t = ValueTemplate::parse("ip=${client_ip} id=${request_id} host=${host} user=${param.id} ${other}");
+        assert_eq!(t.render(&v).unwrap(), "ip=192.0.2.7 id=rid-1 host=shop.example user=42 ${other}");
+    }
+
+    #[test]
+    fn rewrites() {
+        let params = [("id".into(), "42".into())];
+        let v = vars(&params, None);
+        let prefix = PathRewrite::Prefix { matched: "/api".into(), replacement: "/".into() };
+        assert_eq!(prefix.apply("/api/users", &v).as_deref(), Some("/users"));
+        assert_eq!(prefix.apply("/api", &v).as_deref(), Some("/"));
+        let prefix = PathRewrite::Prefix { matched: "/old".into(), replacement: "/new".into() };
+        assert_eq!(prefix.apply("/old/x", &v).as_deref(), Some("/new/x"));
+        let re = PathRewrite::Regex { re: Regex::new("^/v([0-9]+)/").unwrap(), substitution: "/api/v$1/".into() };
+        assert_eq!(re.apply("/v2/items", &v).as_deref(), Some("/api/v2/items"));
+        let m =
+            config::RouteMatch { path: Some(route_match::Path::Template("/users/{id}".into())), ..Default::default() };
+        let f = config::Forward { template_rewrite: "/v2/people/{id}/profile".into(), ..Default::default() };
+        assert_eq!(PathRewrite::compile(&m, &f).apply("/users/42", &v).as_deref(), Some("/v2/people/42/profile"));
+    }
+
+    #[test]
+    fn redirect_locations() {
+        let v = vars(&[], None);
+        let uri: Uri = "/old/page?x=1".parse().unwrap();
+        let m = config::RouteMatch { path: Some(route_match::Path::Prefix("/old".into())), ..Default::default() };
+        let https =
+            Redirect::compile(&m, &config::Redirect { scheme: "https".into(), code: 301, ..Default::default() });
+        assert_eq!(https.location(&uri, Some("shop.example:8080"), &v).unwrap(), "https://shop.example/old/page?x=1");
+        assert_eq!(https.code, StatusCode::MOVED_PERMANENTLY);
+        let moved = Redirect::compile(
+            &m,
+            &config::Redirect { prefix_rewrite: "/new".into(), strip_query: true, ..Default::default() },
+        );
+        assert_eq!(moved.location(&uri, Some("shop.example:8080"), &v).unwrap(), "http://shop.example:8080/new/page");
+        assert_eq!(moved.code, StatusCode::FOUND);
+    }
+}
