@@ -174,3 +174,71 @@ async fn hosts_templates_methods_and_headers_route_through_the_proxy() {
     let table = vane(&cp.url(), &["get", "route", "api-v2"]).await.stdout;
     assert!(table.contains("path_separated_prefix /v2 hosts=api.example.org"), "{table}");
 }
+
+#[tokio::test]
+async fn redirects_direct_responses_rewrites_and_header_edits() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let mut yaml = config_yaml(&[("echo", &[e1.addr()])], &[]);
+    yaml.push_str(&format!(
+        "  - name: old\n    match: {{ prefix: /old }}\n    redirect: {{ prefix_rewrite: /new, code: 301 }}\n\
+         \x20 - name: secure\n    match: {{ exact: /login }}\n    redirect: {{ scheme: https, host: login.example.com }}\n\
+         \x20 - name: teapot\n    match: {{ exact: /brew }}\n    direct_response: {{ status: 418, body: \"short and stout\\n\" }}\n    response_headers: {{ set: [{{ name: x-served-by, value: vane }}] }}\n\
+         \x20 - name: api\n    match: {{ prefix: /api/v1 }}\n    forward: {{ clusters: [{{ name: echo }}], prefix_rewrite: /internal, host_rewrite: backend.internal }}\n\
+         \x20   request_headers: {{ set: [{{ name: x-client, value: '${{client_ip}}' }}], add: [{{ name: x-trace, value: 'rid=${{request_id}}' }}], remove: [x-secret] }}\n\
+         \x20   response_headers: {{ remove: [x-backend], add: [{{ name: x-route, value: api }}] }}\n\
+         \x20 - name: users\n    match: {{ template: '/users/{{id}}' }}\n    forward: {{ clusters: [{{ name: echo }}], template_rewrite: '/v2/people/{{id}}' }}\n    request_headers: {{ set: [{{ name: x-user, value: '${{param.id}}' }}] }}\n\
+         \x20 - name: legacy\n    match: {{ regex: '/shop/[a-z]+/item' }}\n    forward: {{ clusters: [{{ name: echo }}], regex_rewrite: {{ pattern: '^/shop/([a-z]+)/', substitution: '/catalog/$1/' }} }}\n"
+    ));
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+
+    let r = client.get(web, "/old/page?x=1").await.unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(r.headers["location"], format!("http://{web}/new/page?x=1"));
+    let r = client.get(web, "/login").await.unwrap();
+    assert_eq!((r.status.as_u16(), r.headers["location"].to_str().unwrap()), (302, "https://login.example.com/login"));
+    let r = client.get(web, "/brew").await.unwrap();
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (418, "short and stout\n"));
+    assert_eq!(r.headers["x-served-by"], "vane");
+    assert_eq!(e1.received(), 0, "nothing reached the upstream so far");
+
+    let req = Request::get(format!("http://{web}/api/v1/items?id=3"))
+        .header("x-secret", "s3cr3t")
+        .header("x-request-id", "rid-77")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let r = client.send(req).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("GET /internal/items?id=3 "), "{}", r.body);
+    assert!(r.body.contains("host: backend.internal\n"), "{}", r.body);
+    assert!(
+        r.body.contains(&format!("x-forwarded-host: {web}\n")),
+        "the client's host is kept for the upstream:\n{}",
+        r.body
+    );
+    assert!(r.body.contains("x-client: 127.0.0.1\n") && r.body.contains("x-trace: rid=rid-77\n"), "{}", r.body);
+    assert!(!r.body.contains("s3cr3t"), "{}", r.body);
+    assert!(r.headers.get("x-backend").is_none() && r.headers["x-route"] == "api");
+
+    let r = client.get(web, "/users/42").await.unwrap();
+    assert!(r.body.contains("GET /v2/people/42 ") && r.body.contains("x-user: 42\n"), "{}", r.body);
+    let r = client.get(web, "/shop/shoes/item").await.unwrap();
+    assert!(r.body.contains("GET /catalog/shoes/item "), "{}", r.body);
+
+    // Refused: a rewrite the match cannot support, a bad redirect code.
+    let bad = yaml.replace("template_rewrite: '/v2/people/{id}'", "template_rewrite: '/v2/{nope}'");
+    let err = cp.apply(&bad).await.unwrap_err();
+    assert!(
+        err.message().contains("route 'users': forward.template_rewrite: '{nope}' is not captured by '/users/{id}'"),
+        "{}",
+        err.message()
+    );
+    let bad = yaml.replace("code: 301", "code: 200");
+    let err = cp.apply(&bad).await.unwrap_err();
+    assert!(err.message().contains("route 'old': redirect.code: 200 is not a redirect code"), "{}", err.message());
+}
