@@ -182,16 +182,16 @@ async fn redirects_direct_responses_rewrites_and_header_edits() {
     let node = cp.node("n1").await;
     let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
     let mut yaml = config_yaml(&[("echo", &[e1.addr()])], &[]);
-    yaml.push_str(&format!(
-        "  - name: old\n    match: {{ prefix: /old }}\n    redirect: {{ prefix_rewrite: /new, code: 301 }}\n\
-         \x20 - name: secure\n    match: {{ exact: /login }}\n    redirect: {{ scheme: https, host: login.example.com }}\n\
-         \x20 - name: teapot\n    match: {{ exact: /brew }}\n    direct_response: {{ status: 418, body: \"short and stout\\n\" }}\n    response_headers: {{ set: [{{ name: x-served-by, value: vane }}] }}\n\
-         \x20 - name: api\n    match: {{ prefix: /api/v1 }}\n    forward: {{ clusters: [{{ name: echo }}], prefix_rewrite: /internal, host_rewrite: backend.internal }}\n\
-         \x20   request_headers: {{ set: [{{ name: x-client, value: '${{client_ip}}' }}], add: [{{ name: x-trace, value: 'rid=${{request_id}}' }}], remove: [x-secret] }}\n\
-         \x20   response_headers: {{ remove: [x-backend], add: [{{ name: x-route, value: api }}] }}\n\
-         \x20 - name: users\n    match: {{ template: '/users/{{id}}' }}\n    forward: {{ clusters: [{{ name: echo }}], template_rewrite: '/v2/people/{{id}}' }}\n    request_headers: {{ set: [{{ name: x-user, value: '${{param.id}}' }}] }}\n\
-         \x20 - name: legacy\n    match: {{ regex: '/shop/[a-z]+/item' }}\n    forward: {{ clusters: [{{ name: echo }}], regex_rewrite: {{ pattern: '^/shop/([a-z]+)/', substitution: '/catalog/$1/' }} }}\n"
-    ));
+    yaml.push_str(
+        "  - name: old\n    match: { prefix: /old }\n    redirect: { prefix_rewrite: /new, code: 301 }\n\
+         \x20 - name: secure\n    match: { exact: /login }\n    redirect: { scheme: https, host: login.example.com }\n\
+         \x20 - name: teapot\n    match: { exact: /brew }\n    direct_response: { status: 418, body: \"short and stout\\n\" }\n    response_headers: { set: [{ name: x-served-by, value: vane }] }\n\
+         \x20 - name: api\n    match: { prefix: /api/v1 }\n    forward: { clusters: [{ name: echo }], prefix_rewrite: /internal, host_rewrite: backend.internal }\n\
+         \x20   request_headers: { set: [{ name: x-client, value: '${client_ip}' }], add: [{ name: x-trace, value: 'rid=${request_id}' }], remove: [x-secret] }\n\
+         \x20   response_headers: { remove: [x-backend], add: [{ name: x-route, value: api }] }\n\
+         \x20 - name: users\n    match: { template: '/users/{id}' }\n    forward: { clusters: [{ name: echo }], template_rewrite: '/v2/people/{id}' }\n    request_headers: { set: [{ name: x-user, value: '${param.id}' }] }\n\
+         \x20 - name: legacy\n    match: { regex: '/shop/[a-z]+/item' }\n    forward: { clusters: [{ name: echo }], regex_rewrite: { pattern: '^/shop/([a-z]+)/', substitution: '/catalog/$1/' } }\n"
+    );
     cp.apply(&yaml).await.unwrap();
     wait_version(&node, 1).await;
     let web = listener(&node, "web").await;
