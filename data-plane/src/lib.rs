@@ -341,7 +341,7 @@ pub mod bench {
 
         /// Rewrites a downstream request as the proxy does before sending it upstream.
         pub fn rewrite<B>(&self, req: http::Request<B>, peer: SocketAddr) -> Option<http::Request<B>> {
-            crate::proxy::upstream_request(req, &self.0, peer).map(|(r, _)| r)
+            crate::proxy::upstream_request(req, &self.0, peer, false).map(|(r, _)| r)
         }
     }
 }

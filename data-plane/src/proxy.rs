@@ -40,6 +40,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -90,7 +91,10 @@ impl Connection {
         let bytes_in = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
         let (stats, route, cluster, response, upstream) = match router.find(&req) {
             None => (router.unrouted.clone(), None, None, local(StatusCode::NOT_FOUND, "no route\n"), None),
-            Some(found) => self.take(found, req, bytes_in.clone()).await,
+            Some(found) => {
+                let trusted = router.trusts(self.peer.ip());
+                self.take(found, req, bytes_in.clone(), trusted).await
+            }
         };
         let finish = Finish {
             start,
@@ -127,7 +131,13 @@ fn host_of<B>(req: &Request<B>) -> Option<&str> {
 
 impl Connection {
     /// Runs the action of the route a request took.
-    async fn take(&self, found: Found<'_>, mut req: Request<Incoming>, bytes_in: Option<Arc<AtomicU64>>) -> Taken {
+    async fn take(
+        &self,
+        found: Found<'_>,
+        mut req: Request<Incoming>,
+        bytes_in: Option<Arc<AtomicU64>>,
+        trusted: bool,
+    ) -> Taken {
         let entry = found.entry;
         let route = &entry.route;
         let name = Some(route.name.clone());
@@ -190,8 +200,13 @@ impl Connection {
                     }
                 }
                 let req = req.map(|body| Counting { inner: body, counter: bytes_in });
-                let edits =
-                    Edits { host: host_rewrite.as_ref(), route, params: &found.params, client_ip: self.peer.ip() };
+                let edits = Edits {
+                    host: host_rewrite.as_ref(),
+                    trusted,
+                    route,
+                    params: &found.params,
+                    client_ip: self.peer.ip(),
+                };
                 let (response, upstream) = forward(route, cluster, req, self.peer, &edits).await;
                 (stats, name, Some(cluster.name.clone()), response, upstream)
             }
@@ -214,6 +229,8 @@ fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
 #[derive(Debug)]
 struct Edits<'a> {
     host: Option<&'a HeaderValue>,
+    /// The peer is a trusted proxy: keep and extend its forwarding headers.
+    trusted: bool,
     route: &'a Route,
     params: &'a [(Box<str>, Box<str>)],
     client_ip: std::net::IpAddr,
@@ -394,7 +411,7 @@ async fn forward(
     peer: SocketAddr,
     edits: &Edits<'_>,
 ) -> (Response<InnerBody>, Option<(Authority, Duration, Option<HeaderValue>)>) {
-    let Some((mut upstream, endpoint)) = upstream_request(req, cluster, peer) else {
+    let Some((mut upstream, endpoint)) = upstream_request(req, cluster, peer, edits.trusted) else {
         return (local(StatusCode::BAD_REQUEST, "bad request\n"), None);
     };
     let request_id = upstream.headers().get(&X_REQUEST_ID).cloned();
@@ -443,6 +460,7 @@ pub(crate) fn upstream_request<B>(
     req: Request<B>,
     cluster: &Cluster,
     peer: SocketAddr,
+    trusted: bool,
 ) -> Option<(Request<B>, Authority)> {
     let endpoint = cluster.pick()?;
     let (mut parts, body) = req.into_parts();
@@ -462,17 +480,58 @@ pub(crate) fn upstream_request<B>(
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    forwarding_headers(headers, peer, original_host.as_ref(), trusted);
     if let Some(host) = original_host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
         headers.insert(header::HOST, host);
     }
-    // Client-supplied forwarding headers are not trusted: the peer is the client.
-    headers.insert(X_FORWARDED_FOR.clone(), HeaderValue::from(IpHeader(peer)));
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
     }
     Some((Request::from_parts(parts, body), endpoint.authority.clone()))
+}
+
+/// `X-Forwarded-For/-Proto/-Host`, `Forwarded` (RFC 7239) and `Via`. From a trusted proxy
+/// the chain it sent is kept and extended; from anyone else it is replaced, since a client
+/// can claim anything.
+fn forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&HeaderValue>, trusted: bool) {
+    let ip = peer.ip().to_string();
+    let joined = |headers: &HeaderMap, name: &HeaderName, add: &str| -> Option<HeaderValue> {
+        let previous: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        let value = if previous.is_empty() { add.to_owned() } else { format!("{}, {add}", previous.join(", ")) };
+        HeaderValue::from_str(&value).ok()
+    };
+    let node = if peer.is_ipv6() { format!("\"[{ip}]\"") } else { ip.clone() };
+    let mut forwarded = format!("for={node};proto=http");
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        forwarded.push_str(&format!(";host=\"{}\"", h.replace('"', "")));
+    }
+    if trusted {
+        if let Some(v) = joined(headers, &X_FORWARDED_FOR, &ip) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        if let Some(v) = joined(headers, &FORWARDED, &forwarded) {
+            headers.insert(FORWARDED.clone(), v);
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        }
+        if let (false, Some(h)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), HeaderValue::from(IpHeader(peer)));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        match host {
+            Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+            headers.insert(FORWARDED.clone(), v);
+        }
+    }
+    if let Some(v) = joined(headers, &header::VIA, "1.1 vane") {
+        headers.insert(header::VIA, v);
+    }
 }
 
 struct IpHeader(SocketAddr);

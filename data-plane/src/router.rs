@@ -384,6 +384,8 @@ pub(crate) struct Router {
     pub(crate) listener: Arc<str>,
     /// Where the listener's access log goes, when it has one.
     pub(crate) access_log: Option<Arc<Sink>>,
+    /// Peers whose forwarding headers are kept.
+    pub(crate) trusted_proxies: Box<[ipnet::IpNet]>,
 }
 
 /// The request's host, without port, lower case (borrowed unless it had upper case).
@@ -413,7 +415,13 @@ impl Router {
             unrouted,
             listener,
             access_log,
+            trusted_proxies: Box::new([]),
         }
+    }
+
+    /// Whether `ip` is one of the listener's trusted proxies.
+    pub(crate) fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
     /// Adds a route under each of its hosts (or any host); call in config order.

@@ -54,11 +54,18 @@ impl Runtime {
             .listeners
             .iter()
             .filter_map(|l| {
-                let router = Router::new(
+                let mut router = Router::new(
                     l.name.as_str().into(),
                     metrics.route(&l.name, "", ""),
                     access_logs.get(&l.name).cloned(),
                 );
+                router.trusted_proxies = l
+                    .trusted_proxies
+                    .iter()
+                    .filter_map(|c| {
+                        c.parse::<ipnet::IpNet>().ok().or_else(|| c.parse::<std::net::IpAddr>().ok().map(Into::into))
+                    })
+                    .collect();
                 Some((*slots.get(&l.name)?, router))
             })
             .collect();

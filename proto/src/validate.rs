@@ -83,6 +83,16 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             }
             Ok(_) => {}
         }
+        for (j, cidr) in l.trusted_proxies.iter().enumerate() {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                v.err(
+                    "listener",
+                    &name,
+                    &format!("trusted_proxies[{j}]"),
+                    format!("'{cidr}' is not an address or CIDR"),
+                );
+            }
+        }
         if let Some(log) = &l.access_log {
             if config::access_log::Format::try_from(log.format).is_err() {
                 v.err("listener", &name, "access_log.format", format!("unknown format {}", log.format));

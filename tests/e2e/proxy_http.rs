@@ -62,6 +62,8 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
         .unwrap();
     let body = client.send(req).await.unwrap().body;
     assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "the peer, not the client's claim:\n{body}");
+    assert!(body.contains("forwarded: for=127.0.0.1;proto=http;host=\"shop.example\"\n"), "{body}");
+    assert!(body.contains("via: 1.1 vane\n"), "{body}");
     assert!(!body.contains("6.6.6.6"), "{body}");
     assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
     assert!(body.contains("x-forwarded-host: shop.example\n"), "{body}");
@@ -241,4 +243,46 @@ async fn redirects_direct_responses_rewrites_and_header_edits() {
     let bad = yaml.replace("code: 301", "code: 200");
     let err = cp.apply(&bad).await.unwrap_err();
     assert!(err.message().contains("route 'old': redirect.code: 200 is not a redirect code"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_forwarding_chain_is_kept_and_extended() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")]).replacen(
+        "    address: 127.0.0.1:0\n",
+        "    address: 127.0.0.1:0\n    trusted_proxies: [127.0.0.0/8]\n",
+        1,
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let req = Request::get(format!("http://{web}/h"))
+        .header("host", "shop.example")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "www.example.com")
+        .header("forwarded", "for=203.0.113.9;proto=https")
+        .header("via", "1.1 edge-lb")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let body = HttpClient::default().send(req).await.unwrap().body;
+    assert!(body.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1\n"), "{body}");
+    assert!(
+        body.contains("x-forwarded-proto: https\n") && body.contains("x-forwarded-host: www.example.com\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("forwarded: for=203.0.113.9;proto=https, for=127.0.0.1;proto=http;host=\"shop.example\"\n"),
+        "{body}"
+    );
+    assert!(body.contains("via: 1.1 edge-lb, 1.1 vane\n"), "{body}");
+    let err = cp.apply(&yaml.replace("127.0.0.0/8", "10.0.0.0/33")).await.unwrap_err();
+    assert!(
+        err.message().contains("listener 'web': trusted_proxies[0]: '10.0.0.0/33' is not an address or CIDR"),
+        "{}",
+        err.message()
+    );
 }
