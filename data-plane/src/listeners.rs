@@ -30,6 +30,16 @@ use crate::proxy;
 
 /// Time a client has to send a request's headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most header lines in one request.
+const MAX_HEADERS: usize = 100;
+/// Largest request head (HTTP/1 buffer, HTTP/2 header list).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Concurrent streams per HTTP/2 connection.
+const MAX_H2_STREAMS: u32 = 256;
+/// Streams a client may open and reset before being accepted (rapid reset guard).
+const MAX_H2_PENDING_RESETS: usize = 100;
+/// Streams the server may reset for protocol errors before closing the connection.
+const MAX_H2_ERROR_RESETS: usize = 1024;
 
 #[derive(Debug)]
 struct Slot {
@@ -208,8 +218,22 @@ async fn accept_loop(
     stats: Arc<ListenerStats>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    // Request heads over these limits get 431 from hyper before any routing.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES);
+    // Explicit HTTP/2 bounds: streams per connection, header list size, and resets a
+    // client may provoke (rapid reset, CONTINUATION floods end in a GOAWAY).
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_pending_accept_reset_streams(MAX_H2_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_H2_ERROR_RESETS);
     let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {

@@ -77,6 +77,17 @@ impl Connection {
             };
             return Ok(response.map(|body| Finishing { inner: body, sent: 0, finish: None }));
         };
+        if let Some(refusal) = refuse(&req) {
+            router.unrouted.record(&Outcome {
+                status: refusal.status().as_u16(),
+                method: metrics::method_index(req.method()),
+                total: start.elapsed(),
+                upstream: None,
+                bytes_in: 0,
+                bytes_out: 0,
+            });
+            return Ok(refusal.map(|body| Finishing { inner: body, sent: 0, finish: None }));
+        }
         let method = metrics::method_index(req.method());
         #[cfg(feature = "otlp")]
         let trace = self.shared.tracing.as_ref().map(|t| {
@@ -112,6 +123,29 @@ impl Connection {
         };
         Ok(response.map(|body| Finishing { inner: body, sent: 0, finish: Some(finish) }))
     }
+}
+
+/// Requests refused before routing. hyper has already answered malformed heads (400),
+/// oversized ones (431), bad or conflicting `Content-Length` and transfer codings other
+/// than a final `chunked` (400); a request with both `Content-Length` and
+/// `Transfer-Encoding` it frames by chunks alone and closes the connection after (RFC 9112
+/// §6.3). Left here: CONNECT, and targets that are not paths. The connection is closed
+/// after the answer.
+fn refuse<B>(req: &Request<B>) -> Option<Response<InnerBody>> {
+    let (status, why) = if req.method() == http::Method::CONNECT {
+        (StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served here\n")
+    } else if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        (StatusCode::BAD_REQUEST, "both Transfer-Encoding and Content-Length\n")
+    } else if !(req.uri().path().starts_with('/') || req.method() == http::Method::OPTIONS && req.uri() == "*") {
+        (StatusCode::BAD_REQUEST, "request target must be a path\n")
+    } else {
+        return None;
+    };
+    let mut response = local(status, why);
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(response)
 }
 
 /// What a routed request produced: its metrics handle, route and cluster names, the
