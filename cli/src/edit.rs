@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use vane_proto::admin::{Kind, Resource, resource};
+use vane_proto::config::cluster::UpstreamProtocol;
 use vane_proto::config::{Cluster, Endpoint, Forward, Route, RouteMatch, WeightedCluster, route, route_match};
 
 use crate::client::Admin;
@@ -76,6 +77,13 @@ enum Policy {
     Random,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum UpstreamProto {
+    Http1,
+    Http2,
+    Auto,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct ClusterAdd {
     name: String,
@@ -84,6 +92,9 @@ pub(crate) struct ClusterAdd {
     endpoints: Vec<String>,
     #[arg(long, value_enum, default_value_t = Policy::RoundRobin)]
     lb_policy: Policy,
+    /// HTTP version towards the endpoints (http2 for gRPC; auto: as the client spoke).
+    #[arg(long, value_enum, default_value_t = UpstreamProto::Http1)]
+    protocol: UpstreamProto,
     /// e.g. `2s`.
     #[arg(long, value_parser = humantime::parse_duration)]
     connect_timeout: Option<Duration>,
@@ -189,6 +200,11 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
                 lb_policy: lb_policy as i32,
                 endpoints,
                 connect_timeout: add.connect_timeout.map(proto_duration),
+                protocol: match add.protocol {
+                    UpstreamProto::Http1 => UpstreamProtocol::Http1,
+                    UpstreamProto::Http2 => UpstreamProtocol::Http2,
+                    UpstreamProto::Auto => UpstreamProtocol::Auto,
+                } as i32,
             };
             admin.put(Resource { resource: Some(resource::Resource::Cluster(cluster)) }, add.dry_run).await
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use vane_proto::config::{self, cluster::LbPolicy};
+use vane_proto::config::{self, cluster::LbPolicy, cluster::UpstreamProtocol};
 
 use crate::duration_or;
 use crate::metrics::ClusterStats;
@@ -42,11 +42,27 @@ pub(crate) struct Cluster {
     /// Endpoint indexes in smooth weighted round-robin order (length = sum of weights).
     schedule: Arc<[u32]>,
     cursor: Arc<AtomicUsize>,
-    pub(crate) client: UpstreamClient,
+    /// HTTP/1.1 (keep-alive pool), and HTTP/2 prior knowledge when the cluster uses it.
+    client: UpstreamClient,
+    client_h2: Option<UpstreamClient>,
+    protocol: UpstreamProtocol,
     pub(crate) stats: Arc<ClusterStats>,
 }
 
 impl Cluster {
+    /// The client (and HTTP version) for a request that arrived as `downstream`.
+    pub(crate) fn client_for(&self, downstream: http::Version) -> (&UpstreamClient, http::Version) {
+        let h2 = match self.protocol {
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Auto => downstream == http::Version::HTTP_2,
+            UpstreamProtocol::Http1 => false,
+        };
+        match (&self.client_h2, h2) {
+            (Some(c), true) => (c, http::Version::HTTP_2),
+            _ => (&self.client, http::Version::HTTP_11),
+        }
+    }
+
     /// Picks the endpoint for the next request.
     pub(crate) fn pick(&self) -> Option<&Endpoint> {
         let slot = match self.policy {
@@ -90,10 +106,20 @@ impl<'a> ClusterRegistry<'a> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(duration_or(spec.connect_timeout.as_ref(), DEFAULT_CONNECT_TIMEOUT)));
+        let protocol = UpstreamProtocol::try_from(spec.protocol).unwrap_or(UpstreamProtocol::Http1);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
-            .build(connector);
+            .build(connector.clone());
+        let client_h2 = (protocol != UpstreamProtocol::Http1).then(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .http2_only(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .build(connector)
+        });
         Arc::new(Cluster {
             name: spec.name.as_str().into(),
             spec: spec.clone(),
@@ -102,6 +128,8 @@ impl<'a> ClusterRegistry<'a> {
             schedule: smooth_weighted_schedule(&weights).into(),
             cursor: old.map(|o| o.cursor.clone()).unwrap_or_default(),
             client,
+            client_h2,
+            protocol,
             stats,
         })
     }

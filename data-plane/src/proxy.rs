@@ -464,7 +464,8 @@ async fn forward(
         rules.0.apply(upstream.headers_mut(), &vars);
     }
     let sent = Instant::now();
-    let result = tokio::time::timeout(route.timeout, cluster.client.request(upstream)).await;
+    let (client, _) = cluster.client_for(upstream.version());
+    let result = tokio::time::timeout(route.timeout, client.request(upstream)).await;
     let info = Some((endpoint, sent.elapsed(), request_id.clone()));
     let response = match result {
         Ok(Ok(response)) => response,
@@ -498,6 +499,10 @@ pub(crate) fn upstream_request<B>(
 ) -> Option<(Request<B>, Authority)> {
     let endpoint = cluster.pick()?;
     let (mut parts, body) = req.into_parts();
+    let (_, version) = cluster.client_for(parts.version);
+    // gRPC over HTTP/2 announces trailer support; it is the one TE value that may pass.
+    let te_trailers = version == Version::HTTP_2
+        && parts.headers.get_all(header::TE).iter().any(|v| v.to_str().is_ok_and(|t| t.contains("trailers")));
     let original_host = parts
         .headers
         .get(header::HOST)
@@ -511,9 +516,12 @@ pub(crate) fn upstream_request<B>(
         .path_and_query(path_and_query)
         .build()
         .ok()?;
-    parts.version = Version::HTTP_11;
+    parts.version = version;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     forwarding_headers(headers, peer, original_host.as_ref(), trusted);
     if let Some(host) = original_host {
         headers.insert(header::HOST, host);

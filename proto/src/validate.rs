@@ -120,6 +120,9 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             Ok(p) => v.err("cluster", &name, "lb_policy", format!("{} is not supported yet", p.as_str_name())),
             Err(_) => v.err("cluster", &name, "lb_policy", format!("unknown policy {}", c.lb_policy)),
         }
+        if config::cluster::UpstreamProtocol::try_from(c.protocol).is_err() {
+            v.err("cluster", &name, "protocol", format!("unknown protocol {}", c.protocol));
+        }
         if c.endpoints.is_empty() {
             v.err("cluster", &name, "endpoints", "at least one endpoint is required".into());
         }

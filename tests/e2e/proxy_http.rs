@@ -286,3 +286,42 @@ async fn a_trusted_proxys_forwarding_chain_is_kept_and_extended() {
         err.message()
     );
 }
+
+#[tokio::test]
+async fn grpc_unary_and_bidirectional_streams_pass_through_with_status_intact() {
+    init_logs();
+    // The upstream is a second control plane: its admin API (unary) and discovery stream
+    // (bidirectional) are reached through Vane, over HTTP/2 on both sides.
+    let upstream = TestControlPlane::start().await;
+    let front = TestControlPlane::start().await;
+    let proxy = front.node("front-proxy").await;
+    let yaml = format!(
+        "listeners:\n  - {{ name: grpc, address: 127.0.0.1:0 }}\nclusters:\n  - {{ name: cp, protocol: HTTP2, endpoints: [{{ address: \"{}\" }}] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, forward: {{ clusters: [{{ name: cp }}], timeout: 60s }} }}\n",
+        upstream.addr
+    );
+    front.apply(&yaml).await.unwrap();
+    wait_version(&proxy, 1).await;
+    let via = format!("http://{}", listener(&proxy, "grpc").await);
+
+    // Unary, through the proxy, with the CLI.
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_yaml(dir.path(), "v1.yaml", &config_yaml(&[("echo", &[e1.addr()])], &[("api", "/api", "echo")]));
+    let out = vane(&via, &["apply", "-f", &file]).await;
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(upstream.plane.latest_version(), 1);
+    // An error status (grpc-status in trailers) arrives whole.
+    let bad = write_yaml(dir.path(), "bad.yaml", &config_yaml(&[("echo", &[e1.addr()])], &[("api", "/api", "nope")]));
+    let out = vane(&via, &["apply", "-f", &bad]).await;
+    assert!(!out.success && out.stderr.contains("unknown cluster 'nope'"), "{}", out.stderr);
+
+    // Bidirectional streaming: a node whose discovery stream runs through the proxy.
+    let node = start_node("behind-proxy", &via, None).await;
+    wait_version(&node, 1).await;
+    upstream.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("api", "/v2", "echo")])).await.unwrap();
+    wait_version(&node, 2).await;
+    let reply = HttpClient::default().get(listener(&node, "web").await, "/v2/x").await.unwrap();
+    assert_eq!(reply.backend(), "echo-1");
+    let nodes = vane(&upstream.url(), &["nodes", "-o", "json"]).await.stdout;
+    assert!(nodes.contains("behind-proxy"), "{nodes}");
+}
