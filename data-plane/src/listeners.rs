@@ -259,7 +259,7 @@ async fn accept_loop(
         tokio::spawn(
             async move {
                 let service = hyper::service::service_fn(move |req| conn.clone().handle(req));
-                let served = builder.serve_connection(TokioIo::new(stream), service);
+                let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 tokio::pin!(served);
                 let result = tokio::select! {
                     result = served.as_mut() => result,

@@ -20,6 +20,7 @@ use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::NodeShared;
@@ -233,6 +234,7 @@ impl Connection {
                         }
                     }
                 }
+                let upgrade = take_upgrade(&mut req);
                 let req = req.map(|body| Counting { inner: body, counter: bytes_in });
                 let edits = Edits {
                     host: host_rewrite.as_ref(),
@@ -241,11 +243,50 @@ impl Connection {
                     params: &found.params,
                     client_ip: self.peer.ip(),
                 };
-                let (response, upstream) = forward(route, cluster, req, self.peer, &edits).await;
+                let (response, upstream) = forward(route, cluster, req, self.peer, &edits, upgrade).await;
                 (stats, name, Some(cluster.name.clone()), response, upstream)
             }
         }
     }
+}
+
+/// An HTTP/1.1 `Upgrade` request (WebSocket and others): the protocol asked for and the
+/// handle that yields the client's connection once a `101` has been sent.
+type Upgrade = (HeaderValue, hyper::upgrade::OnUpgrade);
+
+fn take_upgrade<B>(req: &mut Request<B>) -> Option<Upgrade> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let wants = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = req.headers().get(header::UPGRADE)?.clone();
+    if !wants {
+        return None;
+    }
+    let on = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()?;
+    Some((protocol, on))
+}
+
+/// Joins the client's and the upstream's upgraded connections until either closes.
+fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (down, up) = tokio::join!(downstream, upstream);
+        match (down, up) {
+            (Ok(down), Ok(up)) => {
+                let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                    debug!(%error, "upgraded connection ended");
+                }
+            }
+            (Err(error), _) | (_, Err(error)) => debug!(%error, "upgrade failed"),
+        }
+    });
 }
 
 /// `uri` with its path replaced, query kept.
@@ -444,10 +485,17 @@ async fn forward(
     req: Request<UpstreamBody>,
     peer: SocketAddr,
     edits: &Edits<'_>,
+    upgrade: Option<Upgrade>,
 ) -> (Response<InnerBody>, Option<(Authority, Duration, Option<HeaderValue>)>) {
     let Some((mut upstream, endpoint)) = upstream_request(req, cluster, peer, edits.trusted) else {
         return (local(StatusCode::BAD_REQUEST, "bad request\n"), None);
     };
+    if let Some((protocol, _)) = &upgrade {
+        // Upgrades are HTTP/1.1 end to end.
+        *upstream.version_mut() = Version::HTTP_11;
+        upstream.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        upstream.headers_mut().insert(header::UPGRADE, protocol.clone());
+    }
     let request_id = upstream.headers().get(&X_REQUEST_ID).cloned();
     if let Some(host) = edits.host {
         upstream.headers_mut().insert(header::HOST, host.clone());
@@ -464,10 +512,11 @@ async fn forward(
         rules.0.apply(upstream.headers_mut(), &vars);
     }
     let sent = Instant::now();
-    let (client, _) = cluster.client_for(upstream.version());
+    let (client, _) =
+        if upgrade.is_some() { cluster.client_for(Version::HTTP_11) } else { cluster.client_for(upstream.version()) };
     let result = tokio::time::timeout(route.timeout, client.request(upstream)).await;
     let info = Some((endpoint, sent.elapsed(), request_id.clone()));
-    let response = match result {
+    let mut response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             let counter = if error.is_connect() { &cluster.stats.connect_failures } else { &cluster.stats.errors };
@@ -481,8 +530,21 @@ async fn forward(
             return (local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"), info);
         }
     };
+    // Only a 101 from the upstream completes an upgrade; anything else is an answer.
+    let switched = match upgrade {
+        Some((_, downstream)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let protocol = response.headers().get(header::UPGRADE).cloned();
+            splice(downstream, hyper::upgrade::on(&mut response));
+            protocol
+        }
+        _ => None,
+    };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = switched {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
     if !rules.1.is_empty() {
         rules.1.apply(&mut parts.headers, &vars);
     }

@@ -325,3 +325,57 @@ async fn grpc_unary_and_bidirectional_streams_pass_through_with_status_intact() 
     let nodes = vane(&upstream.url(), &["nodes", "-o", "json"]).await.stdout;
     assert!(nodes.contains("behind-proxy"), "{nodes}");
 }
+
+#[tokio::test]
+async fn websocket_echo_through_the_proxy_and_upgrades_only_after_a_101() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    init_logs();
+    // A WebSocket echo upstream.
+    let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_addr = ws.local_addr().unwrap();
+    let ws_server = tokio::spawn(async move {
+        while let Ok((stream, _)) = ws.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else { return };
+                while let Some(Ok(message)) = socket.next().await {
+                    if message.is_text() || message.is_binary() {
+                        let _ = socket.send(message).await;
+                    }
+                }
+            });
+        }
+    });
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    cp.apply(&config_yaml(
+        &[("ws", &[ws_addr]), ("plain", &[e1.addr()])],
+        &[("chat", "/chat", "ws"), ("other", "/", "plain")],
+    ))
+    .await
+    .unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+
+    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (mut socket, response) = tokio_tungstenite::client_async(format!("ws://{web}/chat"), stream).await.unwrap();
+    assert_eq!(response.status(), 101);
+    for text in ["hello", "through", "vane"] {
+        socket.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    socket.close(None).await.unwrap();
+
+    // An upstream that does not switch: its answer is passed on, no upgrade happens.
+    let req = Request::get(format!("http://{web}/plain"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let reply = HttpClient::default().send(req).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("upgrade: websocket\n"), "the upgrade was asked upstream:\n{}", reply.body);
+    ws_server.abort();
+}
