@@ -63,6 +63,9 @@ pub(crate) struct ProxyArgs {
     /// (builds with the `otlp` feature).
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// On SIGTERM/Ctrl-C: how long requests in flight may take to finish.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -196,6 +199,10 @@ pub(crate) async fn proxy(
     let admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string());
     println!("vane proxy {} admin on {admin}", args.node_id);
     stop_signal().await;
+    let left = node.drain(args.drain_timeout).await;
+    if left > 0 {
+        tracing::warn!(left, "connections still open at the drain deadline");
+    }
     drop(node);
     Ok(())
 }

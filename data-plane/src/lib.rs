@@ -258,6 +258,26 @@ impl Node {
         self.shared.connected.load(Ordering::Relaxed)
     }
 
+    /// Graceful stop: every listener stops accepting at once, open connections finish the
+    /// requests in flight (HTTP/2 clients get a GOAWAY) and close. Returns once they are
+    /// all closed, or after `timeout` with the number still open.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let stats: Vec<_> = {
+            let mut listeners = self.shared.listeners();
+            let stats = listeners.stats();
+            listeners.stop_all();
+            stats
+        };
+        let open = || stats.iter().map(|(_, s)| s.active.load(Ordering::Relaxed) as usize).sum::<usize>();
+        let deadline = Instant::now() + timeout;
+        while open() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = open();
+        info!(left, "drained");
+        left
+    }
+
     /// Runs until the process is asked to stop.
     pub async fn wait(&mut self) {
         for task in &mut self.tasks {

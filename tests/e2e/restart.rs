@@ -46,3 +46,39 @@ async fn control_plane_restarted_on_the_same_data_dir_serves_the_same_latest_ver
     assert_eq!(client.get(web, "/v2/x").await.unwrap().backend(), "echo-1");
     assert_eq!(client.get(admin, "/ready").await.unwrap().body, "ready\n");
 }
+
+#[tokio::test]
+async fn sigterm_drains_requests_in_flight_then_exits() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")])).await.unwrap();
+    let mut proxy =
+        VaneProcess::start(&["proxy", "--control-plane", &cp.url(), "--node-id", "drainer", "--admin", "127.0.0.1:0"])
+            .await
+            .unwrap();
+    let admin = proxy.banner.rsplit(' ').next().unwrap().parse().unwrap();
+    let client = HttpClient::default();
+    let config = eventually(Duration::from_secs(10), "the node serves", || async {
+        let json: serde_json::Value = serde_json::from_str(&client.get(admin, "/config").await.ok()?.body).ok()?;
+        (json["version"] == 1).then_some(json)
+    })
+    .await;
+    let web: std::net::SocketAddr = config["listeners"]["web"].as_str().unwrap().parse().unwrap();
+
+    let before = e1.received();
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(web, "/slow?delay_ms=800").await }
+    });
+    eventually(Duration::from_secs(5), "the slow request is upstream", || async {
+        (e1.received() > before).then_some(())
+    })
+    .await;
+    proxy.terminate().unwrap();
+    let reply = slow.await.unwrap().unwrap();
+    assert_eq!(reply.status, 200, "the request in flight finished");
+    let status = proxy.wait_exit(Duration::from_secs(10)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(tokio::net::TcpStream::connect(web).await.is_err(), "nothing listens after the drain");
+}

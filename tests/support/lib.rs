@@ -361,6 +361,18 @@ impl VaneProcess {
         Ok(format!("{scheme}://{addr}"))
     }
 
+    /// Sends SIGTERM (a graceful stop).
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.child.id().ok_or_else(|| anyhow!("already exited"))?;
+        let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+        ensure(status.success(), "kill -TERM failed")
+    }
+
+    /// Waits for the process to exit, up to `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(tokio::time::timeout(within, self.child.wait()).await.context("did not exit in time")??)
+    }
+
     /// SIGKILL, then reap.
     pub async fn kill(mut self) -> anyhow::Result<()> {
         self.child.kill().await?;
