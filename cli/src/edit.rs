@@ -205,6 +205,7 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
                     UpstreamProto::Http2 => UpstreamProtocol::Http2,
                     UpstreamProto::Auto => UpstreamProtocol::Auto,
                 } as i32,
+                retry_budget: None,
             };
             admin.put(Resource { resource: Some(resource::Resource::Cluster(cluster)) }, add.dry_run).await
         }

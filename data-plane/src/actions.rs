@@ -290,6 +290,76 @@ impl Redirect {
     }
 }
 
+/// Why a try failed, as retry conditions name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RetryOn {
+    ConnectFailure,
+    Reset,
+    /// A 5xx answer.
+    ServerError,
+    /// One of the configured retriable statuses.
+    Status,
+    Timeout,
+}
+
+/// A compiled retry policy.
+#[derive(Debug)]
+pub(crate) struct RetryPolicy {
+    pub(crate) num_retries: u32,
+    on: Vec<RetryOn>,
+    statuses: Box<[u16]>,
+    pub(crate) per_try_timeout: std::time::Duration,
+    backoff: std::time::Duration,
+}
+
+impl RetryPolicy {
+    pub(crate) fn compile(p: &config::RetryPolicy, route_timeout: std::time::Duration) -> RetryPolicy {
+        let mut on: Vec<RetryOn> = p
+            .retry_on
+            .iter()
+            .filter_map(|c| match c.as_str() {
+                "connect-failure" => Some(RetryOn::ConnectFailure),
+                "reset" => Some(RetryOn::Reset),
+                "5xx" => Some(RetryOn::ServerError),
+                "retriable-status" => Some(RetryOn::Status),
+                "timeout" => Some(RetryOn::Timeout),
+                _ => None,
+            })
+            .collect();
+        if on.is_empty() {
+            on.push(RetryOn::ConnectFailure);
+        }
+        RetryPolicy {
+            num_retries: if p.num_retries == 0 { 1 } else { p.num_retries },
+            on,
+            statuses: p.retriable_statuses.iter().filter_map(|s| u16::try_from(*s).ok()).collect(),
+            per_try_timeout: crate::duration_or(p.per_try_timeout.as_ref(), route_timeout),
+            backoff: crate::duration_or(p.backoff.as_ref(), std::time::Duration::from_millis(25)),
+        }
+    }
+
+    /// The condition an answer meets, if any retry condition could apply to it.
+    pub(crate) fn on_status(&self, status: StatusCode) -> Option<RetryOn> {
+        if self.statuses.contains(&status.as_u16()) && self.on.contains(&RetryOn::Status) {
+            Some(RetryOn::Status)
+        } else if status.is_server_error() {
+            Some(RetryOn::ServerError)
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn retries_on(&self, cause: RetryOn) -> bool {
+        self.on.contains(&cause)
+    }
+
+    /// Full-jitter exponential backoff: up to base * 2^(attempt-1), at most 10x base.
+    pub(crate) fn backoff_for(&self, attempt: u32) -> std::time::Duration {
+        let ceiling = self.backoff.saturating_mul(1 << attempt.saturating_sub(1).min(8)).min(self.backoff * 10);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+}
+
 /// A compiled direct response.
 #[derive(Debug)]
 pub(crate) struct Direct {

@@ -47,9 +47,57 @@ pub(crate) struct Cluster {
     client_h2: Option<UpstreamClient>,
     protocol: UpstreamProtocol,
     pub(crate) stats: Arc<ClusterStats>,
+    /// Requests and retries in flight, for the retry budget (carried with the cursor).
+    load: Arc<Load>,
+    budget_percent: f64,
+    min_retry_concurrency: usize,
+}
+
+#[derive(Debug, Default)]
+struct Load {
+    requests: AtomicUsize,
+    retries: AtomicUsize,
+}
+
+/// Counts a request in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Load>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A retry the budget allowed; returns its share when dropped.
+#[derive(Debug)]
+pub(crate) struct RetryPermit(Arc<Load>);
+
+impl Drop for RetryPermit {
+    fn drop(&mut self) {
+        self.0.retries.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Cluster {
+    pub(crate) fn start_request(&self) -> InFlight {
+        self.load.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.load.clone())
+    }
+
+    /// A retry, if the budget allows one now (counted in the metrics either way).
+    pub(crate) fn try_retry(&self) -> Option<RetryPermit> {
+        let requests = self.load.requests.load(Ordering::Relaxed);
+        let allowed = ((requests as f64 * self.budget_percent / 100.0) as usize).max(self.min_retry_concurrency);
+        if self.load.retries.fetch_add(1, Ordering::Relaxed) >= allowed {
+            self.load.retries.fetch_sub(1, Ordering::Relaxed);
+            self.stats.retry_budget_exhausted.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        Some(RetryPermit(self.load.clone()))
+    }
+
     /// The client (and HTTP version) for a request that arrived as `downstream`.
     pub(crate) fn client_for(&self, downstream: http::Version) -> (&UpstreamClient, http::Version) {
         let h2 = match self.protocol {
@@ -127,6 +175,9 @@ impl<'a> ClusterRegistry<'a> {
             endpoints: endpoints.into(),
             schedule: smooth_weighted_schedule(&weights).into(),
             cursor: old.map(|o| o.cursor.clone()).unwrap_or_default(),
+            load: old.map(|o| o.load.clone()).unwrap_or_default(),
+            budget_percent: spec.retry_budget.as_ref().map_or(20.0, |b| b.budget_percent),
+            min_retry_concurrency: spec.retry_budget.as_ref().map_or(3, |b| b.min_retry_concurrency as usize),
             client,
             client_h2,
             protocol,

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,9 +24,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use vane_proto::ConfigError;
 use vane_proto::config;
 
-use crate::NodeShared;
 use crate::metrics::ListenerStats;
 use crate::proxy;
+use crate::{NodeShared, duration_or};
 
 /// Time a client has to send a request's headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,6 +50,8 @@ struct Slot {
     local: SocketAddr,
     stop: watch::Sender<bool>,
     stats: Arc<ListenerStats>,
+    /// The listener's header-read deadline in ms; a snapshot may change it in place.
+    header_timeout_ms: Arc<AtomicU64>,
 }
 
 /// The bound listeners of a node.
@@ -64,6 +66,8 @@ pub(crate) struct Listeners {
 pub(crate) struct Prepared {
     /// Slot id for each listener of the snapshot, by name.
     pub(crate) ids: HashMap<String, u64>,
+    /// Header-read deadline (ms) of each listener, by slot id.
+    header_timeouts: HashMap<u64, u64>,
     fresh: Vec<(u64, config::Listener, std::net::TcpListener, SocketAddr)>,
 }
 
@@ -101,16 +105,25 @@ impl Listeners {
                 }),
             }
         }
-        if errors.is_empty() { Ok(Prepared { ids, fresh }) } else { Err(errors) }
+        let header_timeouts = wanted
+            .iter()
+            .filter_map(|l| {
+                let ms = duration_or(l.request_headers_timeout.as_ref(), HEADER_READ_TIMEOUT).as_millis();
+                Some((*ids.get(&l.name)?, u64::try_from(ms).unwrap_or(u64::MAX)))
+            })
+            .collect();
+        if errors.is_empty() { Ok(Prepared { ids, header_timeouts, fresh }) } else { Err(errors) }
     }
 
     /// Starts the fresh listeners and stops those `prepared` did not keep.
     pub(crate) fn commit(&mut self, prepared: Prepared, shared: &Arc<NodeShared>) {
-        let Prepared { ids, fresh } = prepared;
+        let Prepared { ids, header_timeouts, fresh } = prepared;
         let kept: HashMap<u64, &String> = ids.iter().map(|(name, id)| (*id, name)).collect();
+        let timeout_of = |id: u64| header_timeouts.get(&id).copied().unwrap_or(HEADER_READ_TIMEOUT.as_secs() * 1000);
         self.slots.retain_mut(|slot| match kept.get(&slot.id) {
             Some(name) => {
                 slot.name = (*name).clone();
+                slot.header_timeout_ms.store(timeout_of(slot.id), Ordering::Relaxed);
                 true
             }
             None => {
@@ -122,11 +135,14 @@ impl Listeners {
         for (id, spec, socket, local) in fresh {
             let (stop, stopped) = watch::channel(false);
             let stats = Arc::new(ListenerStats::default());
+            let header_timeout_ms = Arc::new(AtomicU64::new(timeout_of(id)));
             match TcpListener::from_std(socket) {
                 Ok(listener) => {
                     info!(listener = %spec.name, address = %local, "listener started");
                     let span = info_span!("listener", name = %spec.name, address = %local);
-                    tokio::spawn(accept_loop(listener, id, shared.clone(), stopped, stats.clone()).instrument(span));
+                    let task =
+                        accept_loop(listener, id, shared.clone(), stopped, stats.clone(), header_timeout_ms.clone());
+                    tokio::spawn(task.instrument(span));
                 }
                 Err(error) => warn!(listener = %spec.name, %error, "listener could not be registered"),
             }
@@ -138,6 +154,7 @@ impl Listeners {
                 local,
                 stop,
                 stats,
+                header_timeout_ms,
             });
         }
     }
@@ -189,6 +206,28 @@ fn bind(address: &str) -> Result<(std::net::TcpListener, SocketAddr), String> {
     Ok((listener, local))
 }
 
+/// How connections are served: HTTP/1.1 and h2c, with explicit limits.
+fn connection_builder(header_timeout_ms: u64) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Request heads over these limits get 431 from hyper before any routing.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(header_timeout_ms))
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES);
+    // Explicit HTTP/2 bounds: streams per connection, header list size, and resets a
+    // client may provoke (rapid reset, CONTINUATION floods end in a GOAWAY).
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_pending_accept_reset_streams(MAX_H2_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_H2_ERROR_RESETS);
+    builder
+}
+
 /// Counts a connection as active for as long as it lives.
 struct OpenConnection(Arc<ListenerStats>);
 
@@ -216,25 +255,10 @@ async fn accept_loop(
     shared: Arc<NodeShared>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<ListenerStats>,
+    header_timeout_ms: Arc<AtomicU64>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Request heads over these limits get 431 from hyper before any routing.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEAD_BYTES);
-    // Explicit HTTP/2 bounds: streams per connection, header list size, and resets a
-    // client may provoke (rapid reset, CONTINUATION floods end in a GOAWAY).
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_H2_STREAMS)
-        .max_header_list_size(MAX_HEAD_BYTES as u32)
-        .max_pending_accept_reset_streams(MAX_H2_PENDING_RESETS)
-        .max_local_error_reset_streams(MAX_H2_ERROR_RESETS);
-    let builder = Arc::new(builder);
+    let mut current_ms = header_timeout_ms.load(Ordering::Relaxed);
+    let mut builder = Arc::new(connection_builder(current_ms));
     loop {
         let accepted = tokio::select! {
             () = stopped(&mut stop) => break,
@@ -250,6 +274,11 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let ms = header_timeout_ms.load(Ordering::Relaxed);
+        if ms != current_ms {
+            current_ms = ms;
+            builder = Arc::new(connection_builder(ms));
+        }
         stats.total.fetch_add(1, Ordering::Relaxed);
         let open = OpenConnection::new(stats.clone());
         let conn = proxy::Connection { shared: shared.clone(), slot, peer };

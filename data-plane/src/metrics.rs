@@ -89,6 +89,8 @@ pub(crate) struct ClusterStats {
     pub(crate) connect_failures: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) retry_budget_exhausted: AtomicU64,
 }
 
 /// Connections of one listener.
@@ -223,13 +225,17 @@ impl Metrics {
             ("vane_upstream_connect_failures_total", "Failed connections to upstream endpoints.", 0),
             ("vane_upstream_timeouts_total", "Requests whose upstream did not answer in time.", 1),
             ("vane_upstream_errors_total", "Requests failed by the upstream (reset, protocol error).", 2),
+            ("vane_upstream_retries_total", "Retries sent.", 3),
+            ("vane_upstream_retry_budget_exhausted_total", "Retries the budget refused.", 4),
         ] {
             header(out, name, "counter", help);
             for (cluster, stats) in &clusters {
                 let counter = match get {
                     0 => &stats.connect_failures,
                     1 => &stats.timeouts,
-                    _ => &stats.errors,
+                    2 => &stats.errors,
+                    3 => &stats.retries,
+                    _ => &stats.retry_budget_exhausted,
                 };
                 let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {}", escape(cluster), counter.load(Ordering::Relaxed));
             }

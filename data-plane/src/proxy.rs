@@ -25,6 +25,7 @@ use tracing::debug;
 
 use crate::NodeShared;
 use crate::accesslog::{Line, Sink};
+use crate::actions::RetryOn;
 use crate::actions::{PathRewrite, Vars};
 use crate::cluster::Cluster;
 use crate::metrics::{self, Outcome, RouteStats};
@@ -235,7 +236,7 @@ impl Connection {
                     }
                 }
                 let upgrade = take_upgrade(&mut req);
-                let req = req.map(|body| Counting { inner: body, counter: bytes_in });
+                let req = req.map(|body| Counting { inner: Some(body), counter: bytes_in });
                 let edits = Edits {
                     host: host_rewrite.as_ref(),
                     trusted,
@@ -450,7 +451,8 @@ fn poll_counting<B: Body<Data = Bytes> + Unpin>(
 /// A request body that counts the bytes it passes upstream.
 #[derive(Debug)]
 pub(crate) struct Counting<B> {
-    inner: B,
+    /// None: an empty body (a retry of a bodiless request).
+    inner: Option<B>,
     /// None for a body known to be empty.
     counter: Option<Arc<AtomicU64>>,
 }
@@ -461,7 +463,8 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
-        poll_counting(&mut this.inner, cx, |n| {
+        let Some(inner) = &mut this.inner else { return Poll::Ready(None) };
+        poll_counting(inner, cx, |n| {
             if let Some(counter) = &this.counter {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
@@ -469,11 +472,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -511,11 +514,79 @@ async fn forward(
     if !rules.0.is_empty() {
         rules.0.apply(upstream.headers_mut(), &vars);
     }
-    let sent = Instant::now();
-    let (client, _) =
-        if upgrade.is_some() { cluster.client_for(Version::HTTP_11) } else { cluster.client_for(upstream.version()) };
-    let result = tokio::time::timeout(route.timeout, client.request(upstream)).await;
-    let info = Some((endpoint, sent.elapsed(), request_id.clone()));
+    let started = Instant::now();
+    let deadline = started + route.timeout;
+    let policy = route.retry.as_ref().filter(|_| upgrade.is_none());
+    // What a retry is rebuilt from: only bodiless requests can be sent again.
+    let template = policy.filter(|_| upstream.body().is_end_stream()).map(|_| {
+        let mut again = Request::new(());
+        *again.method_mut() = upstream.method().clone();
+        *again.uri_mut() = upstream.uri().clone();
+        *again.version_mut() = upstream.version();
+        *again.headers_mut() = upstream.headers().clone();
+        again
+    });
+    let idempotent = matches!(
+        *upstream.method(),
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    );
+    let _in_flight = cluster.start_request();
+    let mut endpoint = endpoint;
+    let mut attempt: u32 = 0;
+    let (result, tried_at) = loop {
+        let sent = Instant::now();
+        let per_try = policy.map_or(route.timeout, |p| p.per_try_timeout).min(deadline.saturating_duration_since(sent));
+        let (client, _) = if upgrade.is_some() {
+            cluster.client_for(Version::HTTP_11)
+        } else {
+            cluster.client_for(upstream.version())
+        };
+        let result = tokio::time::timeout(per_try, client.request(upstream)).await;
+        let cause = match &result {
+            Ok(Ok(response)) => policy.and_then(|p| p.on_status(response.status())),
+            Ok(Err(error)) if error.is_connect() => Some(RetryOn::ConnectFailure),
+            Ok(Err(_)) => Some(RetryOn::Reset),
+            Err(_) => Some(RetryOn::Timeout),
+        };
+        let retry = match (cause, policy, &template) {
+            (Some(cause), Some(p), Some(t))
+                if attempt < p.num_retries
+                    && p.retries_on(cause)
+                    && (idempotent || cause == RetryOn::ConnectFailure)
+                    && Instant::now() < deadline =>
+            {
+                cluster.try_retry().map(|permit| (p, t, permit))
+            }
+            _ => None,
+        };
+        let Some((p, t, _permit)) = retry else { break (result, sent) };
+        attempt += 1;
+        debug!(route = %route.name, cluster = %cluster.name, attempt, ?cause, "retrying");
+        let pause = p.backoff_for(attempt).min(deadline.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(pause).await;
+        let Some(next) = cluster.pick() else { break (result, sent) };
+        let mut parts = t.clone().into_parts().0;
+        parts.uri = match Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(next.authority.clone())
+            .path_and_query(
+                t.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            )
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(_) => break (result, sent),
+        };
+        endpoint = next.authority.clone();
+        upstream = Request::from_parts(parts, Counting { inner: None, counter: None });
+    };
+    let info = Some((endpoint, tried_at.elapsed(), request_id.clone()));
+    let timed_out_overall = Instant::now() >= deadline;
     let mut response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
@@ -526,7 +597,7 @@ async fn forward(
         }
         Err(_) => {
             cluster.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            debug!(route = %route.name, cluster = %cluster.name, "upstream timed out");
+            debug!(route = %route.name, cluster = %cluster.name, timed_out_overall, "upstream timed out");
             return (local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"), info);
         }
     };

@@ -32,6 +32,8 @@ pub(crate) struct Route {
     pub(crate) forward: WeightedClusters,
     pub(crate) conditions: Conditions,
     pub(crate) action: RouteAction,
+    /// Retries of forwards (None: one try).
+    pub(crate) retry: Option<crate::actions::RetryPolicy>,
     pub(crate) request_headers: HeaderRules,
     pub(crate) response_headers: HeaderRules,
 }

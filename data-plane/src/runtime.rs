@@ -8,7 +8,7 @@ use std::time::Duration;
 use vane_proto::config::{Config, listener::Protocol, route};
 
 use crate::accesslog::Sink;
-use crate::actions::{Direct, HeaderRules, PathRewrite, Redirect};
+use crate::actions::{Direct, HeaderRules, PathRewrite, Redirect, RetryPolicy};
 use crate::cluster::{Cluster, ClusterRegistry};
 use crate::duration_or;
 use crate::metrics::MetricsBuilder;
@@ -71,6 +71,13 @@ impl Runtime {
             .collect();
         for (order, r) in config.routes.iter().enumerate() {
             let Some(m) = r.r#match.as_ref() else { continue };
+            let retry = match &r.action {
+                Some(route::Action::Forward(f)) => f
+                    .retry
+                    .as_ref()
+                    .map(|p| RetryPolicy::compile(p, duration_or(f.timeout.as_ref(), DEFAULT_ROUTE_TIMEOUT))),
+                _ => None,
+            };
             let (forward, timeout, action) = match &r.action {
                 Some(route::Action::Forward(f)) => {
                     let weighted = f
@@ -100,6 +107,7 @@ impl Runtime {
                 forward,
                 conditions: Conditions::compile(m),
                 action,
+                retry,
                 request_headers: HeaderRules::compile(r.request_headers.as_ref()),
                 response_headers: HeaderRules::compile(r.response_headers.as_ref()),
             });

@@ -83,6 +83,7 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             }
             Ok(_) => {}
         }
+        v.duration("listener", &name, "request_headers_timeout", l.request_headers_timeout.as_ref());
         for (j, cidr) in l.trusted_proxies.iter().enumerate() {
             if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
                 v.err(
@@ -119,6 +120,11 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             Ok(LbPolicy::RoundRobin | LbPolicy::Random) => {}
             Ok(p) => v.err("cluster", &name, "lb_policy", format!("{} is not supported yet", p.as_str_name())),
             Err(_) => v.err("cluster", &name, "lb_policy", format!("unknown policy {}", c.lb_policy)),
+        }
+        if let Some(b) = &c.retry_budget
+            && !(0.0..=100.0).contains(&b.budget_percent)
+        {
+            v.err("cluster", &name, "retry_budget.budget_percent", "must be between 0 and 100".into());
         }
         if config::cluster::UpstreamProtocol::try_from(c.protocol).is_err() {
             v.err("cluster", &name, "protocol", format!("unknown protocol {}", c.protocol));
@@ -300,6 +306,38 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
                         }
                         _ => v.err("route", &name, "forward.template_rewrite", "needs a template match".into()),
                     }
+                }
+                if let Some(retry) = &f.retry {
+                    for (j, cond) in retry.retry_on.iter().enumerate() {
+                        if !matches!(
+                            cond.as_str(),
+                            "connect-failure" | "reset" | "5xx" | "retriable-status" | "timeout"
+                        ) {
+                            v.err(
+                                "route",
+                                &name,
+                                &format!("forward.retry.retry_on[{j}]"),
+                                format!(
+                                    "'{cond}' is not one of connect-failure, reset, 5xx, retriable-status, timeout"
+                                ),
+                            );
+                        }
+                    }
+                    if retry.num_retries > 10 {
+                        v.err("route", &name, "forward.retry.num_retries", "must be at most 10".into());
+                    }
+                    for (j, code) in retry.retriable_statuses.iter().enumerate() {
+                        if !(100..=599).contains(code) {
+                            v.err(
+                                "route",
+                                &name,
+                                &format!("forward.retry.retriable_statuses[{j}]"),
+                                format!("{code} is not an HTTP status"),
+                            );
+                        }
+                    }
+                    v.duration("route", &name, "forward.retry.per_try_timeout", retry.per_try_timeout.as_ref());
+                    v.duration("route", &name, "forward.retry.backoff", retry.backoff.as_ref());
                 }
                 if !f.host_rewrite.is_empty() && host_pattern(&f.host_rewrite.replace(':', "")).is_err() {
                     v.err("route", &name, "forward.host_rewrite", format!("'{}' is not a host", f.host_rewrite));

@@ -98,3 +98,110 @@ async fn content_length_with_transfer_encoding_is_framed_by_chunks_alone_and_the
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "the pipelined request was not served:\n{answer}");
     assert_eq!(e1.received(), 1);
 }
+
+/// A TCP server that accepts and never answers; it holds connections until dropped.
+async fn blackhole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn retries_move_to_another_endpoint_on_connect_failure_and_per_try_timeout() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (hole, hole_task) = blackhole().await;
+    let mut yaml =
+        config_yaml(&[("flaky", &[dead, e1.addr()]), ("slow", &[hole, e1.addr()])], &[("plain", "/plain", "flaky")]);
+    yaml.push_str(
+        "  - name: retried\n    match: { prefix: /retried }\n    forward: { clusters: [{ name: flaky }], retry: { num_retries: 2, retry_on: [connect-failure] } }\n\
+         \x20 - name: patient\n    match: { prefix: /patient }\n    forward: { clusters: [{ name: slow }], timeout: 5s, retry: { retry_on: [timeout, 5xx], per_try_timeout: 0.3s } }\n",
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+
+    // Without a retry policy every other request hits the dead endpoint.
+    let statuses: Vec<u16> = futures_statuses(&client, web, "/plain/x", 4).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 502).count(), 2, "{statuses:?}");
+    // With one, the dead endpoint's turn is retried on the live one.
+    let statuses = futures_statuses(&client, web, "/retried/x", 6).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    // The blackhole's turn times out per try and is retried on the echo server.
+    for _ in 0..2 {
+        let r = client.get(web, "/patient/x").await.unwrap();
+        assert_eq!((r.status.as_u16(), r.backend()), (200, "echo-1"));
+    }
+    // A request with a body is not replayed: it gets the timeout.
+    let post = http::Request::post(format!("http://{web}/patient/x"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"payload")))
+        .unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(client.send(post.clone()).await.unwrap().status.as_u16());
+    }
+    assert!(statuses.contains(&504), "one of two POSTs lands on the blackhole and is not retried: {statuses:?}");
+    let metrics = client.get(node.admin_addr().unwrap(), "/metrics").await.unwrap().body;
+    assert!(metrics.contains("vane_upstream_retries_total{cluster=\"slow\"} 2\n"), "{metrics}");
+    hole_task.abort();
+}
+
+async fn futures_statuses(client: &HttpClient, web: SocketAddr, path: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(client.get(web, path).await.unwrap().status.as_u16());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off_at_the_deadline() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")]).replacen(
+        "    address: 127.0.0.1:0\n",
+        "    address: 127.0.0.1:0\n    request_headers_timeout: 1s\n",
+        1,
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    // One byte every 300 ms, 40 bytes at most (12 s): the proxy must hang up long before.
+    let head = b"GET / HTTP/1.1\r\nHost: slow.example\r\nX-Slow: aaaaaaaaaaaaaaaa\r\n";
+    let mut cut_off = false;
+    for b in head.iter().take(40) {
+        if stream.write_all(&[*b]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut_off = true;
+                break;
+            }
+            Ok(Ok(_)) => {
+                // An error answer (408) before the close also counts as cut off.
+                cut_off = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(cut_off, "the connection was still open after 40 trickled bytes");
+    assert_eq!(e1.received(), 0);
+}

@@ -16,6 +16,7 @@ fn router(routes_yaml: &str) -> Router {
             forward: WeightedClusters::new(vec![]),
             conditions: Conditions::compile(&m),
             action: RouteAction::Direct(crate::actions::Direct::compile(&Default::default())),
+            retry: None,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
         });
