@@ -236,7 +236,20 @@ impl Connection {
                     }
                 }
                 let upgrade = take_upgrade(&mut req);
-                let req = req.map(|body| Counting { inner: Some(body), counter: bytes_in });
+                let limit = route.max_request_bytes;
+                let announced = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if limit > 0 && announced.is_some_and(|n| n > limit) {
+                    let mut response = local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return (stats, name, Some(cluster.name.clone()), response, None);
+                }
+                let tripped = (limit > 0).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+                let req =
+                    req.map(|body| Counting { inner: Some(body), counter: bytes_in, limit, tripped: tripped.clone() });
                 let edits = Edits {
                     host: host_rewrite.as_ref(),
                     trusted,
@@ -244,7 +257,11 @@ impl Connection {
                     params: &found.params,
                     client_ip: self.peer.ip(),
                 };
-                let (response, upstream) = forward(route, cluster, req, self.peer, &edits, upgrade).await;
+                let (mut response, upstream) = forward(route, cluster, req, self.peer, &edits, upgrade).await;
+                if tripped.is_some_and(|t| t.load(Ordering::Relaxed)) {
+                    response = local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 (stats, name, Some(cluster.name.clone()), response, upstream)
             }
         }
@@ -455,20 +472,40 @@ pub(crate) struct Counting<B> {
     inner: Option<B>,
     /// None for a body known to be empty.
     counter: Option<Arc<AtomicU64>>,
+    /// Most bytes allowed (0: any), and the flag set when a body went past it.
+    limit: u64,
+    tripped: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
-    type Data = Bytes;
-    type Error = B::Error;
+/// The error a request body gets when it passes the route's limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub(crate) struct TooLarge(u64);
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+impl<B> Body for Counting<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let Some(inner) = &mut this.inner else { return Poll::Ready(None) };
-        poll_counting(inner, cx, |n| {
+        let mut total = 0;
+        let polled = poll_counting(inner, cx, |n| {
             if let Some(counter) = &this.counter {
-                counter.fetch_add(n, Ordering::Relaxed);
+                total = counter.fetch_add(n, Ordering::Relaxed) + n;
             }
-        })
+        });
+        if this.limit > 0 && total > this.limit {
+            if let Some(flag) = &this.tripped {
+                flag.store(true, Ordering::Relaxed);
+            }
+            return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
+        }
+        polled.map(|frame| frame.map(|f| f.map_err(|e| Box::new(e) as Self::Error)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -583,7 +620,7 @@ async fn forward(
             Err(_) => break (result, sent),
         };
         endpoint = next.authority.clone();
-        upstream = Request::from_parts(parts, Counting { inner: None, counter: None });
+        upstream = Request::from_parts(parts, Counting { inner: None, counter: None, limit: 0, tripped: None });
     };
     let info = Some((endpoint, tried_at.elapsed(), request_id.clone()));
     let timed_out_overall = Instant::now() >= deadline;

@@ -34,6 +34,8 @@ pub(crate) struct Route {
     pub(crate) action: RouteAction,
     /// Retries of forwards (None: one try).
     pub(crate) retry: Option<crate::actions::RetryPolicy>,
+    /// Largest request body forwarded (0: any).
+    pub(crate) max_request_bytes: u64,
     pub(crate) request_headers: HeaderRules,
     pub(crate) response_headers: HeaderRules,
 }

@@ -71,6 +71,10 @@ impl Runtime {
             .collect();
         for (order, r) in config.routes.iter().enumerate() {
             let Some(m) = r.r#match.as_ref() else { continue };
+            let max_request_bytes = match &r.action {
+                Some(route::Action::Forward(f)) => f.max_request_bytes,
+                _ => 0,
+            };
             let retry = match &r.action {
                 Some(route::Action::Forward(f)) => f
                     .retry
@@ -108,6 +112,7 @@ impl Runtime {
                 conditions: Conditions::compile(m),
                 action,
                 retry,
+                max_request_bytes,
                 request_headers: HeaderRules::compile(r.request_headers.as_ref()),
                 response_headers: HeaderRules::compile(r.response_headers.as_ref()),
             });

@@ -205,3 +205,25 @@ async fn a_client_trickling_its_headers_is_cut_off_at_the_deadline() {
     assert!(cut_off, "the connection was still open after 40 trickled bytes");
     assert_eq!(e1.received(), 0);
 }
+
+#[tokio::test]
+async fn bodies_over_the_route_limit_get_413() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let mut yaml = config_yaml(&[("echo", &[e1.addr()])], &[]);
+    yaml.push_str("  - name: small\n    match: { prefix: / }\n    forward: { clusters: [{ name: echo }], max_request_bytes: 10 }\n");
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    // Announced: refused before anything goes upstream.
+    assert_eq!(raw_status(web, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world").await, 413);
+    assert_eq!(e1.received(), 0);
+    // Chunked: cut when it passes the limit.
+    let chunked =
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nhello \r\n6\r\nworld!\r\n0\r\n\r\n";
+    assert_eq!(raw_status(web, chunked).await, 413);
+    // Within the limit: forwarded.
+    assert_eq!(raw_status(web, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello").await, 200);
+}

@@ -17,6 +17,7 @@ fn router(routes_yaml: &str) -> Router {
             conditions: Conditions::compile(&m),
             action: RouteAction::Direct(crate::actions::Direct::compile(&Default::default())),
             retry: None,
+            max_request_bytes: 0,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
         });
