@@ -47,6 +47,13 @@ async fn malformed_and_ambiguous_requests_are_refused_and_never_forwarded() {
             400,
         ),
         ("an invalid Content-Length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5x\r\n\r\nhello".to_vec(), 400),
+        ("an empty Content-Length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\nhello".to_vec(), 400),
+        ("a negative Content-Length", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n".to_vec(), 400),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
         (
             "a transfer coding that is not a final chunked",
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n".to_vec(),
@@ -226,4 +233,34 @@ async fn bodies_over_the_route_limit_get_413() {
     assert_eq!(raw_status(web, chunked).await, 413);
     // Within the limit: forwarded.
     assert_eq!(raw_status(web, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello").await, 200);
+}
+
+#[tokio::test]
+async fn an_unread_request_body_is_never_parsed_as_the_next_request() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let mut yaml = config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")]);
+    yaml.push_str("  - name: local\n    match: { exact: /local }\n    direct_response: { status: 200, body: local }\n");
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    // The direct response never reads the body; its bytes look like a request.
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut bytes =
+        format!("POST /local HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", smuggled.len()).into_bytes();
+    bytes.extend_from_slice(smuggled);
+    bytes.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.contains("GET /smuggled"), "the body was taken for a request:\n{answer}");
+    assert!(e1.received() <= 1, "at most the real follow-up request reached the upstream");
 }
