@@ -28,12 +28,7 @@ async fn raw_status(addr: SocketAddr, bytes: &[u8]) -> u16 {
 #[tokio::test]
 async fn malformed_and_ambiguous_requests_are_refused_and_never_forwarded() {
     init_logs();
-    let cp = TestControlPlane::start().await;
-    let node = cp.node("n1").await;
-    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
-    cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")])).await.unwrap();
-    wait_version(&node, 1).await;
-    let web = listener(&node, "web").await;
+    let Serving { cp: _cp, node: _node, echo: e1, web } = Serving::echo_all().await;
     assert_eq!(raw_status(web, b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await, 200, "the control case is forwarded");
     let forwarded = e1.received();
 
@@ -80,12 +75,7 @@ async fn content_length_with_transfer_encoding_is_framed_by_chunks_alone_and_the
     // request, so the upstream never receives two framings (and the client cannot smuggle
     // a second request on that connection).
     init_logs();
-    let cp = TestControlPlane::start().await;
-    let node = cp.node("n1").await;
-    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
-    cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")])).await.unwrap();
-    wait_version(&node, 1).await;
-    let web = listener(&node, "web").await;
+    let Serving { cp: _cp, node: _node, echo: e1, web } = Serving::echo_all().await;
     let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
     stream
         .write_all(

@@ -42,12 +42,7 @@ async fn unreachable_upstream_is_502_slow_upstream_is_504_unknown_path_is_404() 
 #[tokio::test]
 async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
     init_logs();
-    let cp = TestControlPlane::start().await;
-    let node = cp.node("n1").await;
-    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
-    cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")])).await.unwrap();
-    wait_version(&node, 1).await;
-    let web = listener(&node, "web").await;
+    let Serving { cp: _cp, node: _node, echo: _echo, web } = Serving::echo_all().await;
     let client = HttpClient::default();
 
     let req = Request::get(format!("http://{web}/h"))
@@ -82,12 +77,7 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
 #[tokio::test]
 async fn h2c_prior_knowledge_and_http1_share_a_listener() {
     init_logs();
-    let cp = TestControlPlane::start().await;
-    let node = cp.node("n1").await;
-    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
-    cp.apply(&config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")])).await.unwrap();
-    wait_version(&node, 1).await;
-    let web = listener(&node, "web").await;
+    let Serving { cp: _cp, node: _node, echo: _echo, web } = Serving::echo_all().await;
     let h2 = HttpClient::h2c().get(web, "/over-h2").await.unwrap();
     assert_eq!((h2.status.as_u16(), h2.backend()), (200, "echo-1"));
     assert!(h2.body.contains("GET /over-h2"), "{}", h2.body);

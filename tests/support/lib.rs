@@ -457,3 +457,32 @@ impl Default for TestPki {
         TestPki::new()
     }
 }
+
+/// The usual fixture: a control plane, one node, one echo upstream, and a config applied
+/// and served (version 1).
+#[derive(Debug)]
+pub struct Serving {
+    pub cp: TestControlPlane,
+    pub node: Node,
+    pub echo: EchoServer,
+    /// The node's `web` listener.
+    pub web: SocketAddr,
+}
+
+impl Serving {
+    /// Applies `yaml(echo address)`, which must have a listener named `web`.
+    pub async fn start(yaml: impl FnOnce(SocketAddr) -> String) -> Serving {
+        let cp = TestControlPlane::start().await;
+        let node = cp.node("n1").await;
+        let echo = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.expect("echo starts");
+        cp.apply(&yaml(echo.addr())).await.expect("config applies");
+        wait_version(&node, 1).await;
+        let web = listener(&node, "web").await;
+        Serving { cp, node, echo, web }
+    }
+
+    /// Every path on `web` to the echo upstream.
+    pub async fn echo_all() -> Serving {
+        Serving::start(|e| config_yaml(&[("echo", &[e])], &[("all", "/", "echo")])).await
+    }
+}
