@@ -237,12 +237,13 @@ impl Connection {
                 }
                 let upgrade = take_upgrade(&mut req);
                 let limit = route.max_request_bytes;
-                let announced = req
-                    .headers()
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if limit > 0 && announced.is_some_and(|n| n > limit) {
+                let announced = || {
+                    req.headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                if limit > 0 && announced().is_some_and(|n| n > limit) {
                     let mut response = local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
                     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                     return (stats, name, Some(cluster.name.clone()), response, None);
@@ -541,7 +542,10 @@ async fn forward(
         upstream.headers_mut().insert(header::HOST, host.clone());
     }
     let rules = (&edits.route.request_headers, &edits.route.response_headers);
-    let client_host = upstream.headers().get(&X_FORWARDED_HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    // Only header rules read the client's host; skip the copy for routes without them.
+    let client_host = (!rules.0.is_empty() || !rules.1.is_empty())
+        .then(|| upstream.headers().get(&X_FORWARDED_HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .flatten();
     let vars = Vars {
         client_ip: edits.client_ip,
         request_id: request_id.as_ref(),
@@ -706,16 +710,27 @@ pub(crate) fn upstream_request<B>(
 /// the chain it sent is kept and extended; from anyone else it is replaced, since a client
 /// can claim anything.
 fn forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&HeaderValue>, trusted: bool) {
-    let ip = peer.ip().to_string();
+    use std::fmt::Write as _;
+    // Owned strings become header values without another copy.
+    let value = |s: String| HeaderValue::from_maybe_shared(Bytes::from(s)).ok();
     let joined = |headers: &HeaderMap, name: &HeaderName, add: &str| -> Option<HeaderValue> {
-        let previous: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        let value = if previous.is_empty() { add.to_owned() } else { format!("{}, {add}", previous.join(", ")) };
-        HeaderValue::from_str(&value).ok()
+        let mut out = String::new();
+        for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+            out.push_str(v);
+            out.push_str(", ");
+        }
+        out.push_str(add);
+        value(out)
     };
-    let node = if peer.is_ipv6() { format!("\"[{ip}]\"") } else { ip.clone() };
-    let mut forwarded = format!("for={node};proto=http");
+    let ip = peer.ip().to_string();
+    let mut forwarded = String::with_capacity(64);
+    let _ = if peer.is_ipv6() {
+        write!(forwarded, "for=\"[{ip}]\";proto=http")
+    } else {
+        write!(forwarded, "for={ip};proto=http")
+    };
     if let Some(h) = host.and_then(|h| h.to_str().ok()) {
-        forwarded.push_str(&format!(";host=\"{}\"", h.replace('"', "")));
+        let _ = write!(forwarded, ";host=\"{}\"", h.replace('"', ""));
     }
     if trusted {
         if let Some(v) = joined(headers, &X_FORWARDED_FOR, &ip) {
@@ -731,27 +746,24 @@ fn forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&H
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
         }
     } else {
-        headers.insert(X_FORWARDED_FOR.clone(), HeaderValue::from(IpHeader(peer)));
+        if let Some(v) = value(ip) {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         match host {
             Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
             None => headers.remove(&X_FORWARDED_HOST),
         };
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        if let Some(v) = value(forwarded) {
             headers.insert(FORWARDED.clone(), v);
         }
     }
-    if let Some(v) = joined(headers, &header::VIA, "1.1 vane") {
-        headers.insert(header::VIA, v);
-    }
-}
-
-struct IpHeader(SocketAddr);
-
-impl From<IpHeader> for HeaderValue {
-    fn from(ip: IpHeader) -> HeaderValue {
-        // An IP address always renders as a valid header value.
-        HeaderValue::from_str(&ip.0.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    if headers.contains_key(header::VIA) {
+        if let Some(v) = joined(headers, &header::VIA, "1.1 vane") {
+            headers.insert(header::VIA, v);
+        }
+    } else {
+        headers.insert(header::VIA, HeaderValue::from_static("1.1 vane"));
     }
 }
 
