@@ -75,6 +75,9 @@ pub(crate) enum ClusterCommand {
 enum Policy {
     RoundRobin,
     Random,
+    LeastRequest,
+    RingHash,
+    Maglev,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -92,6 +95,15 @@ pub(crate) struct ClusterAdd {
     endpoints: Vec<String>,
     #[arg(long, value_enum, default_value_t = Policy::RoundRobin)]
     lb_policy: Policy,
+    /// Ring hash / Maglev: hash this request header (default: the client address).
+    #[arg(long, group = "hash")]
+    hash_header: Option<String>,
+    /// Ring hash / Maglev: hash this cookie.
+    #[arg(long, group = "hash")]
+    hash_cookie: Option<String>,
+    /// Ring hash / Maglev: hash the path.
+    #[arg(long, group = "hash")]
+    hash_path: bool,
     /// HTTP version towards the endpoints (http2 for gRPC; auto: as the client spoke).
     #[arg(long, value_enum, default_value_t = UpstreamProto::Http1)]
     protocol: UpstreamProto,
@@ -194,6 +206,16 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
             let lb_policy = match add.lb_policy {
                 Policy::RoundRobin => vane_proto::config::cluster::LbPolicy::RoundRobin,
                 Policy::Random => vane_proto::config::cluster::LbPolicy::Random,
+                Policy::LeastRequest => vane_proto::config::cluster::LbPolicy::LeastRequest,
+                Policy::RingHash => vane_proto::config::cluster::LbPolicy::RingHash,
+                Policy::Maglev => vane_proto::config::cluster::LbPolicy::Maglev,
+            };
+            use vane_proto::config::hash_policy::Key;
+            let key = match (add.hash_header, add.hash_cookie, add.hash_path) {
+                (Some(h), _, _) => Some(Key::Header(h)),
+                (None, Some(c), _) => Some(Key::Cookie(c)),
+                (None, None, true) => Some(Key::Path(true)),
+                _ => None,
             };
             let cluster = Cluster {
                 name: add.name,
@@ -206,6 +228,7 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
                     UpstreamProto::Auto => UpstreamProtocol::Auto,
                 } as i32,
                 retry_budget: None,
+                hash_policy: key.map(|key| vane_proto::config::HashPolicy { key: Some(key) }),
             };
             admin.put(Resource { resource: Some(resource::Resource::Cluster(cluster)) }, add.dry_run).await
         }

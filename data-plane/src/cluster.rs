@@ -16,6 +16,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use vane_proto::config::{self, cluster::LbPolicy, cluster::UpstreamProtocol};
 
+use crate::balancer::{Balancer, PickContext, Picked};
 use crate::duration_or;
 use crate::metrics::ClusterStats;
 
@@ -37,10 +38,9 @@ pub(crate) struct Endpoint {
 pub(crate) struct Cluster {
     pub(crate) name: Arc<str>,
     spec: config::Cluster,
-    policy: LbPolicy,
     endpoints: Arc<[Endpoint]>,
-    /// Endpoint indexes in smooth weighted round-robin order (length = sum of weights).
-    schedule: Arc<[u32]>,
+    balancer: Balancer,
+    /// Round-robin position, carried across swaps while the cluster keeps its name.
     cursor: Arc<AtomicUsize>,
     /// HTTP/1.1 (keep-alive pool), and HTTP/2 prior knowledge when the cluster uses it.
     client: UpstreamClient,
@@ -111,14 +111,12 @@ impl Cluster {
         }
     }
 
-    /// Picks the endpoint for the next request.
-    pub(crate) fn pick(&self) -> Option<&Endpoint> {
-        let slot = match self.policy {
-            LbPolicy::Random => rand::random_range(0..self.schedule.len().max(1)),
-            _ => self.cursor.fetch_add(1, Ordering::Relaxed) % self.schedule.len().max(1),
-        };
-        let index = *self.schedule.get(slot)? as usize;
-        self.endpoints.get(index)
+    /// Picks the endpoint for a request (`None`: a retry, any other endpoint). The
+    /// returned guard counts the request against the endpoint until dropped.
+    pub(crate) fn pick(&self, ctx: Option<&PickContext<'_>>) -> Option<(Picked, &Endpoint)> {
+        let picked = self.balancer.pick(ctx)?;
+        let endpoint = self.endpoints.get(picked.index)?;
+        Some((picked, endpoint))
     }
 }
 
@@ -151,6 +149,15 @@ impl<'a> ClusterRegistry<'a> {
             })
             .collect();
         let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight.max(1)).collect();
+        let addresses: Vec<String> = spec.endpoints.iter().map(|e| e.address.clone()).collect();
+        let cursor: Arc<AtomicUsize> = old.map(|o| o.cursor.clone()).unwrap_or_default();
+        let balancer = Balancer::build(
+            LbPolicy::try_from(spec.lb_policy).unwrap_or(LbPolicy::RoundRobin),
+            spec.hash_policy.as_ref(),
+            &addresses,
+            &weights,
+            cursor.clone(),
+        );
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(duration_or(spec.connect_timeout.as_ref(), DEFAULT_CONNECT_TIMEOUT)));
@@ -171,10 +178,9 @@ impl<'a> ClusterRegistry<'a> {
         Arc::new(Cluster {
             name: spec.name.as_str().into(),
             spec: spec.clone(),
-            policy: LbPolicy::try_from(spec.lb_policy).unwrap_or(LbPolicy::RoundRobin),
             endpoints: endpoints.into(),
-            schedule: smooth_weighted_schedule(&weights).into(),
-            cursor: old.map(|o| o.cursor.clone()).unwrap_or_default(),
+            balancer,
+            cursor,
             load: old.map(|o| o.load.clone()).unwrap_or_default(),
             budget_percent: spec.retry_budget.as_ref().map_or(20.0, |b| b.budget_percent),
             min_retry_concurrency: spec.retry_budget.as_ref().map_or(3, |b| b.min_retry_concurrency as usize),
@@ -186,36 +192,9 @@ impl<'a> ClusterRegistry<'a> {
     }
 }
 
-/// nginx's smooth weighted round robin, unrolled once: weights 5,1,1 give
-/// `a a b a c a a`, spreading each endpoint's turns instead of bunching them.
-fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u32> {
-    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
-    let mut current = vec![0i64; weights.len()];
-    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, w) in weights.iter().enumerate() {
-            current[i] += i64::from(*w);
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total;
-        out.push(u32::try_from(best).unwrap_or(0));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn smooth_schedule_spreads_weights() {
-        assert_eq!(smooth_weighted_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
-        assert_eq!(smooth_weighted_schedule(&[1, 1]), vec![0, 1]);
-        assert_eq!(smooth_weighted_schedule(&[3, 1]), vec![0, 0, 1, 0]);
-    }
 
     fn spec(weights: &[u32]) -> config::Cluster {
         config::Cluster {
@@ -234,7 +213,7 @@ mod tests {
         let empty = HashMap::new();
         let stats = Arc::new(ClusterStats::default());
         let cluster = ClusterRegistry::new(&empty).build(&spec(&[1, 1, 1]), stats.clone());
-        let ports: Vec<u16> = (0..4).map(|_| cluster.pick().unwrap().authority.port_u16().unwrap()).collect();
+        let ports: Vec<u16> = (0..4).map(|_| cluster.pick(None).unwrap().1.authority.port_u16().unwrap()).collect();
         assert_eq!(ports, vec![9000, 9001, 9002, 9000]);
 
         let previous = HashMap::from([(cluster.name.clone(), cluster.clone())]);

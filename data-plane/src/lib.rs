@@ -10,6 +10,7 @@
 mod accesslog;
 mod actions;
 mod admin;
+mod balancer;
 mod cache;
 mod cluster;
 mod discovery;
@@ -356,12 +357,12 @@ pub mod bench {
 
         /// The port of the next endpoint.
         pub fn pick(&self) -> Option<u16> {
-            self.0.pick().and_then(|e| e.authority.port_u16())
+            self.0.pick(None).and_then(|(_, e)| e.authority.port_u16())
         }
 
         /// Rewrites a downstream request as the proxy does before sending it upstream.
         pub fn rewrite<B>(&self, req: http::Request<B>, peer: SocketAddr) -> Option<http::Request<B>> {
-            crate::proxy::upstream_request(req, &self.0, peer, false).map(|(r, _)| r)
+            crate::proxy::upstream_request(req, &self.0, peer, false).map(|(r, _, _)| r)
         }
     }
 }

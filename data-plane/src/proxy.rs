@@ -27,6 +27,7 @@ use crate::NodeShared;
 use crate::accesslog::{Line, Sink};
 use crate::actions::RetryOn;
 use crate::actions::{PathRewrite, Vars};
+use crate::balancer::{PickContext, Picked};
 use crate::cluster::Cluster;
 use crate::metrics::{self, Outcome, RouteStats};
 use crate::router::{Found, Route, RouteAction};
@@ -528,7 +529,7 @@ async fn forward(
     edits: &Edits<'_>,
     upgrade: Option<Upgrade>,
 ) -> (Response<InnerBody>, Option<(Authority, Duration, Option<HeaderValue>)>) {
-    let Some((mut upstream, endpoint)) = upstream_request(req, cluster, peer, edits.trusted) else {
+    let Some((mut upstream, endpoint, mut _picked)) = upstream_request(req, cluster, peer, edits.trusted) else {
         return (local(StatusCode::BAD_REQUEST, "bad request\n"), None);
     };
     if let Some((protocol, _)) = &upgrade {
@@ -610,7 +611,8 @@ async fn forward(
         debug!(route = %route.name, cluster = %cluster.name, attempt, ?cause, "retrying");
         let pause = p.backoff_for(attempt).min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(pause).await;
-        let Some(next) = cluster.pick() else { break (result, sent) };
+        let Some((picked, next)) = cluster.pick(None) else { break (result, sent) };
+        _picked = picked;
         let mut parts = t.clone().into_parts().0;
         parts.uri = match Uri::builder()
             .scheme(http::uri::Scheme::HTTP)
@@ -670,9 +672,10 @@ pub(crate) fn upstream_request<B>(
     cluster: &Cluster,
     peer: SocketAddr,
     trusted: bool,
-) -> Option<(Request<B>, Authority)> {
-    let endpoint = cluster.pick()?;
+) -> Option<(Request<B>, Authority, Picked)> {
     let (mut parts, body) = req.into_parts();
+    let ctx = PickContext { client: peer.ip(), path: parts.uri.path(), headers: &parts.headers };
+    let (picked, endpoint) = cluster.pick(Some(&ctx))?;
     let (_, version) = cluster.client_for(parts.version);
     // gRPC over HTTP/2 announces trailer support; it is the one TE value that may pass.
     let te_trailers = version == Version::HTTP_2
@@ -703,7 +706,7 @@ pub(crate) fn upstream_request<B>(
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
     }
-    Some((Request::from_parts(parts, body), endpoint.authority.clone()))
+    Some((Request::from_parts(parts, body), endpoint.authority.clone(), picked))
 }
 
 /// `X-Forwarded-For/-Proto/-Host`, `Forwarded` (RFC 7239) and `Via`. From a trusted proxy

@@ -117,8 +117,7 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
     for (i, c) in config.clusters.iter().enumerate() {
         let name = display_name(&c.name, i);
         match LbPolicy::try_from(c.lb_policy) {
-            Ok(LbPolicy::RoundRobin | LbPolicy::Random) => {}
-            Ok(p) => v.err("cluster", &name, "lb_policy", format!("{} is not supported yet", p.as_str_name())),
+            Ok(_) => {}
             Err(_) => v.err("cluster", &name, "lb_policy", format!("unknown policy {}", c.lb_policy)),
         }
         if let Some(b) = &c.retry_budget
@@ -128,6 +127,12 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
         }
         if config::cluster::UpstreamProtocol::try_from(c.protocol).is_err() {
             v.err("cluster", &name, "protocol", format!("unknown protocol {}", c.protocol));
+        }
+        if let Some(config::hash_policy::Key::Header(h) | config::hash_policy::Key::Cookie(h)) =
+            c.hash_policy.as_ref().and_then(|p| p.key.as_ref())
+            && h.is_empty()
+        {
+            v.err("cluster", &name, "hash_policy", "the header or cookie name is required".into());
         }
         if c.endpoints.is_empty() {
             v.err("cluster", &name, "endpoints", "at least one endpoint is required".into());

@@ -369,3 +369,39 @@ async fn websocket_echo_through_the_proxy_and_upgrades_only_after_a_101() {
     assert!(reply.body.contains("upgrade: websocket\n"), "the upgrade was asked upstream:\n{}", reply.body);
     ws_server.abort();
 }
+
+#[tokio::test]
+async fn hash_policies_keep_a_user_on_one_backend_through_the_proxy() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let mut echoes = Vec::new();
+    for i in 0..3 {
+        echoes.push(EchoServer::start(&format!("echo-{i}"), ([127, 0, 0, 1], 0).into()).await.unwrap());
+    }
+    let addrs: Vec<std::net::SocketAddr> = echoes.iter().map(EchoServer::addr).collect();
+    let mut yaml = config_yaml(&[("users", &addrs)], &[("all", "/", "users")]);
+    yaml = yaml.replacen(
+        "  - name: users\n",
+        "  - name: users\n    lb_policy: MAGLEV\n    hash_policy: { header: x-user }\n",
+        1,
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..30 {
+        let mut backends = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let req = Request::get(format!("http://{web}/x"))
+                .header("x-user", format!("user-{user}"))
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            backends.insert(client.send(req).await.unwrap().backend().to_owned());
+        }
+        assert_eq!(backends.len(), 1, "user-{user} stays on one backend: {backends:?}");
+        seen.extend(backends);
+    }
+    assert_eq!(seen.len(), 3, "users spread over every backend: {seen:?}");
+}

@@ -1,0 +1,357 @@
+//! Endpoint choice within a cluster, built once per snapshot: smooth weighted round robin,
+//! weighted random, least request (power of two choices), ring hash and Maglev.
+//!
+//! Hash keys come from the request (a header, a cookie, the client address or the path);
+//! a request without its key falls back to round robin. Keys are hashed with SipHash
+//! (std's `DefaultHasher`, fixed keys): the same key lands on the same endpoint on every
+//! node running the same build.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::HeaderMap;
+use vane_proto::config::{self, cluster::LbPolicy, hash_policy};
+
+/// Ring points per unit of weight, and the most points a ring may hold.
+const POINTS_PER_WEIGHT: u64 = 100;
+const MAX_RING_POINTS: u64 = 100_000;
+/// Maglev table size: a prime well above 100 x endpoints for typical clusters.
+const MAGLEV_SIZE: u64 = 65_537;
+
+/// What a request offers the hash policies.
+#[derive(Debug)]
+pub(crate) struct PickContext<'a> {
+    pub(crate) client: IpAddr,
+    pub(crate) path: &'a str,
+    pub(crate) headers: &'a HeaderMap,
+}
+
+#[derive(Debug)]
+enum HashKey {
+    SourceIp,
+    Path,
+    Header(http::HeaderName),
+    Cookie(Box<str>),
+}
+
+impl HashKey {
+    fn compile(p: Option<&config::HashPolicy>) -> HashKey {
+        match p.and_then(|p| p.key.as_ref()) {
+            Some(hash_policy::Key::Header(h)) => http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                .map(HashKey::Header)
+                .unwrap_or(HashKey::SourceIp),
+            Some(hash_policy::Key::Cookie(c)) => HashKey::Cookie(c.as_str().into()),
+            Some(hash_policy::Key::Path(true)) => HashKey::Path,
+            _ => HashKey::SourceIp,
+        }
+    }
+
+    fn hash(&self, ctx: &PickContext<'_>) -> Option<u64> {
+        let mut h = DefaultHasher::new();
+        match self {
+            HashKey::SourceIp => ctx.client.hash(&mut h),
+            HashKey::Path => ctx.path.hash(&mut h),
+            HashKey::Header(name) => ctx.headers.get(name)?.as_bytes().hash(&mut h),
+            HashKey::Cookie(name) => {
+                let value = ctx
+                    .headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .find_map(|kv| kv.trim().strip_prefix(&**name)?.strip_prefix('='))?;
+                value.hash(&mut h);
+            }
+        }
+        Some(h.finish())
+    }
+}
+
+fn hash_of(value: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+#[derive(Debug)]
+enum Strategy {
+    RoundRobin,
+    Random,
+    LeastRequest,
+    /// Sorted `(point, endpoint)`.
+    Ring(Box<[(u64, u32)]>),
+    /// Endpoint per slot.
+    Maglev(Box<[u32]>),
+}
+
+/// A cluster's endpoint chooser.
+#[derive(Debug)]
+pub(crate) struct Balancer {
+    strategy: Strategy,
+    key: HashKey,
+    /// Endpoint indexes in smooth weighted round-robin order (length = sum of weights);
+    /// also the weighted draw of RANDOM and LEAST_REQUEST.
+    schedule: Box<[u32]>,
+    weights: Box<[u32]>,
+    cursor: Arc<AtomicUsize>,
+    /// Requests in flight per endpoint (LEAST_REQUEST).
+    in_flight: Arc<[AtomicUsize]>,
+}
+
+/// Counts a request against its endpoint until dropped.
+#[derive(Debug)]
+pub(crate) struct Picked {
+    pub(crate) index: usize,
+    in_flight: Arc<[AtomicUsize]>,
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        if let Some(n) = self.in_flight.get(self.index) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Balancer {
+    /// `addresses` and `weights` in endpoint order; `cursor` is carried across swaps.
+    pub(crate) fn build(
+        policy: LbPolicy,
+        hash_policy: Option<&config::HashPolicy>,
+        addresses: &[String],
+        weights: &[u32],
+        cursor: Arc<AtomicUsize>,
+    ) -> Balancer {
+        let strategy = match policy {
+            LbPolicy::RoundRobin => Strategy::RoundRobin,
+            LbPolicy::Random => Strategy::Random,
+            LbPolicy::LeastRequest => Strategy::LeastRequest,
+            LbPolicy::RingHash => Strategy::Ring(ring(addresses, weights)),
+            LbPolicy::Maglev => Strategy::Maglev(maglev(addresses, weights)),
+        };
+        Balancer {
+            strategy,
+            key: HashKey::compile(hash_policy),
+            schedule: smooth_weighted_schedule(weights).into(),
+            weights: weights.into(),
+            cursor,
+            in_flight: (0..weights.len()).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    fn round_robin(&self) -> Option<usize> {
+        let slot = self.cursor.fetch_add(1, Ordering::Relaxed) % self.schedule.len().max(1);
+        self.schedule.get(slot).map(|i| *i as usize)
+    }
+
+    fn weighted_draw(&self) -> Option<usize> {
+        self.schedule.get(rand::random_range(0..self.schedule.len().max(1))).map(|i| *i as usize)
+    }
+
+    /// The endpoint for a request; `None` context (a retry) means "another one": round
+    /// robin for the hash policies.
+    pub(crate) fn pick(&self, ctx: Option<&PickContext<'_>>) -> Option<Picked> {
+        let index = match (&self.strategy, ctx) {
+            (Strategy::RoundRobin, _) => self.round_robin(),
+            (Strategy::Random, _) => self.weighted_draw(),
+            (Strategy::LeastRequest, _) => {
+                let (a, b) = (self.weighted_draw()?, self.weighted_draw()?);
+                let load = |i: usize| self.in_flight.get(i).map_or(0, |n| n.load(Ordering::Relaxed));
+                let weight = |i: usize| self.weights.get(i).copied().unwrap_or(1).max(1) as usize;
+                // Fewer requests per unit of weight wins; ties go to the first draw.
+                Some(if load(b) * weight(a) < load(a) * weight(b) { b } else { a })
+            }
+            (Strategy::Ring(points), Some(ctx)) => match self.key.hash(ctx) {
+                Some(h) if !points.is_empty() => {
+                    let i = points.partition_point(|(p, _)| *p < h) % points.len();
+                    points.get(i).map(|(_, e)| *e as usize)
+                }
+                _ => self.round_robin(),
+            },
+            (Strategy::Maglev(table), Some(ctx)) => match self.key.hash(ctx) {
+                Some(h) if !table.is_empty() => table.get((h % table.len() as u64) as usize).map(|e| *e as usize),
+                _ => self.round_robin(),
+            },
+            (Strategy::Ring(_) | Strategy::Maglev(_), None) => self.round_robin(),
+        }?;
+        let n = self.in_flight.get(index)?;
+        n.fetch_add(1, Ordering::Relaxed);
+        Some(Picked { index, in_flight: self.in_flight.clone() })
+    }
+}
+
+/// nginx's smooth weighted round robin, unrolled once: weights 5,1,1 give
+/// `a a b a c a a`, spreading each endpoint's turns instead of bunching them.
+pub(crate) fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u32> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, w) in weights.iter().enumerate() {
+            current[i] += i64::from(*w);
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(u32::try_from(best).unwrap_or(0));
+    }
+    out
+}
+
+/// Virtual nodes by weight, scaled down to fit `MAX_RING_POINTS`.
+fn ring(addresses: &[String], weights: &[u32]) -> Box<[(u64, u32)]> {
+    let total: u64 = weights.iter().map(|w| u64::from(*w) * POINTS_PER_WEIGHT).sum::<u64>().max(1);
+    let scale = (MAX_RING_POINTS as f64 / total as f64).min(1.0);
+    let mut points = Vec::new();
+    for (i, (addr, w)) in addresses.iter().zip(weights).enumerate() {
+        let n = ((u64::from(*w) * POINTS_PER_WEIGHT) as f64 * scale).max(1.0) as u64;
+        for k in 0..n {
+            points.push((hash_of(&format!("{addr}#{k}")), u32::try_from(i).unwrap_or(0)));
+        }
+    }
+    points.sort_unstable();
+    points.into()
+}
+
+/// Maglev (Eisenbud et al., NSDI '16) with weights: each round, an endpoint claims as many
+/// of its preferred free slots as its weight.
+fn maglev(addresses: &[String], weights: &[u32]) -> Box<[u32]> {
+    let m = MAGLEV_SIZE;
+    let n = addresses.len();
+    if n == 0 {
+        return Box::new([]);
+    }
+    let perms: Vec<(u64, u64)> = addresses
+        .iter()
+        .map(|a| (hash_of(&format!("{a}/offset")) % m, hash_of(&format!("{a}/skip")) % (m - 1) + 1))
+        .collect();
+    let mut next = vec![0u64; n];
+    let mut table = vec![u32::MAX; m as usize];
+    let mut filled = 0u64;
+    'fill: loop {
+        for i in 0..n {
+            for _ in 0..weights.get(i).copied().unwrap_or(1).max(1) {
+                let (offset, skip) = perms[i];
+                let mut slot = (offset + next[i] * skip) % m;
+                while table[slot as usize] != u32::MAX {
+                    next[i] += 1;
+                    slot = (offset + next[i] * skip) % m;
+                }
+                table[slot as usize] = u32::try_from(i).unwrap_or(0);
+                next[i] += 1;
+                filled += 1;
+                if filled == m {
+                    break 'fill;
+                }
+            }
+        }
+    }
+    table.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("10.0.0.{i}:80")).collect()
+    }
+
+    fn ctx_for<'a>(headers: &'a HeaderMap, path: &'a str) -> PickContext<'a> {
+        PickContext { client: "192.0.2.1".parse().unwrap(), path, headers }
+    }
+
+    fn counts(b: &Balancer, n: usize, draws: usize) -> Vec<usize> {
+        let headers = HeaderMap::new();
+        let mut c = vec![0; n];
+        for i in 0..draws {
+            let path = format!("/k{i}");
+            let p = b.pick(Some(&ctx_for(&headers, &path))).unwrap();
+            c[p.index] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn smooth_schedule_spreads_weights() {
+        assert_eq!(smooth_weighted_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(smooth_weighted_schedule(&[3, 1]), vec![0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn weights_are_respected_by_every_policy() {
+        let weights = [1, 2, 5];
+        for policy in
+            [LbPolicy::RoundRobin, LbPolicy::Random, LbPolicy::LeastRequest, LbPolicy::RingHash, LbPolicy::Maglev]
+        {
+            let hash = config::HashPolicy { key: Some(hash_policy::Key::Path(true)) };
+            let b = Balancer::build(policy, Some(&hash), &addrs(3), &weights, Arc::default());
+            let c = counts(&b, 3, 16_000);
+            for (i, w) in weights.iter().enumerate() {
+                let share = c[i] as f64 / 16_000.0;
+                let want = f64::from(*w) / 8.0;
+                // Ring hash with 100 points per weight unit is the least even: allow 30% relative.
+                assert!(
+                    (share - want).abs() < want * 0.3,
+                    "{policy:?}: endpoint {i} got {share:.3}, want {want:.3} ({c:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hash_policies_keep_keys_and_move_about_one_nth_when_an_endpoint_goes() {
+        for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
+            let hash = config::HashPolicy { key: Some(hash_policy::Key::Path(true)) };
+            let five = Balancer::build(policy, Some(&hash), &addrs(5), &[1; 5], Arc::default());
+            let four = Balancer::build(policy, Some(&hash), &addrs(4), &[1; 4], Arc::default());
+            let headers = HeaderMap::new();
+            let (mut moved, keys) = (0, 10_000);
+            for k in 0..keys {
+                let path = format!("/user/{k}");
+                let a = five.pick(Some(&ctx_for(&headers, &path))).unwrap().index;
+                let again = five.pick(Some(&ctx_for(&headers, &path))).unwrap().index;
+                assert_eq!(a, again, "{policy:?}: a key stays on its endpoint");
+                let b = four.pick(Some(&ctx_for(&headers, &path))).unwrap().index;
+                if a != 4 && a != b {
+                    moved += 1;
+                }
+            }
+            // Keys of the removed endpoint must move (about 1/5); others should stay.
+            let moved_share = moved as f64 / keys as f64;
+            assert!(moved_share < 0.05, "{policy:?}: {moved_share:.3} of the remaining keys moved");
+        }
+    }
+
+    #[test]
+    fn least_request_avoids_a_busy_endpoint_and_counts_are_released() {
+        let b = Balancer::build(LbPolicy::LeastRequest, None, &addrs(2), &[1, 1], Arc::default());
+        let busy: Vec<Picked> = (0..50).filter_map(|_| b.pick(None)).filter(|p| p.index == 0).collect();
+        assert!(!busy.is_empty());
+        let c = counts(&b, 2, 1000);
+        assert!(c[1] > c[0] * 2, "the busy endpoint is avoided: {c:?}");
+        drop(busy);
+        assert_eq!(b.in_flight[0].load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn header_and_cookie_keys() {
+        let b = Balancer::build(
+            LbPolicy::Maglev,
+            Some(&config::HashPolicy { key: Some(hash_policy::Key::Cookie("session".into())) }),
+            &addrs(8),
+            &[1; 8],
+            Arc::default(),
+        );
+        let mut with = HeaderMap::new();
+        with.insert(http::header::COOKIE, "theme=dark; session=abc123".parse().unwrap());
+        let first = b.pick(Some(&ctx_for(&with, "/a"))).unwrap().index;
+        for path in ["/b", "/c", "/d"] {
+            assert_eq!(b.pick(Some(&ctx_for(&with, path))).unwrap().index, first);
+        }
+    }
+}
