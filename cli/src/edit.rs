@@ -95,6 +95,9 @@ pub(crate) struct ClusterAdd {
     endpoints: Vec<String>,
     #[arg(long, value_enum, default_value_t = Policy::RoundRobin)]
     lb_policy: Policy,
+    /// Circuit breaker: most requests in flight to the cluster (per node).
+    #[arg(long)]
+    max_requests: Option<u32>,
     /// Ring hash / Maglev: hash this request header (default: the client address).
     #[arg(long, group = "hash")]
     hash_header: Option<String>,
@@ -229,6 +232,9 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
                 } as i32,
                 retry_budget: None,
                 hash_policy: key.map(|key| vane_proto::config::HashPolicy { key: Some(key) }),
+                circuit_breaker: add
+                    .max_requests
+                    .map(|max_requests| vane_proto::config::CircuitBreaker { max_requests }),
             };
             admin.put(Resource { resource: Some(resource::Resource::Cluster(cluster)) }, add.dry_run).await
         }

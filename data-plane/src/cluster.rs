@@ -51,6 +51,8 @@ pub(crate) struct Cluster {
     load: Arc<Load>,
     budget_percent: f64,
     min_retry_concurrency: usize,
+    /// Circuit breaker: most requests in flight (0: no limit).
+    max_requests: usize,
 }
 
 #[derive(Debug, Default)]
@@ -80,9 +82,16 @@ impl Drop for RetryPermit {
 }
 
 impl Cluster {
-    pub(crate) fn start_request(&self) -> InFlight {
-        self.load.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.load.clone())
+    /// Counts a request in flight, or refuses it when the circuit breaker's limit is
+    /// reached (the name of the limit is returned).
+    pub(crate) fn start_request(&self) -> Result<InFlight, &'static str> {
+        let before = self.load.requests.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(self.load.clone());
+        if self.max_requests > 0 && before >= self.max_requests {
+            self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err("max_requests");
+        }
+        Ok(guard)
     }
 
     /// A retry, if the budget allows one now (counted in the metrics either way).
@@ -184,6 +193,7 @@ impl<'a> ClusterRegistry<'a> {
             load: old.map(|o| o.load.clone()).unwrap_or_default(),
             budget_percent: spec.retry_budget.as_ref().map_or(20.0, |b| b.budget_percent),
             min_retry_concurrency: spec.retry_budget.as_ref().map_or(3, |b| b.min_retry_concurrency as usize),
+            max_requests: spec.circuit_breaker.as_ref().map_or(0, |c| c.max_requests as usize),
             client,
             client_h2,
             protocol,

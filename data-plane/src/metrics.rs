@@ -91,6 +91,8 @@ pub(crate) struct ClusterStats {
     pub(crate) errors: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) retry_budget_exhausted: AtomicU64,
+    /// Requests the circuit breaker refused.
+    pub(crate) overloaded: AtomicU64,
 }
 
 /// Connections of one listener.
@@ -227,6 +229,7 @@ impl Metrics {
             ("vane_upstream_errors_total", "Requests failed by the upstream (reset, protocol error).", 2),
             ("vane_upstream_retries_total", "Retries sent.", 3),
             ("vane_upstream_retry_budget_exhausted_total", "Retries the budget refused.", 4),
+            ("vane_upstream_overloaded_total", "Requests the circuit breaker refused with 503.", 5),
         ] {
             header(out, name, "counter", help);
             for (cluster, stats) in &clusters {
@@ -235,7 +238,8 @@ impl Metrics {
                     1 => &stats.timeouts,
                     2 => &stats.errors,
                     3 => &stats.retries,
-                    _ => &stats.retry_budget_exhausted,
+                    4 => &stats.retry_budget_exhausted,
+                    _ => &stats.overloaded,
                 };
                 let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {}", escape(cluster), counter.load(Ordering::Relaxed));
             }

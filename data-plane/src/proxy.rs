@@ -44,6 +44,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_VANE_OVERLOADED: HeaderName = HeaderName::from_static("x-vane-overloaded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -577,7 +578,14 @@ async fn forward(
             | http::Method::DELETE
             | http::Method::TRACE
     );
-    let _in_flight = cluster.start_request();
+    let _in_flight = match cluster.start_request() {
+        Ok(guard) => guard,
+        Err(limit) => {
+            let mut response = local(StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded\n");
+            response.headers_mut().insert(X_VANE_OVERLOADED.clone(), HeaderValue::from_static(limit));
+            return (response, None);
+        }
+    };
     let mut endpoint = endpoint;
     let mut attempt: u32 = 0;
     let (result, tried_at) = loop {

@@ -405,3 +405,37 @@ async fn hash_policies_keep_a_user_on_one_backend_through_the_proxy() {
     }
     assert_eq!(seen.len(), 3, "users spread over every backend: {seen:?}");
 }
+
+#[tokio::test]
+async fn the_circuit_breaker_answers_503_at_once_beyond_max_requests() {
+    init_logs();
+    let serving = Serving::start(|e| {
+        config_yaml(&[("echo", &[e])], &[("all", "/", "echo")]).replacen(
+            "  - name: echo\n",
+            "  - name: echo\n    circuit_breaker: { max_requests: 2 }\n",
+            1,
+        )
+    })
+    .await;
+    let (web, echo) = (serving.web, &serving.echo);
+    // Two slow requests hold the two slots.
+    let before = echo.received();
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let client = HttpClient::default();
+            tokio::spawn(async move { client.get(web, "/slow?delay_ms=1000").await })
+        })
+        .collect();
+    eventually(Duration::from_secs(5), "both slow requests are upstream", || async {
+        (echo.received() >= before + 2).then_some(())
+    })
+    .await;
+    let refused = HttpClient::default().get(web, "/now").await.unwrap();
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.headers["x-vane-overloaded"], "max_requests");
+    assert_eq!(echo.received(), before + 2, "the refused request never went upstream");
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap().status, 200);
+    }
+    assert_eq!(HttpClient::default().get(web, "/after").await.unwrap().status, 200, "slots come back");
+}
