@@ -235,6 +235,7 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
                 circuit_breaker: add
                     .max_requests
                     .map(|max_requests| vane_proto::config::CircuitBreaker { max_requests }),
+                ..Default::default()
             };
             admin.put(Resource { resource: Some(resource::Resource::Cluster(cluster)) }, add.dry_run).await
         }

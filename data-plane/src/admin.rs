@@ -67,6 +67,32 @@ fn answer(shared: &NodeShared, req: &Request<Incoming>) -> Response<Full<Bytes>>
             response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
             response
         }
+        "/clusters" => {
+            // Each endpoint's health, as the balancer sees it now.
+            let runtime = shared.runtime.load_full();
+            let mut clusters = serde_json::Map::new();
+            if let Some(rt) = runtime.as_ref() {
+                for (name, cluster) in &rt.clusters {
+                    let endpoints: Vec<serde_json::Value> = cluster
+                        .health()
+                        .into_iter()
+                        .map(|(address, available, active, ejected_ms)| {
+                            serde_json::json!({
+                                "address": address,
+                                "available": available,
+                                "health_check_ok": active,
+                                "ejected_for_ms": ejected_ms,
+                            })
+                        })
+                        .collect();
+                    clusters.insert(name.to_string(), serde_json::Value::Array(endpoints));
+                }
+            }
+            let mut response =
+                Response::new(Full::new(Bytes::from(serde_json::Value::Object(clusters).to_string() + "\n")));
+            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            response
+        }
         "/metrics" => {
             let mut response = Response::new(Full::new(Bytes::from(render_metrics(shared))));
             response
@@ -74,7 +100,7 @@ fn answer(shared: &NodeShared, req: &Request<Incoming>) -> Response<Full<Bytes>>
                 .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
             response
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /ready, /config or /metrics\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /ready, /config, /clusters or /metrics\n"),
     }
 }
 

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::HeaderMap;
 use vane_proto::config::{self, cluster::LbPolicy, hash_policy};
 
+use crate::health::EndpointHealth;
+
 /// Ring points per unit of weight, and the most points a ring may hold.
 const POINTS_PER_WEIGHT: u64 = 100;
 const MAX_RING_POINTS: u64 = 100_000;
@@ -151,9 +153,48 @@ impl Balancer {
     }
 
     /// The endpoint for a request; `None` context (a retry) means "another one": round
-    /// robin for the hash policies.
-    pub(crate) fn pick(&self, ctx: Option<&PickContext<'_>>) -> Option<Picked> {
-        let index = match (&self.strategy, ctx) {
+    /// robin for the hash policies. Unavailable endpoints (ejected, failing checks) are
+    /// passed over unless fewer than `panic_percent` of them are available.
+    pub(crate) fn pick(
+        &self,
+        ctx: Option<&PickContext<'_>>,
+        health: &[Arc<EndpointHealth>],
+        panic_percent: u32,
+    ) -> Option<Picked> {
+        let first = self.choose(ctx)?;
+        let usable = |i: usize| health.get(i).is_none_or(|h| h.available());
+        let index = if usable(first) {
+            first
+        } else {
+            let available = health.iter().filter(|h| h.available()).count();
+            if available == 0 || (available * 100) < (panic_percent as usize * health.len()) {
+                first // panic: spread over every endpoint rather than overload the few
+            } else {
+                self.another(first, ctx, &usable).unwrap_or(first)
+            }
+        };
+        let n = self.in_flight.get(index)?;
+        n.fetch_add(1, Ordering::Relaxed);
+        Some(Picked { index, in_flight: self.in_flight.clone() })
+    }
+
+    /// The next usable endpoint after `first` in the policy's own order.
+    fn another(&self, first: usize, ctx: Option<&PickContext<'_>>, usable: &impl Fn(usize) -> bool) -> Option<usize> {
+        match (&self.strategy, ctx.and_then(|c| self.key.hash(c))) {
+            (Strategy::Ring(points), Some(h)) if !points.is_empty() => {
+                let start = points.partition_point(|(p, _)| *p < h);
+                (0..points.len()).map(|k| points[(start + k) % points.len()].1 as usize).find(|i| usable(*i))
+            }
+            (Strategy::Maglev(table), Some(h)) if !table.is_empty() => {
+                let start = (h % table.len() as u64) as usize;
+                (0..table.len()).map(|k| table[(start + k) % table.len()] as usize).find(|i| usable(*i))
+            }
+            _ => (0..self.schedule.len()).filter_map(|_| self.round_robin()).find(|i| *i != first && usable(*i)),
+        }
+    }
+
+    fn choose(&self, ctx: Option<&PickContext<'_>>) -> Option<usize> {
+        match (&self.strategy, ctx) {
             (Strategy::RoundRobin, _) => self.round_robin(),
             (Strategy::Random, _) => self.weighted_draw(),
             (Strategy::LeastRequest, _) => {
@@ -175,10 +216,7 @@ impl Balancer {
                 _ => self.round_robin(),
             },
             (Strategy::Ring(_) | Strategy::Maglev(_), None) => self.round_robin(),
-        }?;
-        let n = self.in_flight.get(index)?;
-        n.fetch_add(1, Ordering::Relaxed);
-        Some(Picked { index, in_flight: self.in_flight.clone() })
+        }
     }
 }
 
@@ -270,7 +308,7 @@ mod tests {
         let mut c = vec![0; n];
         for i in 0..draws {
             let path = format!("/k{i}");
-            let p = b.pick(Some(&ctx_for(&headers, &path))).unwrap();
+            let p = b.pick(Some(&ctx_for(&headers, &path)), &[], 50).unwrap();
             c[p.index] += 1;
         }
         c
@@ -313,10 +351,10 @@ mod tests {
             let (mut moved, keys) = (0, 10_000);
             for k in 0..keys {
                 let path = format!("/user/{k}");
-                let a = five.pick(Some(&ctx_for(&headers, &path))).unwrap().index;
-                let again = five.pick(Some(&ctx_for(&headers, &path))).unwrap().index;
+                let a = five.pick(Some(&ctx_for(&headers, &path)), &[], 50).unwrap().index;
+                let again = five.pick(Some(&ctx_for(&headers, &path)), &[], 50).unwrap().index;
                 assert_eq!(a, again, "{policy:?}: a key stays on its endpoint");
-                let b = four.pick(Some(&ctx_for(&headers, &path))).unwrap().index;
+                let b = four.pick(Some(&ctx_for(&headers, &path)), &[], 50).unwrap().index;
                 if a != 4 && a != b {
                     moved += 1;
                 }
@@ -330,7 +368,7 @@ mod tests {
     #[test]
     fn least_request_avoids_a_busy_endpoint_and_counts_are_released() {
         let b = Balancer::build(LbPolicy::LeastRequest, None, &addrs(2), &[1, 1], Arc::default());
-        let busy: Vec<Picked> = (0..50).filter_map(|_| b.pick(None)).filter(|p| p.index == 0).collect();
+        let busy: Vec<Picked> = (0..50).filter_map(|_| b.pick(None, &[], 50)).filter(|p| p.index == 0).collect();
         assert!(!busy.is_empty());
         let c = counts(&b, 2, 1000);
         assert!(c[1] > c[0] * 2, "the busy endpoint is avoided: {c:?}");
@@ -349,9 +387,9 @@ mod tests {
         );
         let mut with = HeaderMap::new();
         with.insert(http::header::COOKIE, "theme=dark; session=abc123".parse().unwrap());
-        let first = b.pick(Some(&ctx_for(&with, "/a"))).unwrap().index;
+        let first = b.pick(Some(&ctx_for(&with, "/a")), &[], 50).unwrap().index;
         for path in ["/b", "/c", "/d"] {
-            assert_eq!(b.pick(Some(&ctx_for(&with, path))).unwrap().index, first);
+            assert_eq!(b.pick(Some(&ctx_for(&with, path)), &[], 50).unwrap().index, first);
         }
     }
 }

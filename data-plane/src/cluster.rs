@@ -18,6 +18,7 @@ use vane_proto::config::{self, cluster::LbPolicy, cluster::UpstreamProtocol};
 
 use crate::balancer::{Balancer, PickContext, Picked};
 use crate::duration_or;
+use crate::health::{Checker, EndpointHealth, Outlier};
 use crate::metrics::ClusterStats;
 
 /// Connect timeout when a cluster sets none.
@@ -53,6 +54,11 @@ pub(crate) struct Cluster {
     min_retry_concurrency: usize,
     /// Circuit breaker: most requests in flight (0: no limit).
     max_requests: usize,
+    /// Per endpoint, in endpoint order; shared with the previous cluster by address.
+    health: Arc<[Arc<EndpointHealth>]>,
+    outlier: Option<Outlier>,
+    panic_percent: u32,
+    _checker: Option<Checker>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +88,26 @@ impl Drop for RetryPermit {
 }
 
 impl Cluster {
+    /// Feeds passive health with the outcome of one exchange with endpoint `index`.
+    pub(crate) fn report(&self, index: usize, failed: bool) {
+        if let Some(outlier) = &self.outlier {
+            outlier.report(&self.health, index, failed);
+        }
+    }
+
+    /// `(address, available, actively healthy, ms of ejection left)` per endpoint.
+    pub(crate) fn health(&self) -> Vec<(String, bool, bool, u64)> {
+        self.spec
+            .endpoints
+            .iter()
+            .zip(self.health.iter())
+            .map(|(e, h)| {
+                let (available, active, left) = h.describe();
+                (e.address.clone(), available, active, left)
+            })
+            .collect()
+    }
+
     /// Counts a request in flight, or refuses it when the circuit breaker's limit is
     /// reached (the name of the limit is returned).
     pub(crate) fn start_request(&self) -> Result<InFlight, &'static str> {
@@ -123,7 +149,7 @@ impl Cluster {
     /// Picks the endpoint for a request (`None`: a retry, any other endpoint). The
     /// returned guard counts the request against the endpoint until dropped.
     pub(crate) fn pick(&self, ctx: Option<&PickContext<'_>>) -> Option<(Picked, &Endpoint)> {
-        let picked = self.balancer.pick(ctx)?;
+        let picked = self.balancer.pick(ctx, &self.health, self.panic_percent)?;
         let endpoint = self.endpoints.get(picked.index)?;
         Some((picked, endpoint))
     }
@@ -160,6 +186,26 @@ impl<'a> ClusterRegistry<'a> {
         let weights: Vec<u32> = spec.endpoints.iter().map(|e| e.weight.max(1)).collect();
         let addresses: Vec<String> = spec.endpoints.iter().map(|e| e.address.clone()).collect();
         let cursor: Arc<AtomicUsize> = old.map(|o| o.cursor.clone()).unwrap_or_default();
+        let health: Arc<[Arc<EndpointHealth>]> = spec
+            .endpoints
+            .iter()
+            .map(|e| {
+                old.and_then(|o| {
+                    o.spec.endpoints.iter().position(|p| p.address == e.address).and_then(|i| o.health.get(i))
+                })
+                .cloned()
+                .unwrap_or_default()
+            })
+            .collect();
+        let checker = spec.health_check.as_ref().map(|hc| {
+            let targets = spec
+                .endpoints
+                .iter()
+                .zip(health.iter())
+                .filter_map(|(e, h)| Some((e.address.parse().ok()?, h.clone())))
+                .collect();
+            Checker::start(hc, targets)
+        });
         let balancer = Balancer::build(
             LbPolicy::try_from(spec.lb_policy).unwrap_or(LbPolicy::RoundRobin),
             spec.hash_policy.as_ref(),
@@ -194,6 +240,10 @@ impl<'a> ClusterRegistry<'a> {
             budget_percent: spec.retry_budget.as_ref().map_or(20.0, |b| b.budget_percent),
             min_retry_concurrency: spec.retry_budget.as_ref().map_or(3, |b| b.min_retry_concurrency as usize),
             max_requests: spec.circuit_breaker.as_ref().map_or(0, |c| c.max_requests as usize),
+            outlier: Outlier::compile(spec.outlier_detection.as_ref()),
+            panic_percent: spec.panic_threshold_percent.unwrap_or(50),
+            health,
+            _checker: checker,
             client,
             client_h2,
             protocol,

@@ -14,6 +14,7 @@ mod balancer;
 mod cache;
 mod cluster;
 mod discovery;
+mod health;
 mod listeners;
 mod metrics;
 #[cfg(feature = "otlp")]

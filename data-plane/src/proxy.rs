@@ -530,7 +530,7 @@ async fn forward(
     edits: &Edits<'_>,
     upgrade: Option<Upgrade>,
 ) -> (Response<InnerBody>, Option<(Authority, Duration, Option<HeaderValue>)>) {
-    let Some((mut upstream, endpoint, mut _picked)) = upstream_request(req, cluster, peer, edits.trusted) else {
+    let Some((mut upstream, endpoint, mut picked)) = upstream_request(req, cluster, peer, edits.trusted) else {
         return (local(StatusCode::BAD_REQUEST, "bad request\n"), None);
     };
     if let Some((protocol, _)) = &upgrade {
@@ -597,6 +597,9 @@ async fn forward(
             cluster.client_for(upstream.version())
         };
         let result = tokio::time::timeout(per_try, client.request(upstream)).await;
+        // Passive health sees every try: 5xx, connect failures, resets and timeouts count.
+        let failed = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
+        cluster.report(picked.index, failed);
         let cause = match &result {
             Ok(Ok(response)) => policy.and_then(|p| p.on_status(response.status())),
             Ok(Err(error)) if error.is_connect() => Some(RetryOn::ConnectFailure),
@@ -619,8 +622,8 @@ async fn forward(
         debug!(route = %route.name, cluster = %cluster.name, attempt, ?cause, "retrying");
         let pause = p.backoff_for(attempt).min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(pause).await;
-        let Some((picked, next)) = cluster.pick(None) else { break (result, sent) };
-        _picked = picked;
+        let Some((next_picked, next)) = cluster.pick(None) else { break (result, sent) };
+        picked = next_picked;
         let mut parts = t.clone().into_parts().0;
         parts.uri = match Uri::builder()
             .scheme(http::uri::Scheme::HTTP)

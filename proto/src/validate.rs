@@ -120,6 +120,22 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             Ok(_) => {}
             Err(_) => v.err("cluster", &name, "lb_policy", format!("unknown policy {}", c.lb_policy)),
         }
+        if let Some(od) = &c.outlier_detection {
+            v.duration("cluster", &name, "outlier_detection.base_ejection_time", od.base_ejection_time.as_ref());
+            if od.max_ejection_percent > 100 {
+                v.err("cluster", &name, "outlier_detection.max_ejection_percent", "must be at most 100".into());
+            }
+        }
+        if let Some(hc) = &c.health_check {
+            v.duration("cluster", &name, "health_check.interval", hc.interval.as_ref());
+            v.duration("cluster", &name, "health_check.timeout", hc.timeout.as_ref());
+            if !hc.http_path.is_empty() {
+                v.path("cluster", &name, "health_check.http_path", &hc.http_path);
+            }
+        }
+        if c.panic_threshold_percent.is_some_and(|p| p > 100) {
+            v.err("cluster", &name, "panic_threshold_percent", "must be at most 100".into());
+        }
         if let Some(b) = &c.retry_budget
             && !(0.0..=100.0).contains(&b.budget_percent)
         {

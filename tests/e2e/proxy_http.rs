@@ -439,3 +439,62 @@ async fn the_circuit_breaker_answers_503_at_once_beyond_max_requests() {
     }
     assert_eq!(HttpClient::default().get(web, "/after").await.unwrap().status, 200, "slots come back");
 }
+
+#[tokio::test]
+async fn a_killed_endpoint_is_ejected_and_checked_back_in_after_it_restarts() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let e2 = EchoServer::start("echo-2", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let e2_addr = e2.addr();
+    let yaml = config_yaml(&[("pool", &[e1.addr(), e2_addr])], &[("all", "/", "pool")]).replacen(
+        "  - name: pool\n",
+        "  - name: pool\n    outlier_detection: { consecutive_errors: 2, base_ejection_time: 1s }\n\
+         \x20   health_check: { http_path: /health, interval: 0.1s, timeout: 0.2s, healthy_threshold: 1, unhealthy_threshold: 2 }\n",
+        1,
+    );
+    let yaml = yaml.replace(
+        "forward: { clusters: [{ name: pool }] }",
+        "forward: { clusters: [{ name: pool }], retry: { retry_on: [connect-failure, 5xx] } }",
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let admin = node.admin_addr().unwrap();
+    let client = HttpClient::default();
+    let available = |body: &str, addr: std::net::SocketAddr| -> Option<bool> {
+        let json: serde_json::Value = serde_json::from_str(body).ok()?;
+        json["pool"]
+            .as_array()?
+            .iter()
+            .find(|e| e["address"] == addr.to_string())
+            .and_then(|e| e["available"].as_bool())
+    };
+
+    drop(e2); // killed
+    // Idempotent requests are retried on the live endpoint: none fails, before or after ejection.
+    for _ in 0..20 {
+        let r = client.get(web, "/x").await.unwrap();
+        assert_eq!((r.status.as_u16(), r.backend()), (200, "echo-1"));
+    }
+    eventually(Duration::from_secs(5), "echo-2 is out of rotation", || async {
+        let body = client.get(admin, "/clusters").await.ok()?.body;
+        (available(&body, e2_addr) == Some(false)).then_some(())
+    })
+    .await;
+
+    // Restarted on the same address: the health check brings it back.
+    let e2 = EchoServer::start("echo-2", e2_addr).await.unwrap();
+    eventually(Duration::from_secs(10), "echo-2 is back in rotation", || async {
+        let body = client.get(admin, "/clusters").await.ok()?.body;
+        (available(&body, e2_addr) == Some(true)).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "echo-2 answers again", || async {
+        let r = client.get(web, "/y").await.ok()?;
+        (r.backend() == "echo-2").then_some(())
+    })
+    .await;
+    assert!(e2.received() > 0);
+}

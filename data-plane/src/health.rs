@@ -1,0 +1,167 @@
+//! Endpoint health: passive (outlier detection on live traffic) and active (periodic
+//! probes). Both feed one availability flag per endpoint that the balancer honours, unless
+//! too few endpoints are available (the panic threshold), in which case all are used.
+//!
+//! Health state belongs to an endpoint address, not to a snapshot: a cluster rebuilt by a
+//! swap keeps the state of the endpoints it still has.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tracing::{debug, info};
+use vane_proto::config;
+
+use crate::duration_or;
+
+/// Milliseconds since the first use in this process: a cheap clock for ejection deadlines.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One endpoint's health.
+#[derive(Debug)]
+pub(crate) struct EndpointHealth {
+    consecutive_errors: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    ejections: AtomicU32,
+    active_healthy: AtomicBool,
+}
+
+impl Default for EndpointHealth {
+    fn default() -> Self {
+        EndpointHealth {
+            consecutive_errors: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            active_healthy: AtomicBool::new(true),
+        }
+    }
+}
+
+impl EndpointHealth {
+    pub(crate) fn available(&self) -> bool {
+        self.active_healthy.load(Ordering::Relaxed) && !self.ejected()
+    }
+
+    fn ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+
+    /// For the admin endpoint: (available, actively healthy, ms of ejection left).
+    pub(crate) fn describe(&self) -> (bool, bool, u64) {
+        let left = self.ejected_until_ms.load(Ordering::Relaxed).saturating_sub(now_ms());
+        (self.available(), self.active_healthy.load(Ordering::Relaxed), left)
+    }
+}
+
+/// Passive health settings of a cluster.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outlier {
+    consecutive_errors: u32,
+    base_ms: u64,
+    max_percent: u32,
+}
+
+impl Outlier {
+    pub(crate) fn compile(od: Option<&config::OutlierDetection>) -> Option<Outlier> {
+        let od = od?;
+        Some(Outlier {
+            consecutive_errors: if od.consecutive_errors == 0 { 5 } else { od.consecutive_errors },
+            base_ms: u64::try_from(duration_or(od.base_ejection_time.as_ref(), Duration::from_secs(30)).as_millis())
+                .unwrap_or(u64::MAX),
+            max_percent: if od.max_ejection_percent == 0 { 10 } else { od.max_ejection_percent },
+        })
+    }
+
+    /// Records one exchange with endpoint `index`: a failure (5xx, connect failure) or not.
+    pub(crate) fn report(&self, all: &[Arc<EndpointHealth>], index: usize, failed: bool) {
+        let Some(h) = all.get(index) else { return };
+        if !failed {
+            h.consecutive_errors.store(0, Ordering::Relaxed);
+            return;
+        }
+        if h.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1 < self.consecutive_errors || h.ejected() {
+            return;
+        }
+        let out = all.iter().filter(|e| e.ejected()).count();
+        let cap = (all.len() * self.max_percent as usize / 100).max(1);
+        if out >= cap {
+            return;
+        }
+        let n = h.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        h.ejected_until_ms.store(now_ms() + self.base_ms.saturating_mul(u64::from(n)), Ordering::Relaxed);
+        h.consecutive_errors.store(0, Ordering::Relaxed);
+        info!(endpoint = index, ejections = n, "endpoint ejected");
+    }
+}
+
+/// Probes every endpoint of a cluster until dropped (the task is aborted with it).
+#[derive(Debug)]
+pub(crate) struct Checker(tokio::task::JoinHandle<()>);
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Checker {
+    pub(crate) fn start(hc: &config::HealthCheck, endpoints: Vec<(SocketAddr, Arc<EndpointHealth>)>) -> Checker {
+        let interval = duration_or(hc.interval.as_ref(), Duration::from_secs(5));
+        let timeout = duration_or(hc.timeout.as_ref(), Duration::from_secs(2));
+        let rise = if hc.healthy_threshold == 0 { 2 } else { hc.healthy_threshold };
+        let fall = if hc.unhealthy_threshold == 0 { 3 } else { hc.unhealthy_threshold };
+        let path = hc.http_path.clone();
+        let host = hc.host.clone();
+        let expected: Vec<u16> = hc.expected_statuses.iter().filter_map(|s| u16::try_from(*s).ok()).collect();
+        let task = tokio::spawn(async move {
+            let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            // Consecutive results per endpoint: positive successes, negative failures.
+            let mut streaks = vec![0i64; endpoints.len()];
+            loop {
+                for (i, (addr, health)) in endpoints.iter().enumerate() {
+                    let ok = if path.is_empty() {
+                        matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)))
+                    } else {
+                        let authority = if host.is_empty() { addr.to_string() } else { host.clone() };
+                        let req = http::Request::get(format!("http://{addr}{path}"))
+                            .header(http::header::HOST, authority)
+                            .header(http::header::USER_AGENT, "vane-health-check")
+                            .body(Empty::new());
+                        match req {
+                            Ok(req) => match tokio::time::timeout(timeout, client.request(req)).await {
+                                Ok(Ok(resp)) => {
+                                    let s = resp.status().as_u16();
+                                    if expected.is_empty() { (200..400).contains(&s) } else { expected.contains(&s) }
+                                }
+                                _ => false,
+                            },
+                            Err(_) => false,
+                        }
+                    };
+                    let streak = &mut streaks[i];
+                    *streak = if ok { (*streak).max(0) + 1 } else { (*streak).min(0) - 1 };
+                    let healthy = health.active_healthy.load(Ordering::Relaxed);
+                    if healthy && *streak <= -i64::from(fall) {
+                        health.active_healthy.store(false, Ordering::Relaxed);
+                        info!(%addr, "endpoint unhealthy");
+                    } else if !healthy && *streak >= i64::from(rise) {
+                        health.active_healthy.store(true, Ordering::Relaxed);
+                        info!(%addr, "endpoint healthy again");
+                    }
+                    debug!(%addr, ok, "health check");
+                }
+                let jitter = interval.mul_f64(rand::random::<f64>() * 0.1);
+                tokio::time::sleep(interval + jitter).await;
+            }
+        });
+        Checker(task)
+    }
+}
