@@ -36,11 +36,15 @@ impl EchoServer {
         let received = Arc::new(AtomicU64::new(0));
         let counter = received.clone();
         let task = tokio::spawn(async move {
+            // Connections live in this set: aborting the server drops it and closes them all,
+            // as a killed process would.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
+                while connections.try_join_next().is_some() {}
                 let name = name.clone();
                 let counter = counter.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         counter.fetch_add(1, Ordering::Relaxed);
                         echo(name.clone(), req)

@@ -178,6 +178,12 @@ impl Balancer {
         Some(Picked { index, in_flight: self.in_flight.clone() })
     }
 
+    /// Counts a request against endpoint `index` chosen by other means (session affinity).
+    pub(crate) fn take(&self, index: usize) -> Option<Picked> {
+        self.in_flight.get(index)?.fetch_add(1, Ordering::Relaxed);
+        Some(Picked { index, in_flight: self.in_flight.clone() })
+    }
+
     /// The next usable endpoint after `first` in the policy's own order.
     fn another(&self, first: usize, ctx: Option<&PickContext<'_>>, usable: &impl Fn(usize) -> bool) -> Option<usize> {
         match (&self.strategy, ctx.and_then(|c| self.key.hash(c))) {

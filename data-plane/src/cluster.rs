@@ -20,6 +20,8 @@ use crate::balancer::{Balancer, PickContext, Picked};
 use crate::duration_or;
 use crate::health::{Checker, EndpointHealth, Outlier};
 use crate::metrics::ClusterStats;
+use crate::sticky::Sticky;
+use http::header::HeaderValue;
 
 /// Connect timeout when a cluster sets none.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,6 +61,7 @@ pub(crate) struct Cluster {
     outlier: Option<Outlier>,
     panic_percent: u32,
     _checker: Option<Checker>,
+    sticky: Option<Sticky>,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +156,31 @@ impl Cluster {
         let endpoint = self.endpoints.get(picked.index)?;
         Some((picked, endpoint))
     }
+
+    /// The affinity cookie naming endpoint `index`, when the cluster has affinity.
+    pub(crate) fn set_cookie_for(&self, index: usize) -> Option<HeaderValue> {
+        self.sticky.as_ref()?.set_cookie(index)
+    }
+
+    /// As `pick`, honouring session affinity: the endpoint the request's cookie names
+    /// while it is available. Also returns the `Set-Cookie` to send when the request
+    /// had no valid cookie or its endpoint is gone.
+    pub(crate) fn pick_sticky(&self, ctx: &PickContext<'_>) -> Option<(Picked, &Endpoint, Option<HeaderValue>)> {
+        let Some(sticky) = &self.sticky else {
+            let (p, e) = self.pick(Some(ctx))?;
+            return Some((p, e, None));
+        };
+        if let Some(index) = sticky.endpoint(ctx.headers)
+            && self.health.get(index).is_some_and(|h| h.available())
+            && let Some(picked) = self.balancer.take(index)
+        {
+            let endpoint = self.endpoints.get(index)?;
+            return Some((picked, endpoint, None));
+        }
+        let (picked, endpoint) = self.pick(Some(ctx))?;
+        let cookie = sticky.set_cookie(picked.index);
+        Some((picked, endpoint, cookie))
+    }
 }
 
 /// Builds clusters for a new snapshot, reusing what the previous runtime had: an
@@ -242,6 +270,7 @@ impl<'a> ClusterRegistry<'a> {
             max_requests: spec.circuit_breaker.as_ref().map_or(0, |c| c.max_requests as usize),
             outlier: Outlier::compile(spec.outlier_detection.as_ref()),
             panic_percent: spec.panic_threshold_percent.unwrap_or(50),
+            sticky: Sticky::compile(spec.sticky_session.as_ref(), &addresses),
             health,
             _checker: checker,
             client,

@@ -22,6 +22,7 @@ mod otel;
 mod proxy;
 mod router;
 mod runtime;
+mod sticky;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -363,7 +364,7 @@ pub mod bench {
 
         /// Rewrites a downstream request as the proxy does before sending it upstream.
         pub fn rewrite<B>(&self, req: http::Request<B>, peer: SocketAddr) -> Option<http::Request<B>> {
-            crate::proxy::upstream_request(req, &self.0, peer, false).map(|(r, _, _)| r)
+            crate::proxy::upstream_request(req, &self.0, peer, false).map(|(r, _, _, _)| r)
         }
     }
 }

@@ -530,7 +530,9 @@ async fn forward(
     edits: &Edits<'_>,
     upgrade: Option<Upgrade>,
 ) -> (Response<InnerBody>, Option<(Authority, Duration, Option<HeaderValue>)>) {
-    let Some((mut upstream, endpoint, mut picked)) = upstream_request(req, cluster, peer, edits.trusted) else {
+    let Some((mut upstream, endpoint, mut picked, mut set_cookie)) =
+        upstream_request(req, cluster, peer, edits.trusted)
+    else {
         return (local(StatusCode::BAD_REQUEST, "bad request\n"), None);
     };
     if let Some((protocol, _)) = &upgrade {
@@ -623,6 +625,8 @@ async fn forward(
         let pause = p.backoff_for(attempt).min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(pause).await;
         let Some((next_picked, next)) = cluster.pick(None) else { break (result, sent) };
+        // A retry moved the request: the affinity cookie should name where it went.
+        set_cookie = cluster.set_cookie_for(next_picked.index).or(set_cookie);
         picked = next_picked;
         let mut parts = t.clone().into_parts().0;
         parts.uri = match Uri::builder()
@@ -670,6 +674,9 @@ async fn forward(
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol);
     }
+    if let Some(cookie) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
     if !rules.1.is_empty() {
         rules.1.apply(&mut parts.headers, &vars);
     }
@@ -683,10 +690,10 @@ pub(crate) fn upstream_request<B>(
     cluster: &Cluster,
     peer: SocketAddr,
     trusted: bool,
-) -> Option<(Request<B>, Authority, Picked)> {
+) -> Option<(Request<B>, Authority, Picked, Option<HeaderValue>)> {
     let (mut parts, body) = req.into_parts();
     let ctx = PickContext { client: peer.ip(), path: parts.uri.path(), headers: &parts.headers };
-    let (picked, endpoint) = cluster.pick(Some(&ctx))?;
+    let (picked, endpoint, set_cookie) = cluster.pick_sticky(&ctx)?;
     let (_, version) = cluster.client_for(parts.version);
     // gRPC over HTTP/2 announces trailer support; it is the one TE value that may pass.
     let te_trailers = version == Version::HTTP_2
@@ -717,7 +724,7 @@ pub(crate) fn upstream_request<B>(
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
     }
-    Some((Request::from_parts(parts, body), endpoint.authority.clone(), picked))
+    Some((Request::from_parts(parts, body), endpoint.authority.clone(), picked, set_cookie))
 }
 
 /// `X-Forwarded-For/-Proto/-Host`, `Forwarded` (RFC 7239) and `Via`. From a trusted proxy

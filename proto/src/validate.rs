@@ -133,6 +133,23 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
                 v.path("cluster", &name, "health_check.http_path", &hc.http_path);
             }
         }
+        if let Some(st) = &c.sticky_session {
+            if st.secret.len() < 16 {
+                v.err("cluster", &name, "sticky_session.secret", "at least 16 characters are required".into());
+            }
+            if !st.cookie.is_empty() && !st.cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                v.err("cluster", &name, "sticky_session.cookie", format!("'{}' is not a cookie name", st.cookie));
+            }
+            if !st.path.is_empty() && (!st.path.starts_with('/') || st.path.contains([';', ' '])) {
+                v.err("cluster", &name, "sticky_session.path", format!("'{}' is not a cookie path", st.path));
+            }
+            // Cookie lifetimes are long-lived by nature: up to 400 days (browsers cap there).
+            if let Some(ttl) = &st.ttl
+                && (ttl.seconds <= 0 || ttl.seconds > 400 * 86_400)
+            {
+                v.err("cluster", &name, "sticky_session.ttl", "must be between 1s and 400 days".into());
+            }
+        }
         if c.panic_threshold_percent.is_some_and(|p| p > 100) {
             v.err("cluster", &name, "panic_threshold_percent", "must be at most 100".into());
         }

@@ -498,3 +498,56 @@ async fn a_killed_endpoint_is_ejected_and_checked_back_in_after_it_restarts() {
     .await;
     assert!(e2.received() > 0);
 }
+
+#[tokio::test]
+async fn sticky_sessions_keep_a_client_and_fail_over_with_a_new_cookie() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let e2 = EchoServer::start("echo-2", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = config_yaml(&[("app", &[e1.addr(), e2.addr()])], &[("all", "/", "app")]).replacen(
+        "  - name: app\n",
+        "  - name: app\n    sticky_session: { cookie: srv, ttl: 3600s, secret: 'a-secret-of-some-length' }\n    outlier_detection: { consecutive_errors: 1 }\n",
+        1,
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+    let first = client.get(web, "/").await.unwrap();
+    let set = first.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.starts_with("srv=") && set.contains("Max-Age=3600"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let home = first.backend().to_owned();
+    let with_cookie = |cookie: String| {
+        let client = client.clone();
+        async move {
+            let req = Request::get(format!("http://{web}/again"))
+                .header("cookie", cookie)
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            client.send(req).await.unwrap()
+        }
+    };
+    for _ in 0..6 {
+        let r = with_cookie(cookie.clone()).await;
+        assert_eq!(r.backend(), home, "round robin would alternate; affinity keeps the client");
+        assert!(r.headers.get("set-cookie").is_none(), "a valid cookie is not reissued");
+    }
+    // The sticky endpoint goes away: the client fails over and gets a new cookie.
+    let (gone, other) = if home == "echo-1" { (e1, e2) } else { (e2, e1) };
+    drop(gone);
+    let mut failed_over = None;
+    for _ in 0..4 {
+        let r = with_cookie(cookie.clone()).await;
+        if r.status == 200 {
+            assert_eq!(r.backend(), "echo-1".replace('1', if home == "echo-1" { "2" } else { "1" }));
+            failed_over = r.headers.get("set-cookie").map(|v| v.to_str().unwrap().to_owned());
+            break;
+        }
+    }
+    let reissued = failed_over.expect("a request failed over with a new cookie");
+    assert_ne!(reissued.split(';').next().unwrap(), cookie);
+    assert!(other.received() > 0);
+}
