@@ -310,6 +310,38 @@ fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpg
     });
 }
 
+/// Sends a bodiless copy of `req` to a shadow cluster in the background and discards the
+/// answer. The copy's Host gets `-shadow` so the shadow can tell mirrored traffic apart.
+fn mirror(shadow: Arc<Cluster>, req: &Request<UpstreamBody>, timeout: Duration) {
+    let Some((_picked, endpoint)) = shadow.pick(None) else { return };
+    let mut copy = Request::new(Counting { inner: None, counter: None, limit: 0, tripped: None });
+    *copy.method_mut() = req.method().clone();
+    *copy.version_mut() = Version::HTTP_11;
+    *copy.headers_mut() = req.headers().clone();
+    let Ok(uri) = Uri::builder()
+        .scheme(http::uri::Scheme::HTTP)
+        .authority(endpoint.authority.clone())
+        .path_and_query(
+            req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        )
+        .build()
+    else {
+        return;
+    };
+    *copy.uri_mut() = uri;
+    if let Some(host) = req.headers().get(header::HOST).and_then(|h| h.to_str().ok())
+        && let Ok(v) = HeaderValue::from_str(&format!("{host}-shadow"))
+    {
+        copy.headers_mut().insert(header::HOST, v);
+    }
+    tokio::spawn(async move {
+        let (client, _) = shadow.client_for(Version::HTTP_11);
+        let result = tokio::time::timeout(timeout, client.request(copy)).await;
+        debug!(cluster = %shadow.name, ok = matches!(result, Ok(Ok(_))), "mirrored");
+        drop(_picked);
+    });
+}
+
 /// `uri` with its path replaced, query kept.
 fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
     let pq = match uri.query() {
@@ -558,6 +590,12 @@ async fn forward(
     };
     if !rules.0.is_empty() {
         rules.0.apply(upstream.headers_mut(), &vars);
+    }
+    if let Some((shadow, percent)) = &route.mirror
+        && upstream.body().is_end_stream()
+        && (*percent >= 100 || rand::random_range(0..100) < *percent)
+    {
+        mirror(shadow.clone(), &upstream, route.timeout);
     }
     let started = Instant::now();
     let deadline = started + route.timeout;

@@ -71,6 +71,13 @@ impl Runtime {
             .collect();
         for (order, r) in config.routes.iter().enumerate() {
             let Some(m) = r.r#match.as_ref() else { continue };
+            let mirror = match &r.action {
+                Some(route::Action::Forward(f)) => f
+                    .mirror
+                    .as_ref()
+                    .and_then(|m| Some((clusters.get(m.cluster.as_str())?.clone(), m.percent.unwrap_or(100)))),
+                _ => None,
+            };
             let max_request_bytes = match &r.action {
                 Some(route::Action::Forward(f)) => f.max_request_bytes,
                 _ => 0,
@@ -113,6 +120,7 @@ impl Runtime {
                 action,
                 retry,
                 max_request_bytes,
+                mirror,
                 request_headers: HeaderRules::compile(r.request_headers.as_ref()),
                 response_headers: HeaderRules::compile(r.response_headers.as_ref()),
             });

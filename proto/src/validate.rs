@@ -345,6 +345,19 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
                         _ => v.err("route", &name, "forward.template_rewrite", "needs a template match".into()),
                     }
                 }
+                if let Some(mirror) = &f.mirror {
+                    if !clusters.contains(mirror.cluster.as_str()) {
+                        v.err(
+                            "route",
+                            &name,
+                            "forward.mirror.cluster",
+                            format!("unknown cluster '{}'", mirror.cluster),
+                        );
+                    }
+                    if mirror.percent.is_some_and(|p| p > 100) {
+                        v.err("route", &name, "forward.mirror.percent", "must be at most 100".into());
+                    }
+                }
                 if let Some(retry) = &f.retry {
                     for (j, cond) in retry.retry_on.iter().enumerate() {
                         if !matches!(

@@ -551,3 +551,55 @@ async fn sticky_sessions_keep_a_client_and_fail_over_with_a_new_cookie() {
     assert_ne!(reissued.split(';').next().unwrap(), cookie);
     assert!(other.received() > 0);
 }
+
+#[tokio::test]
+async fn a_95_5_canary_split_holds_within_statistical_error() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let stable = EchoServer::start("stable", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let canary = EchoServer::start("canary", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = config_yaml(&[("stable", &[stable.addr()]), ("canary", &[canary.addr()])], &[]).replace(
+        "routes:\n",
+        "routes:\n  - name: split\n    match: { prefix: / }\n    forward: { clusters: [{ name: stable, weight: 95 }, { name: canary, weight: 5 }] }\n",
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+    let n = 2000;
+    let mut to_canary = 0;
+    for _ in 0..n {
+        if client.get(web, "/").await.unwrap().backend() == "canary" {
+            to_canary += 1;
+        }
+    }
+    // Binomial(2000, 0.05): mean 100, sd ~9.7; 5 sd either side.
+    assert!((52..=148).contains(&to_canary), "{to_canary} of {n} went to the canary");
+}
+
+#[tokio::test]
+async fn requests_are_mirrored_to_a_shadow_cluster_whose_answers_are_discarded() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let live = EchoServer::start("live", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let shadow = EchoServer::start("shadow", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = config_yaml(&[("live", &[live.addr()]), ("shadow", &[shadow.addr()])], &[]).replace(
+        "routes:\n",
+        "routes:\n  - name: all\n    match: { prefix: / }\n    forward: { clusters: [{ name: live }], mirror: { cluster: shadow } }\n",
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+    for _ in 0..5 {
+        let r = client.get(web, "/x?status=200").await.unwrap();
+        assert_eq!(r.backend(), "live", "the client only ever sees the live answer");
+    }
+    eventually(Duration::from_secs(5), "the shadow received every request", || async {
+        (shadow.received() == 5).then_some(())
+    })
+    .await;
+    assert_eq!(live.received(), 5);
+}
