@@ -204,7 +204,7 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
             let endpoints = add
                 .endpoints
                 .iter()
-                .map(|e| weighted(e).map(|(address, weight)| Endpoint { address, weight }))
+                .map(|e| weighted(e).map(|(address, weight)| Endpoint { address, weight, priority: 0 }))
                 .collect::<anyhow::Result<_>>()?;
             let lb_policy = match add.lb_policy {
                 Policy::RoundRobin => vane_proto::config::cluster::LbPolicy::RoundRobin,

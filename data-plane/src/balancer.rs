@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::HeaderMap;
 use vane_proto::config::{self, cluster::LbPolicy, hash_policy};
 
-use crate::health::EndpointHealth;
-
 /// Ring points per unit of weight, and the most points a ring may hold.
 const POINTS_PER_WEIGHT: u64 = 100;
 const MAX_RING_POINTS: u64 = 100_000;
@@ -153,26 +151,11 @@ impl Balancer {
     }
 
     /// The endpoint for a request; `None` context (a retry) means "another one": round
-    /// robin for the hash policies. Unavailable endpoints (ejected, failing checks) are
-    /// passed over unless fewer than `panic_percent` of them are available.
-    pub(crate) fn pick(
-        &self,
-        ctx: Option<&PickContext<'_>>,
-        health: &[Arc<EndpointHealth>],
-        panic_percent: u32,
-    ) -> Option<Picked> {
+    /// robin for the hash policies. Endpoints `usable` refuses are passed over (the
+    /// cluster decides: health, priority level, panic mode).
+    pub(crate) fn pick(&self, ctx: Option<&PickContext<'_>>, usable: &dyn Fn(usize) -> bool) -> Option<Picked> {
         let first = self.choose(ctx)?;
-        let usable = |i: usize| health.get(i).is_none_or(|h| h.available());
-        let index = if usable(first) {
-            first
-        } else {
-            let available = health.iter().filter(|h| h.available()).count();
-            if available == 0 || (available * 100) < (panic_percent as usize * health.len()) {
-                first // panic: spread over every endpoint rather than overload the few
-            } else {
-                self.another(first, ctx, &usable).unwrap_or(first)
-            }
-        };
+        let index = if usable(first) { first } else { self.another(first, ctx, usable).unwrap_or(first) };
         let n = self.in_flight.get(index)?;
         n.fetch_add(1, Ordering::Relaxed);
         Some(Picked { index, in_flight: self.in_flight.clone() })
@@ -185,7 +168,7 @@ impl Balancer {
     }
 
     /// The next usable endpoint after `first` in the policy's own order.
-    fn another(&self, first: usize, ctx: Option<&PickContext<'_>>, usable: &impl Fn(usize) -> bool) -> Option<usize> {
+    fn another(&self, first: usize, ctx: Option<&PickContext<'_>>, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
         match (&self.strategy, ctx.and_then(|c| self.key.hash(c))) {
             (Strategy::Ring(points), Some(h)) if !points.is_empty() => {
                 let start = points.partition_point(|(p, _)| *p < h);
@@ -314,7 +297,7 @@ mod tests {
         let mut c = vec![0; n];
         for i in 0..draws {
             let path = format!("/k{i}");
-            let p = b.pick(Some(&ctx_for(&headers, &path)), &[], 50).unwrap();
+            let p = b.pick(Some(&ctx_for(&headers, &path)), &|_| true).unwrap();
             c[p.index] += 1;
         }
         c
@@ -357,10 +340,10 @@ mod tests {
             let (mut moved, keys) = (0, 10_000);
             for k in 0..keys {
                 let path = format!("/user/{k}");
-                let a = five.pick(Some(&ctx_for(&headers, &path)), &[], 50).unwrap().index;
-                let again = five.pick(Some(&ctx_for(&headers, &path)), &[], 50).unwrap().index;
+                let a = five.pick(Some(&ctx_for(&headers, &path)), &|_| true).unwrap().index;
+                let again = five.pick(Some(&ctx_for(&headers, &path)), &|_| true).unwrap().index;
                 assert_eq!(a, again, "{policy:?}: a key stays on its endpoint");
-                let b = four.pick(Some(&ctx_for(&headers, &path)), &[], 50).unwrap().index;
+                let b = four.pick(Some(&ctx_for(&headers, &path)), &|_| true).unwrap().index;
                 if a != 4 && a != b {
                     moved += 1;
                 }
@@ -374,7 +357,7 @@ mod tests {
     #[test]
     fn least_request_avoids_a_busy_endpoint_and_counts_are_released() {
         let b = Balancer::build(LbPolicy::LeastRequest, None, &addrs(2), &[1, 1], Arc::default());
-        let busy: Vec<Picked> = (0..50).filter_map(|_| b.pick(None, &[], 50)).filter(|p| p.index == 0).collect();
+        let busy: Vec<Picked> = (0..50).filter_map(|_| b.pick(None, &|_| true)).filter(|p| p.index == 0).collect();
         assert!(!busy.is_empty());
         let c = counts(&b, 2, 1000);
         assert!(c[1] > c[0] * 2, "the busy endpoint is avoided: {c:?}");
@@ -393,9 +376,9 @@ mod tests {
         );
         let mut with = HeaderMap::new();
         with.insert(http::header::COOKIE, "theme=dark; session=abc123".parse().unwrap());
-        let first = b.pick(Some(&ctx_for(&with, "/a")), &[], 50).unwrap().index;
+        let first = b.pick(Some(&ctx_for(&with, "/a")), &|_| true).unwrap().index;
         for path in ["/b", "/c", "/d"] {
-            assert_eq!(b.pick(Some(&ctx_for(&with, path)), &[], 50).unwrap().index, first);
+            assert_eq!(b.pick(Some(&ctx_for(&with, path)), &|_| true).unwrap().index, first);
         }
     }
 }

@@ -58,6 +58,9 @@ pub(crate) struct Cluster {
     max_requests: usize,
     /// Per endpoint, in endpoint order; shared with the previous cluster by address.
     health: Arc<[Arc<EndpointHealth>]>,
+    /// Priority of each endpoint, and the distinct levels, highest (lowest number) first.
+    priorities: Box<[u32]>,
+    levels: Box<[u32]>,
     outlier: Option<Outlier>,
     panic_percent: u32,
     _checker: Option<Checker>,
@@ -152,9 +155,40 @@ impl Cluster {
     /// Picks the endpoint for a request (`None`: a retry, any other endpoint). The
     /// returned guard counts the request against the endpoint until dropped.
     pub(crate) fn pick(&self, ctx: Option<&PickContext<'_>>) -> Option<(Picked, &Endpoint)> {
-        let picked = self.balancer.pick(ctx, &self.health, self.panic_percent)?;
+        let available = |i: usize| self.health.get(i).is_none_or(|h| h.available());
+        let total = self.health.len();
+        let up = (0..total).filter(|i| available(*i)).count();
+        // Panic: too few endpoints available anywhere: spread over all of them.
+        let panic = up == 0 || up * 100 < self.panic_percent as usize * total;
+        let picked = if panic {
+            self.balancer.pick(ctx, &|_| true)?
+        } else if self.levels.len() > 1 {
+            let level = self.choose_level(&available);
+            self.balancer.pick(ctx, &|i| self.priorities.get(i) == Some(&level) && available(i))?
+        } else {
+            self.balancer.pick(ctx, &available)?
+        };
         let endpoint = self.endpoints.get(picked.index)?;
         Some((picked, endpoint))
+    }
+
+    /// The priority level for a request: level P takes min(1, 1.4 x its healthy share) of
+    /// what reaches it; the rest spills to the next level.
+    fn choose_level(&self, available: &dyn Fn(usize) -> bool) -> u32 {
+        let mut last_with_any = self.levels.first().copied().unwrap_or(0);
+        for level in &*self.levels {
+            let members: Vec<usize> = (0..self.priorities.len()).filter(|i| self.priorities[*i] == *level).collect();
+            let up = members.iter().filter(|i| available(**i)).count();
+            if up == 0 {
+                continue;
+            }
+            last_with_any = *level;
+            let load = (1.4 * up as f64 / members.len() as f64).min(1.0);
+            if rand::random::<f64>() < load {
+                return *level;
+            }
+        }
+        last_with_any
     }
 
     /// The affinity cookie naming endpoint `index`, when the cluster has affinity.
@@ -271,6 +305,13 @@ impl<'a> ClusterRegistry<'a> {
             outlier: Outlier::compile(spec.outlier_detection.as_ref()),
             panic_percent: spec.panic_threshold_percent.unwrap_or(50),
             sticky: Sticky::compile(spec.sticky_session.as_ref(), &addresses),
+            priorities: spec.endpoints.iter().map(|e| e.priority).collect(),
+            levels: {
+                let mut levels: Vec<u32> = spec.endpoints.iter().map(|e| e.priority).collect();
+                levels.sort_unstable();
+                levels.dedup();
+                levels.into()
+            },
             health,
             _checker: checker,
             client,
@@ -291,7 +332,7 @@ mod tests {
             endpoints: weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| config::Endpoint { address: format!("127.0.0.1:{}", 9000 + i), weight: *w })
+                .map(|(i, w)| config::Endpoint { address: format!("127.0.0.1:{}", 9000 + i), weight: *w, priority: 0 })
                 .collect(),
             ..Default::default()
         }

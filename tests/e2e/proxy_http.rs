@@ -603,3 +603,40 @@ async fn requests_are_mirrored_to_a_shadow_cluster_whose_answers_are_discarded()
     .await;
     assert_eq!(live.received(), 5);
 }
+
+#[tokio::test]
+async fn traffic_fails_over_to_the_next_priority_and_back() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let primary = EchoServer::start("primary", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let backup = EchoServer::start("backup", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let primary_addr = primary.addr();
+    let yaml = format!(
+        "listeners:\n  - {{ name: web, address: 127.0.0.1:0 }}\n\
+         clusters:\n  - name: app\n    health_check: {{ interval: 0.1s, timeout: 0.2s, healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
+         \x20   endpoints:\n      - {{ address: \"{primary_addr}\" }}\n      - {{ address: \"{}\", priority: 1 }}\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, forward: {{ clusters: [{{ name: app }}] }} }}\n",
+        backup.addr()
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+    for _ in 0..10 {
+        assert_eq!(client.get(web, "/").await.unwrap().backend(), "primary", "priority 0 takes everything");
+    }
+    drop(primary);
+    eventually(Duration::from_secs(5), "traffic spills to priority 1", || async {
+        (client.get(web, "/").await.ok()?.backend() == "backup").then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(client.get(web, "/").await.unwrap().backend(), "backup");
+    }
+    let _primary = EchoServer::start("primary", primary_addr).await.unwrap();
+    eventually(Duration::from_secs(5), "traffic returns to priority 0", || async {
+        (client.get(web, "/").await.ok()?.backend() == "primary").then_some(())
+    })
+    .await;
+}
