@@ -102,6 +102,19 @@ impl Outlier {
     }
 }
 
+/// One gRPC health check: SERVING is healthy; anything else, or no answer in time, is not.
+async fn grpc_check(addr: SocketAddr, service: &str, timeout: Duration) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?.connect().await.ok()?;
+        let response =
+            HealthClient::new(channel).check(HealthCheckRequest { service: service.to_owned() }).await.ok()?;
+        Some(response.into_inner().status == ServingStatus::Serving as i32)
+    };
+    matches!(tokio::time::timeout(timeout, check).await, Ok(Some(true)))
+}
+
 /// Probes every endpoint of a cluster until dropped (the task is aborted with it).
 #[derive(Debug)]
 pub(crate) struct Checker(tokio::task::JoinHandle<()>);
@@ -119,6 +132,7 @@ impl Checker {
         let rise = if hc.healthy_threshold == 0 { 2 } else { hc.healthy_threshold };
         let fall = if hc.unhealthy_threshold == 0 { 3 } else { hc.unhealthy_threshold };
         let path = hc.http_path.clone();
+        let grpc_service = hc.grpc_service.clone();
         let host = hc.host.clone();
         let expected: Vec<u16> = hc.expected_statuses.iter().filter_map(|s| u16::try_from(*s).ok()).collect();
         let task = tokio::spawn(async move {
@@ -127,7 +141,9 @@ impl Checker {
             let mut streaks = vec![0i64; endpoints.len()];
             loop {
                 for (i, (addr, health)) in endpoints.iter().enumerate() {
-                    let ok = if path.is_empty() {
+                    let ok = if let Some(service) = &grpc_service {
+                        grpc_check(*addr, service, timeout).await
+                    } else if path.is_empty() {
                         matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)))
                     } else {
                         let authority = if host.is_empty() { addr.to_string() } else { host.clone() };

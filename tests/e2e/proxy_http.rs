@@ -640,3 +640,67 @@ async fn traffic_fails_over_to_the_next_priority_and_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn grpc_health_checks_follow_the_serving_status() {
+    init_logs();
+    let upstream = TestControlPlane::start().await; // serves grpc.health.v1
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let yaml = format!(
+        "listeners:\n  - {{ name: web, address: 127.0.0.1:0 }}\n\
+         clusters:\n  - name: known\n    protocol: HTTP2\n    health_check: {{ grpc_service: vane.admin.v1.ConfigService, interval: 0.1s, healthy_threshold: 1, unhealthy_threshold: 1 }}\n    endpoints: [{{ address: \"{0}\" }}]\n\
+         \x20 - name: unknown\n    protocol: HTTP2\n    health_check: {{ grpc_service: no.such.Service, interval: 0.1s, healthy_threshold: 1, unhealthy_threshold: 1 }}\n    endpoints: [{{ address: \"{0}\" }}]\n",
+        upstream.addr
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let admin = node.admin_addr().unwrap();
+    let client = HttpClient::default();
+    let state = eventually(Duration::from_secs(5), "both checks have run", || async {
+        let json: serde_json::Value = serde_json::from_str(&client.get(admin, "/clusters").await.ok()?.body).ok()?;
+        let known = json["known"][0]["health_check_ok"].as_bool()?;
+        let unknown = json["unknown"][0]["health_check_ok"].as_bool()?;
+        (!unknown).then_some((known, unknown))
+    })
+    .await;
+    assert_eq!(state, (true, false));
+}
+
+#[tokio::test]
+async fn a_config_swap_keeps_sticky_clients_and_round_robin_position() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let e2 = EchoServer::start("echo-2", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let base = config_yaml(&[("app", &[e1.addr(), e2.addr()])], &[("all", "/", "app")]).replacen(
+        "  - name: app\n",
+        "  - name: app\n    sticky_session: { secret: 'another-secret-0123' }\n",
+        1,
+    );
+    cp.apply(&base).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+    let first = client.get(web, "/").await.unwrap();
+    let cookie = first.headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let home = first.backend().to_owned();
+    // An unrelated change (a new route) swaps the runtime; the cluster is unchanged.
+    cp.apply(&base.replace(
+        "routes:\n",
+        "routes:\n  - { name: extra, match: { exact: /extra }, direct_response: { status: 204 } }\n",
+    ))
+    .await
+    .unwrap();
+    wait_version(&node, 2).await;
+    for _ in 0..5 {
+        let req = Request::get(format!("http://{web}/"))
+            .header("cookie", cookie.clone())
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let r = client.send(req).await.unwrap();
+        assert_eq!(r.backend(), home, "affinity survives the swap");
+        assert!(r.headers.get("set-cookie").is_none());
+    }
+}
