@@ -89,8 +89,11 @@ async fn session(
 
 async fn apply(shared: &Arc<NodeShared>, config: &NodeConfig, snapshot: Snapshot) -> NodeMessage {
     let (version, nonce) = (snapshot.version, snapshot.nonce.clone());
-    let mut result =
-        shared.apply_snapshot(&snapshot).map_err(|errors| errors.into_iter().map(ValidationError::from).collect());
+    let applied = match shared.resolve(&snapshot).await {
+        Ok(()) => shared.apply_snapshot(&snapshot),
+        Err(errors) => Err(errors),
+    };
+    let mut result = applied.map_err(|errors| errors.into_iter().map(ValidationError::from).collect());
     if let (Ok(()), Some(dir)) = (&result, config.cache_dir.clone()) {
         let written = tokio::task::spawn_blocking(move || cache::write(&dir, &snapshot)).await;
         // The runtime is already serving; a cache failure is reported, not rolled back.

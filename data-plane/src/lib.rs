@@ -14,6 +14,7 @@ mod balancer;
 mod cache;
 mod cluster;
 mod discovery;
+mod dns;
 mod health;
 mod listeners;
 mod metrics;
@@ -97,6 +98,10 @@ pub(crate) struct NodeShared {
     /// When the node started, and when (ms after that) the control plane was last lost.
     pub(crate) started: Instant,
     pub(crate) lost_at_ms: AtomicU64,
+    /// Addresses of hostname endpoints, and the snapshot last applied (recompiled when
+    /// an address changes).
+    dns: Mutex<dns::Resolved>,
+    held_snapshot: Mutex<Option<Snapshot>>,
     #[cfg(feature = "otlp")]
     pub(crate) tracing: Option<otel::Tracing>,
 }
@@ -119,6 +124,22 @@ impl NodeShared {
             }]);
         }
         validate(config).map_err(|e| e.0)?;
+        // Hostname endpoints become their addresses (resolved beforehand by `resolve`).
+        let expanded = dns::expand(config, &self.dns.lock().unwrap_or_else(|p| p.into_inner()));
+        let compiled_config = expanded.as_ref().unwrap_or(config);
+        if let Some(e) = compiled_config
+            .clusters
+            .iter()
+            .flat_map(|c| c.endpoints.iter().map(move |e| (c, e)))
+            .find(|(_, e)| e.address.parse::<SocketAddr>().is_err())
+        {
+            return Err(vec![ConfigError {
+                kind: "cluster",
+                name: e.0.name.clone(),
+                field: "endpoints".into(),
+                message: format!("'{}' is not resolved yet", e.1.address),
+            }]);
+        }
         let mut access_logs = HashMap::new();
         let mut errors = Vec::new();
         for l in &config.listeners {
@@ -145,7 +166,7 @@ impl NodeShared {
             runtime::Runtime::compile(
                 snapshot.version,
                 snapshot.sha256.clone(),
-                config,
+                compiled_config,
                 &prepared.ids,
                 previous.as_deref(),
                 metrics,
@@ -155,8 +176,50 @@ impl NodeShared {
         self.runtime.store(Some(Arc::new(runtime)));
         listeners.commit(prepared, self);
         self.swaps.fetch_add(1, Ordering::Relaxed);
+        *self.held_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot.clone());
         info!(version = snapshot.version, "snapshot applied");
         Ok(())
+    }
+
+    /// Resolves the snapshot's hostname endpoints into the DNS cache; a name that does not
+    /// resolve is an error (the snapshot is NACKed).
+    pub(crate) async fn resolve(&self, snapshot: &Snapshot) -> Result<(), Vec<ConfigError>> {
+        let Some(config) = &snapshot.config else { return Ok(()) };
+        let (names, _) = dns::hostnames(config);
+        if names.is_empty() {
+            return Ok(());
+        }
+        let resolved = dns::resolve(config, &names).await?;
+        self.dns.lock().unwrap_or_else(|p| p.into_inner()).extend(resolved);
+        Ok(())
+    }
+
+    /// Re-resolves the held snapshot's hostnames now and then; recompiles on a change.
+    async fn refresh_dns(self: Arc<Self>) {
+        loop {
+            let held = self.held_snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let (names, rate) = held.as_ref().and_then(|s| s.config.as_ref()).map(dns::hostnames).unwrap_or_default();
+            tokio::time::sleep(rate.unwrap_or(Duration::from_secs(30))).await;
+            let (Some(snapshot), false) = (held, names.is_empty()) else { continue };
+            let Some(config) = &snapshot.config else { continue };
+            let Ok(resolved) = dns::resolve(config, &names).await else {
+                // Keep the last good answers; the endpoints stay as they were.
+                warn!("dns refresh failed; keeping the previous addresses");
+                continue;
+            };
+            let changed = {
+                let mut cache = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+                let changed = resolved.iter().any(|(k, v)| cache.get(k) != Some(v));
+                cache.extend(resolved);
+                changed
+            };
+            if changed {
+                match self.apply_snapshot(&snapshot) {
+                    Ok(()) => info!(version = snapshot.version, "recompiled after a dns change"),
+                    Err(errors) => warn!(?errors, "recompile after a dns change failed"),
+                }
+            }
+        }
     }
 
     /// `(version, sha256)` of the runtime held, `(0, "")` for none.
@@ -203,12 +266,19 @@ impl Node {
             access_logs: accesslog::Sinks::default(),
             started: Instant::now(),
             lost_at_ms: AtomicU64::new(0),
+            dns: Mutex::default(),
+            held_snapshot: Mutex::default(),
             #[cfg(feature = "otlp")]
             tracing,
         });
         if let Some(dir) = &config.cache_dir {
             match cache::read(dir) {
-                Ok(Some(snapshot)) => match shared.apply_snapshot(&snapshot) {
+                Ok(Some(snapshot)) => match async {
+                    shared.resolve(&snapshot).await?;
+                    shared.apply_snapshot(&snapshot)
+                }
+                .await
+                {
                     Ok(()) => {
                         shared.stale.store(true, Ordering::Relaxed);
                         info!(version = snapshot.version, "serving cached snapshot until the control plane answers");
@@ -228,6 +298,7 @@ impl Node {
             tasks.push(tokio::spawn(admin::serve(listener, shared.clone())));
         }
         tasks.push(tokio::spawn(discovery::run(shared.clone(), endpoint, config)));
+        tasks.push(tokio::spawn(shared.clone().refresh_dns()));
         Ok(Node { shared, admin_addr, tasks })
     }
 

@@ -171,10 +171,21 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             v.err("cluster", &name, "endpoints", "at least one endpoint is required".into());
         }
         let mut seen = HashSet::new();
+        let mut seen_names = HashSet::new();
         for (j, e) in c.endpoints.iter().enumerate() {
             let field = format!("endpoints[{j}].address");
             match e.address.parse::<SocketAddr>() {
-                Err(_) => v.err("cluster", &name, &field, format!("'{}' is not an ip:port address", e.address)),
+                Err(_) if hostname_port(&e.address) => {
+                    if !seen_names.insert(e.address.as_str()) {
+                        v.err("cluster", &name, &field, format!("{} is listed twice", e.address));
+                    }
+                }
+                Err(_) => v.err(
+                    "cluster",
+                    &name,
+                    &field,
+                    format!("'{}' is not an ip:port or hostname:port address", e.address),
+                ),
                 Ok(addr) if addr.port() == 0 => {
                     v.err("cluster", &name, &field, "port 0 is not a valid upstream port".into())
                 }
@@ -489,6 +500,12 @@ pub fn full_match_regex(re: &str) -> Result<regex::Regex, regex::Error> {
     regex::RegexBuilder::new(&format!("^(?:{re})$")).size_limit(REGEX_SIZE_LIMIT).build()
 }
 
+/// `hostname:port` with a valid DNS name and a non-zero port.
+fn hostname_port(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else { return false };
+    !host.starts_with('*') && host_pattern(host).is_ok() && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
 /// Checks a route host: `name.example`, or `*.example` for any name under it.
 fn host_pattern(h: &str) -> Result<(), &'static str> {
     let name = h.strip_prefix("*.").unwrap_or(h);
@@ -610,7 +627,10 @@ mod tests {
             "{errs:?}"
         );
         assert!(
-            errs.contains(&"cluster 'c': endpoints[0].address: '127.0.0.1' is not an ip:port address".to_string()),
+            errs.contains(
+                &"cluster 'c': endpoints[0].address: '127.0.0.1' is not an ip:port or hostname:port address"
+                    .to_string()
+            ),
             "{errs:?}"
         );
     }

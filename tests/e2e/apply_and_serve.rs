@@ -146,7 +146,10 @@ async fn invalid_configs_are_refused_with_the_field_and_the_previous_version_kee
     let cases = [
         (dangling, "route 'api': forward.clusters[0].name: unknown cluster 'nope'"),
         (duplicate, "cluster 'echo': name: duplicate cluster name"),
-        (bad_address, "cluster 'echo': endpoints[0].address: 'not-an-address' is not an ip:port address"),
+        (
+            bad_address,
+            "cluster 'echo': endpoints[0].address: 'not-an-address' is not an ip:port or hostname:port address",
+        ),
     ];
     for (i, (yaml, expected)) in cases.iter().enumerate() {
         // Through gRPC: INVALID_ARGUMENT naming the field.

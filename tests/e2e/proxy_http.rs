@@ -704,3 +704,32 @@ async fn a_config_swap_keeps_sticky_clients_and_round_robin_position() {
         assert!(r.headers.get("set-cookie").is_none());
     }
 }
+
+#[tokio::test]
+async fn endpoints_by_hostname_are_resolved_and_unresolvable_names_are_nacked() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let by_name = format!(
+        "listeners:\n  - {{ name: web, address: 127.0.0.1:0 }}\n\
+         clusters:\n  - {{ name: named, dns_refresh_rate: 0.2s, endpoints: [{{ address: \"localhost:{}\" }}] }}\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, forward: {{ clusters: [{{ name: named }}] }} }}\n",
+        e1.addr().port()
+    );
+    cp.apply(&by_name).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    assert_eq!(HttpClient::default().get(web, "/x").await.unwrap().backend(), "echo-1");
+    let clusters = HttpClient::default().get(node.admin_addr().unwrap(), "/clusters").await.unwrap().body;
+    assert!(clusters.contains(&format!("\"address\":\"127.0.0.1:{}\"", e1.addr().port())), "{clusters}");
+
+    cp.apply(&by_name.replace("localhost:", "no-such-host.invalid:")).await.unwrap();
+    eventually(Duration::from_secs(10), "the NACK names the endpoint", || async {
+        let out = vane(&cp.url(), &["nodes"]).await.stdout;
+        out.contains("cannot resolve").then_some(())
+    })
+    .await;
+    assert_eq!(node.version(), 1);
+    assert_eq!(HttpClient::default().get(web, "/x").await.unwrap().backend(), "echo-1", "version 1 keeps serving");
+}
