@@ -96,22 +96,21 @@ pub(crate) struct Balancer {
     schedule: Box<[u32]>,
     weights: Box<[u32]>,
     cursor: Arc<AtomicUsize>,
-    /// Requests in flight per endpoint (LEAST_REQUEST).
-    in_flight: Arc<[AtomicUsize]>,
+    /// Requests in flight per endpoint (LEAST_REQUEST); one counter per endpoint address,
+    /// shared with the previous balancer for the addresses it had.
+    in_flight: Arc<[Arc<AtomicUsize>]>,
 }
 
 /// Counts a request against its endpoint until dropped.
 #[derive(Debug)]
 pub(crate) struct Picked {
     pub(crate) index: usize,
-    in_flight: Arc<[AtomicUsize]>,
+    counter: Arc<AtomicUsize>,
 }
 
 impl Drop for Picked {
     fn drop(&mut self) {
-        if let Some(n) = self.in_flight.get(self.index) {
-            n.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.counter.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -123,6 +122,7 @@ impl Balancer {
         addresses: &[String],
         weights: &[u32],
         cursor: Arc<AtomicUsize>,
+        previous: Option<(&[String], &Balancer)>,
     ) -> Balancer {
         let strategy = match policy {
             LbPolicy::RoundRobin => Strategy::RoundRobin,
@@ -137,7 +137,15 @@ impl Balancer {
             schedule: smooth_weighted_schedule(weights).into(),
             weights: weights.into(),
             cursor,
-            in_flight: (0..weights.len()).map(|_| AtomicUsize::new(0)).collect(),
+            in_flight: addresses
+                .iter()
+                .map(|a| {
+                    previous
+                        .and_then(|(old, b)| old.iter().position(|o| o == a).and_then(|i| b.in_flight.get(i)))
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect(),
         }
     }
 
@@ -156,15 +164,14 @@ impl Balancer {
     pub(crate) fn pick(&self, ctx: Option<&PickContext<'_>>, usable: &dyn Fn(usize) -> bool) -> Option<Picked> {
         let first = self.choose(ctx)?;
         let index = if usable(first) { first } else { self.another(first, ctx, usable).unwrap_or(first) };
-        let n = self.in_flight.get(index)?;
-        n.fetch_add(1, Ordering::Relaxed);
-        Some(Picked { index, in_flight: self.in_flight.clone() })
+        self.take(index)
     }
 
     /// Counts a request against endpoint `index` chosen by other means (session affinity).
     pub(crate) fn take(&self, index: usize) -> Option<Picked> {
-        self.in_flight.get(index)?.fetch_add(1, Ordering::Relaxed);
-        Some(Picked { index, in_flight: self.in_flight.clone() })
+        let counter = self.in_flight.get(index)?.clone();
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some(Picked { index, counter })
     }
 
     /// The next usable endpoint after `first` in the policy's own order.
@@ -316,7 +323,7 @@ mod tests {
             [LbPolicy::RoundRobin, LbPolicy::Random, LbPolicy::LeastRequest, LbPolicy::RingHash, LbPolicy::Maglev]
         {
             let hash = config::HashPolicy { key: Some(hash_policy::Key::Path(true)) };
-            let b = Balancer::build(policy, Some(&hash), &addrs(3), &weights, Arc::default());
+            let b = Balancer::build(policy, Some(&hash), &addrs(3), &weights, Arc::default(), None);
             let c = counts(&b, 3, 16_000);
             for (i, w) in weights.iter().enumerate() {
                 let share = c[i] as f64 / 16_000.0;
@@ -334,8 +341,8 @@ mod tests {
     fn hash_policies_keep_keys_and_move_about_one_nth_when_an_endpoint_goes() {
         for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
             let hash = config::HashPolicy { key: Some(hash_policy::Key::Path(true)) };
-            let five = Balancer::build(policy, Some(&hash), &addrs(5), &[1; 5], Arc::default());
-            let four = Balancer::build(policy, Some(&hash), &addrs(4), &[1; 4], Arc::default());
+            let five = Balancer::build(policy, Some(&hash), &addrs(5), &[1; 5], Arc::default(), None);
+            let four = Balancer::build(policy, Some(&hash), &addrs(4), &[1; 4], Arc::default(), None);
             let headers = HeaderMap::new();
             let (mut moved, keys) = (0, 10_000);
             for k in 0..keys {
@@ -356,13 +363,33 @@ mod tests {
 
     #[test]
     fn least_request_avoids_a_busy_endpoint_and_counts_are_released() {
-        let b = Balancer::build(LbPolicy::LeastRequest, None, &addrs(2), &[1, 1], Arc::default());
+        let b = Balancer::build(LbPolicy::LeastRequest, None, &addrs(2), &[1, 1], Arc::default(), None);
         let busy: Vec<Picked> = (0..50).filter_map(|_| b.pick(None, &|_| true)).filter(|p| p.index == 0).collect();
         assert!(!busy.is_empty());
         let c = counts(&b, 2, 1000);
         assert!(c[1] > c[0] * 2, "the busy endpoint is avoided: {c:?}");
         drop(busy);
         assert_eq!(b.in_flight[0].load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn in_flight_counts_follow_addresses_into_a_rebuilt_balancer() {
+        let old_addrs = addrs(2);
+        let old = Balancer::build(LbPolicy::LeastRequest, None, &old_addrs, &[1, 1], Arc::default(), None);
+        let held = old.take(1).unwrap();
+        let mut new_addrs = addrs(3);
+        new_addrs.swap(0, 1);
+        let new = Balancer::build(
+            LbPolicy::LeastRequest,
+            None,
+            &new_addrs,
+            &[1, 1, 1],
+            Arc::default(),
+            Some((&old_addrs, &old)),
+        );
+        assert_eq!(new.in_flight[0].load(Ordering::Relaxed), 1, "10.0.0.1 still has its request in flight");
+        drop(held);
+        assert_eq!(new.in_flight[0].load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -373,6 +400,7 @@ mod tests {
             &addrs(8),
             &[1; 8],
             Arc::default(),
+            None,
         );
         let mut with = HeaderMap::new();
         with.insert(http::header::COOKIE, "theme=dark; session=abc123".parse().unwrap());

@@ -42,6 +42,8 @@ pub(crate) struct Cluster {
     pub(crate) name: Arc<str>,
     spec: config::Cluster,
     endpoints: Arc<[Endpoint]>,
+    /// Endpoint addresses as configured (after DNS expansion), in endpoint order.
+    addresses: Box<[String]>,
     balancer: Balancer,
     /// Round-robin position, carried across swaps while the cluster keeps its name.
     cursor: Arc<AtomicUsize>,
@@ -274,6 +276,7 @@ impl<'a> ClusterRegistry<'a> {
             &addresses,
             &weights,
             cursor.clone(),
+            old.map(|o| (o.addresses.as_ref(), &o.balancer)),
         );
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -305,6 +308,7 @@ impl<'a> ClusterRegistry<'a> {
             outlier: Outlier::compile(spec.outlier_detection.as_ref()),
             panic_percent: spec.panic_threshold_percent.unwrap_or(50),
             sticky: Sticky::compile(spec.sticky_session.as_ref(), &addresses),
+            addresses: addresses.clone().into(),
             priorities: spec.endpoints.iter().map(|e| e.priority).collect(),
             levels: {
                 let mut levels: Vec<u32> = spec.endpoints.iter().map(|e| e.priority).collect();

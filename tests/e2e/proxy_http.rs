@@ -733,3 +733,33 @@ async fn endpoints_by_hostname_are_resolved_and_unresolvable_names_are_nacked() 
     assert_eq!(node.version(), 1);
     assert_eq!(HttpClient::default().get(web, "/x").await.unwrap().backend(), "echo-1", "version 1 keeps serving");
 }
+
+#[tokio::test]
+async fn passive_ejection_bounds_the_failures_a_killed_endpoint_causes() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let e2 = EchoServer::start("echo-2", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let yaml = config_yaml(&[("pool", &[e1.addr(), e2.addr()])], &[("all", "/", "pool")]).replacen(
+        "  - name: pool\n",
+        "  - name: pool\n    outlier_detection: { consecutive_errors: 3, base_ejection_time: 30s, max_ejection_percent: 50 }\n",
+        1,
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+    drop(e2);
+    // No retries: the dead endpoint's turns fail until it has failed 3 times in a row,
+    // then it is out for 30 s and every request succeeds.
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(client.get(web, "/x").await.unwrap().status.as_u16());
+    }
+    let failures: Vec<usize> = statuses.iter().enumerate().filter(|(_, s)| **s != 200).map(|(i, _)| i).collect();
+    assert_eq!(failures.len(), 3, "exactly the failures that trigger the ejection: {statuses:?}");
+    assert!(failures.iter().all(|i| *i < 10), "all early: {statuses:?}");
+    let metrics = client.get(node.admin_addr().unwrap(), "/clusters").await.unwrap().body;
+    assert!(metrics.contains("\"available\":false"), "{metrics}");
+}
