@@ -30,6 +30,11 @@ pub struct EchoServer {
 impl EchoServer {
     /// Binds `addr` (port 0 for any) and serves until dropped.
     pub async fn start(name: &str, addr: SocketAddr) -> std::io::Result<EchoServer> {
+        EchoServer::start_with_delay(name, addr, Duration::ZERO).await
+    }
+
+    /// As `start`, answering every request only after `delay` (a slow backend).
+    pub async fn start_with_delay(name: &str, addr: SocketAddr, delay: Duration) -> std::io::Result<EchoServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let name: Arc<str> = name.into();
@@ -47,7 +52,11 @@ impl EchoServer {
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         counter.fetch_add(1, Ordering::Relaxed);
-                        echo(name.clone(), req)
+                        let name = name.clone();
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            echo(name, req).await
+                        }
                     });
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let _ = builder.serve_connection(TokioIo::new(stream), service).await;

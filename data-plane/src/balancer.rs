@@ -194,7 +194,15 @@ impl Balancer {
             (Strategy::RoundRobin, _) => self.round_robin(),
             (Strategy::Random, _) => self.weighted_draw(),
             (Strategy::LeastRequest, _) => {
-                let (a, b) = (self.weighted_draw()?, self.weighted_draw()?);
+                // Two distinct candidates when the cluster has them (a few redraws at most).
+                let a = self.weighted_draw()?;
+                let mut b = self.weighted_draw()?;
+                for _ in 0..3 {
+                    if b != a {
+                        break;
+                    }
+                    b = self.weighted_draw()?;
+                }
                 let load = |i: usize| self.in_flight.get(i).map_or(0, |n| n.load(Ordering::Relaxed));
                 let weight = |i: usize| self.weights.get(i).copied().unwrap_or(1).max(1) as usize;
                 // Fewer requests per unit of weight wins; ties go to the first draw.

@@ -763,3 +763,42 @@ async fn passive_ejection_bounds_the_failures_a_killed_endpoint_causes() {
     let metrics = client.get(node.admin_addr().unwrap(), "/clusters").await.unwrap().body;
     assert!(metrics.contains("\"available\":false"), "{metrics}");
 }
+
+#[tokio::test]
+async fn least_request_sends_most_traffic_away_from_a_slow_endpoint() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let fast = EchoServer::start("fast", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let slow =
+        EchoServer::start_with_delay("slow", ([127, 0, 0, 1], 0).into(), Duration::from_millis(200)).await.unwrap();
+    let yaml = config_yaml(&[("pool", &[fast.addr(), slow.addr()])], &[("all", "/", "pool")]).replacen(
+        "  - name: pool\n",
+        "  - name: pool\n    lb_policy: LEAST_REQUEST\n",
+        1,
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    // 8 clients, 25 requests each: the slow endpoint holds its requests longer, so the
+    // power-of-two choice keeps seeing it busier.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(tokio::spawn(async move {
+            let client = HttpClient::default();
+            let mut fast_hits = 0;
+            for _ in 0..25 {
+                if client.get(web, "/").await.unwrap().backend() == "fast" {
+                    fast_hits += 1;
+                }
+            }
+            fast_hits
+        }));
+    }
+    let mut fast_hits = 0;
+    for c in clients {
+        fast_hits += c.await.unwrap();
+    }
+    eprintln!("least request: {fast_hits} of 200 to the fast endpoint");
+    assert!(fast_hits >= 140, "{fast_hits} of 200 went to the fast endpoint (round robin would give 100)");
+}
