@@ -802,3 +802,65 @@ async fn least_request_sends_most_traffic_away_from_a_slow_endpoint() {
     eprintln!("least request: {fast_hits} of 200 to the fast endpoint");
     assert!(fast_hits >= 140, "{fast_hits} of 200 went to the fast endpoint (round robin would give 100)");
 }
+
+#[tokio::test]
+async fn weights_and_the_panic_threshold_seen_from_the_client() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("n1").await;
+    let heavy = EchoServer::start("heavy", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let light = EchoServer::start("light", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let third = EchoServer::start("third", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let weighted = format!(
+        "listeners:\n  - {{ name: web, address: 127.0.0.1:0 }}\n\
+         clusters:\n  - name: w\n    endpoints: [{{ address: \"{}\", weight: 3 }}, {{ address: \"{}\" }}]\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, forward: {{ clusters: [{{ name: w }}] }} }}\n",
+        heavy.addr(),
+        light.addr()
+    );
+    cp.apply(&weighted).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    let client = HttpClient::default();
+    let mut order = Vec::new();
+    for _ in 0..8 {
+        order.push(client.get(web, "/").await.unwrap().backend().to_owned());
+    }
+    assert_eq!(order.iter().filter(|b| *b == "heavy").count(), 6, "3:1 exactly over two rounds: {order:?}");
+
+    // Two of three endpoints die. With the default panic threshold (50%) the one left is
+    // below it, so traffic still goes to all three (most requests fail); with the
+    // threshold at 0 the survivor takes everything.
+    let (survivor, light_addr, third_addr) = (heavy.addr(), light.addr(), third.addr());
+    let cluster = |panic: &str| {
+        format!(
+            "listeners:\n  - {{ name: web, address: 127.0.0.1:0 }}\n\
+             clusters:\n  - name: w\n{panic}    health_check: {{ interval: 0.1s, timeout: 0.2s, healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
+             \x20   endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}, {{ address: \"{}\" }}]\n\
+             routes:\n  - {{ name: all, match: {{ prefix: / }}, forward: {{ clusters: [{{ name: w }}] }} }}\n",
+            survivor, light_addr, third_addr
+        )
+    };
+    drop(light);
+    drop(third);
+    cp.apply(&cluster("")).await.unwrap();
+    wait_version(&node, 2).await;
+    let admin = node.admin_addr().unwrap();
+    eventually(Duration::from_secs(5), "two endpoints fail their checks", || async {
+        let body = client.get(admin, "/clusters").await.ok()?.body;
+        (body.matches("\"health_check_ok\":false").count() == 2).then_some(())
+    })
+    .await;
+    let mut failed = 0;
+    for _ in 0..9 {
+        if client.get(web, "/").await.unwrap().status != 200 {
+            failed += 1;
+        }
+    }
+    assert!(failed >= 3, "in panic mode the dead endpoints still get traffic: {failed} of 9 failed");
+    cp.apply(&cluster("    panic_threshold_percent: 0\n")).await.unwrap();
+    wait_version(&node, 3).await;
+    for _ in 0..9 {
+        assert_eq!(client.get(web, "/").await.unwrap().backend(), "heavy", "without panic the survivor takes all");
+    }
+}
