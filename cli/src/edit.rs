@@ -234,7 +234,7 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
                 hash_policy: key.map(|key| vane_proto::config::HashPolicy { key: Some(key) }),
                 circuit_breaker: add
                     .max_requests
-                    .map(|max_requests| vane_proto::config::CircuitBreaker { max_requests }),
+                    .map(|max_requests| vane_proto::config::CircuitBreaker { max_requests, ..Default::default() }),
                 ..Default::default()
             };
             admin.put(Resource { resource: Some(resource::Resource::Cluster(cluster)) }, add.dry_run).await

@@ -58,6 +58,10 @@ pub(crate) struct Cluster {
     min_retry_concurrency: usize,
     /// Circuit breaker: most requests in flight (0: no limit).
     max_requests: usize,
+    /// Circuit breaker: exchanges at once, and how many may wait for one.
+    connections: Option<Arc<tokio::sync::Semaphore>>,
+    max_pending: usize,
+    max_retries: usize,
     /// Per endpoint, in endpoint order; shared with the previous cluster by address.
     health: Arc<[Arc<EndpointHealth>]>,
     /// Priority of each endpoint, and the distinct levels, highest (lowest number) first.
@@ -73,6 +77,8 @@ pub(crate) struct Cluster {
 struct Load {
     requests: AtomicUsize,
     retries: AtomicUsize,
+    /// Requests waiting for a connection slot.
+    pending: AtomicUsize,
 }
 
 /// Counts a request in flight until dropped.
@@ -96,6 +102,34 @@ impl Drop for RetryPermit {
 }
 
 impl Cluster {
+    /// A connection slot under `max_connections`: at once, or after waiting in the pending
+    /// queue until `deadline`. `Err` names the limit that refused the request.
+    pub(crate) async fn connection_slot(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, &'static str> {
+        let Some(semaphore) = &self.connections else { return Ok(None) };
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+            return Ok(Some(permit));
+        }
+        if self.load.pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending {
+            self.load.pending.fetch_sub(1, Ordering::Relaxed);
+            self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+            return Err("max_pending_requests");
+        }
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
+        let waited = tokio::time::timeout_at(deadline, semaphore.clone().acquire_owned()).await;
+        self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+        self.load.pending.fetch_sub(1, Ordering::Relaxed);
+        match waited {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            _ => {
+                self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                Err("max_connections")
+            }
+        }
+    }
+
     /// Feeds passive health with the outcome of one exchange with endpoint `index`.
     pub(crate) fn report(&self, index: usize, failed: bool) {
         if let Some(outlier) = &self.outlier {
@@ -131,7 +165,10 @@ impl Cluster {
     /// A retry, if the budget allows one now (counted in the metrics either way).
     pub(crate) fn try_retry(&self) -> Option<RetryPermit> {
         let requests = self.load.requests.load(Ordering::Relaxed);
-        let allowed = ((requests as f64 * self.budget_percent / 100.0) as usize).max(self.min_retry_concurrency);
+        let mut allowed = ((requests as f64 * self.budget_percent / 100.0) as usize).max(self.min_retry_concurrency);
+        if self.max_retries > 0 {
+            allowed = allowed.min(self.max_retries);
+        }
         if self.load.retries.fetch_add(1, Ordering::Relaxed) >= allowed {
             self.load.retries.fetch_sub(1, Ordering::Relaxed);
             self.stats.retry_budget_exhausted.fetch_add(1, Ordering::Relaxed);
@@ -305,6 +342,16 @@ impl<'a> ClusterRegistry<'a> {
             budget_percent: spec.retry_budget.as_ref().map_or(20.0, |b| b.budget_percent),
             min_retry_concurrency: spec.retry_budget.as_ref().map_or(3, |b| b.min_retry_concurrency as usize),
             max_requests: spec.circuit_breaker.as_ref().map_or(0, |c| c.max_requests as usize),
+            connections: spec
+                .circuit_breaker
+                .as_ref()
+                .filter(|c| c.max_connections > 0)
+                .map(|c| Arc::new(tokio::sync::Semaphore::new(c.max_connections as usize))),
+            max_pending: spec
+                .circuit_breaker
+                .as_ref()
+                .map_or(1024, |c| if c.max_pending_requests == 0 { 1024 } else { c.max_pending_requests as usize }),
+            max_retries: spec.circuit_breaker.as_ref().map_or(0, |c| c.max_retries as usize),
             outlier: Outlier::compile(spec.outlier_detection.as_ref()),
             panic_percent: spec.panic_threshold_percent.unwrap_or(50),
             sticky: Sticky::compile(spec.sticky_session.as_ref(), &addresses),

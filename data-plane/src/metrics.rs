@@ -93,6 +93,8 @@ pub(crate) struct ClusterStats {
     pub(crate) retry_budget_exhausted: AtomicU64,
     /// Requests the circuit breaker refused.
     pub(crate) overloaded: AtomicU64,
+    /// Requests waiting for a connection slot now (a gauge).
+    pub(crate) pending: AtomicU64,
 }
 
 /// Connections of one listener.
@@ -230,8 +232,9 @@ impl Metrics {
             ("vane_upstream_retries_total", "Retries sent.", 3),
             ("vane_upstream_retry_budget_exhausted_total", "Retries the budget refused.", 4),
             ("vane_upstream_overloaded_total", "Requests the circuit breaker refused with 503.", 5),
+            ("vane_upstream_pending_requests", "Requests waiting for a connection slot.", 6),
         ] {
-            header(out, name, "counter", help);
+            header(out, name, if get == 6 { "gauge" } else { "counter" }, help);
             for (cluster, stats) in &clusters {
                 let counter = match get {
                     0 => &stats.connect_failures,
@@ -239,7 +242,8 @@ impl Metrics {
                     2 => &stats.errors,
                     3 => &stats.retries,
                     4 => &stats.retry_budget_exhausted,
-                    _ => &stats.overloaded,
+                    5 => &stats.overloaded,
+                    _ => &stats.pending,
                 };
                 let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {}", escape(cluster), counter.load(Ordering::Relaxed));
             }

@@ -599,6 +599,14 @@ async fn forward(
     }
     let started = Instant::now();
     let deadline = started + route.timeout;
+    let _slot = match cluster.connection_slot(tokio::time::Instant::from_std(deadline)).await {
+        Ok(slot) => slot,
+        Err(limit) => {
+            let mut response = local(StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded\n");
+            response.headers_mut().insert(X_VANE_OVERLOADED.clone(), HeaderValue::from_static(limit));
+            return (response, None);
+        }
+    };
     let policy = route.retry.as_ref().filter(|_| upgrade.is_none());
     // What a retry is rebuilt from: only bodiless requests can be sent again.
     let template = policy.filter(|_| upstream.body().is_end_stream()).map(|_| {

@@ -864,3 +864,36 @@ async fn weights_and_the_panic_threshold_seen_from_the_client() {
         assert_eq!(client.get(web, "/").await.unwrap().backend(), "heavy", "without panic the survivor takes all");
     }
 }
+
+#[tokio::test]
+async fn connection_and_pending_limits_queue_then_refuse() {
+    init_logs();
+    let serving = Serving::start(|e| {
+        config_yaml(&[("echo", &[e])], &[("all", "/", "echo")]).replacen(
+            "  - name: echo\n",
+            "  - name: echo\n    circuit_breaker: { max_connections: 1, max_pending_requests: 1 }\n",
+            1,
+        )
+    })
+    .await;
+    let (web, echo) = (serving.web, &serving.echo);
+    let before = echo.received();
+    let first = tokio::spawn(async move { HttpClient::default().get(web, "/slow?delay_ms=800").await });
+    eventually(Duration::from_secs(5), "the first request holds the connection", || async {
+        (echo.received() > before).then_some(())
+    })
+    .await;
+    let second = tokio::spawn(async move { HttpClient::default().get(web, "/queued").await });
+    let admin = serving.node.admin_addr().unwrap();
+    eventually(Duration::from_secs(5), "the second request waits in the queue", || async {
+        let metrics = HttpClient::default().get(admin, "/metrics").await.ok()?.body;
+        metrics.contains("vane_upstream_pending_requests{cluster=\"echo\"} 1\n").then_some(())
+    })
+    .await;
+    // A third finds the queue full.
+    let third = HttpClient::default().get(web, "/third").await.unwrap();
+    assert_eq!(third.status, 503);
+    assert_eq!(third.headers["x-vane-overloaded"], "max_pending_requests");
+    assert_eq!(first.await.unwrap().unwrap().status, 200);
+    assert_eq!(second.await.unwrap().unwrap().status, 200, "the queued request went once the slot freed");
+}
