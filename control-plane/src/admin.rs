@@ -95,7 +95,7 @@ impl AdminService {
         derive: Derive<'_>,
     ) -> Result<ApplyResponse, AdminError> {
         let started = std::time::Instant::now();
-        let result = self.change_inner(author, expected_version, dry_run, label, derive).await;
+        let result = self.write(author, expected_version, dry_run, label, derive).await;
         let outcome = match &result {
             Ok(r) if r.unchanged => WriteOutcome::Unchanged,
             Ok(_) if dry_run => WriteOutcome::DryRun,
@@ -107,7 +107,8 @@ impl AdminService {
         result
     }
 
-    async fn change_inner(
+    /// The write itself, under the writer lock.
+    async fn write(
         &self,
         author: String,
         expected_version: u64,

@@ -69,7 +69,8 @@ pub(crate) struct Cluster {
     levels: Box<[u32]>,
     outlier: Option<Outlier>,
     panic_percent: u32,
-    _checker: Option<Checker>,
+    /// Active health checks; the task stops when the cluster is dropped.
+    checker: Option<Checker>,
     sticky: Option<Sticky>,
 }
 
@@ -194,6 +195,13 @@ impl Cluster {
     /// Picks the endpoint for a request (`None`: a retry, any other endpoint). The
     /// returned guard counts the request against the endpoint until dropped.
     pub(crate) fn pick(&self, ctx: Option<&PickContext<'_>>) -> Option<(Picked, &Endpoint)> {
+        // Without health checks or outlier detection every endpoint is always available:
+        // skip the per-request scan of health state.
+        if self.checker.is_none() && self.outlier.is_none() && self.levels.len() <= 1 {
+            let picked = self.balancer.pick(ctx, &|_| true)?;
+            let endpoint = self.endpoints.get(picked.index)?;
+            return Some((picked, endpoint));
+        }
         let available = |i: usize| self.health.get(i).is_none_or(|h| h.available());
         let total = self.health.len();
         let up = (0..total).filter(|i| available(*i)).count();
@@ -216,13 +224,18 @@ impl Cluster {
     fn choose_level(&self, available: &dyn Fn(usize) -> bool) -> u32 {
         let mut last_with_any = self.levels.first().copied().unwrap_or(0);
         for level in &*self.levels {
-            let members: Vec<usize> = (0..self.priorities.len()).filter(|i| self.priorities[*i] == *level).collect();
-            let up = members.iter().filter(|i| available(**i)).count();
+            let (mut members, mut up) = (0usize, 0usize);
+            for (i, p) in self.priorities.iter().enumerate() {
+                if p == level {
+                    members += 1;
+                    up += usize::from(available(i));
+                }
+            }
             if up == 0 {
                 continue;
             }
             last_with_any = *level;
-            let load = (1.4 * up as f64 / members.len() as f64).min(1.0);
+            let load = (1.4 * up as f64 / members as f64).min(1.0);
             if rand::random::<f64>() < load {
                 return *level;
             }
@@ -364,7 +377,7 @@ impl<'a> ClusterRegistry<'a> {
                 levels.into()
             },
             health,
-            _checker: checker,
+            checker,
             client,
             client_h2,
             protocol,

@@ -165,17 +165,14 @@ async fn futures_statuses(client: &HttpClient, web: SocketAddr, path: &str, n: u
 #[tokio::test]
 async fn a_client_trickling_its_headers_is_cut_off_at_the_deadline() {
     init_logs();
-    let cp = TestControlPlane::start().await;
-    let node = cp.node("n1").await;
-    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
-    let yaml = config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")]).replacen(
-        "    address: 127.0.0.1:0\n",
-        "    address: 127.0.0.1:0\n    request_headers_timeout: 1s\n",
-        1,
-    );
-    cp.apply(&yaml).await.unwrap();
-    wait_version(&node, 1).await;
-    let web = listener(&node, "web").await;
+    let Serving { cp: _cp, node: _node, echo: e1, web } = Serving::start(|e| {
+        config_yaml(&[("echo", &[e])], &[("all", "/", "echo")]).replacen(
+            "    address: 127.0.0.1:0\n",
+            "    address: 127.0.0.1:0\n    request_headers_timeout: 1s\n",
+            1,
+        )
+    })
+    .await;
     let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
     // One byte every 300 ms, 40 bytes at most (12 s): the proxy must hang up long before.
     let head = b"GET / HTTP/1.1\r\nHost: slow.example\r\nX-Slow: aaaaaaaaaaaaaaaa\r\n";
@@ -206,14 +203,11 @@ async fn a_client_trickling_its_headers_is_cut_off_at_the_deadline() {
 #[tokio::test]
 async fn bodies_over_the_route_limit_get_413() {
     init_logs();
-    let cp = TestControlPlane::start().await;
-    let node = cp.node("n1").await;
-    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
-    let mut yaml = config_yaml(&[("echo", &[e1.addr()])], &[]);
-    yaml.push_str("  - name: small\n    match: { prefix: / }\n    forward: { clusters: [{ name: echo }], max_request_bytes: 10 }\n");
-    cp.apply(&yaml).await.unwrap();
-    wait_version(&node, 1).await;
-    let web = listener(&node, "web").await;
+    let Serving { cp: _cp, node: _node, echo: e1, web } = Serving::start(|e| {
+        let mut yaml = config_yaml(&[("echo", &[e])], &[]);
+        yaml.push_str("  - name: small\n    match: { prefix: / }\n    forward: { clusters: [{ name: echo }], max_request_bytes: 10 }\n");
+        yaml
+    }).await;
     // Announced: refused before anything goes upstream.
     assert_eq!(raw_status(web, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world").await, 413);
     assert_eq!(e1.received(), 0);
@@ -228,14 +222,14 @@ async fn bodies_over_the_route_limit_get_413() {
 #[tokio::test]
 async fn an_unread_request_body_is_never_parsed_as_the_next_request() {
     init_logs();
-    let cp = TestControlPlane::start().await;
-    let node = cp.node("n1").await;
-    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
-    let mut yaml = config_yaml(&[("echo", &[e1.addr()])], &[("all", "/", "echo")]);
-    yaml.push_str("  - name: local\n    match: { exact: /local }\n    direct_response: { status: 200, body: local }\n");
-    cp.apply(&yaml).await.unwrap();
-    wait_version(&node, 1).await;
-    let web = listener(&node, "web").await;
+    let Serving { cp: _cp, node: _node, echo: e1, web } = Serving::start(|e| {
+        let mut yaml = config_yaml(&[("echo", &[e])], &[("all", "/", "echo")]);
+        yaml.push_str(
+            "  - name: local\n    match: { exact: /local }\n    direct_response: { status: 200, body: local }\n",
+        );
+        yaml
+    })
+    .await;
     // The direct response never reads the body; its bytes look like a request.
     let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
     let mut bytes =
