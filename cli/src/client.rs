@@ -85,7 +85,7 @@ impl Admin {
     pub(crate) async fn delete(&self, kind: &str, name: &str, dry_run: bool) -> anyhow::Result<()> {
         let kind = parse_kind(kind)?;
         if kind == Kind::Unspecified {
-            bail!("give the kind to delete: listener, route or cluster");
+            bail!("give the kind to delete: listener, route, cluster or certificate");
         }
         self.delete_kind(kind, name, dry_run).await
     }
@@ -189,8 +189,9 @@ fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
         "listener" | "listeners" => Kind::Listener,
         "route" | "routes" => Kind::Route,
         "cluster" | "clusters" => Kind::Cluster,
+        "certificate" | "certificates" | "cert" | "certs" => Kind::Certificate,
         "all" | "config" => Kind::Unspecified,
-        other => bail!("unknown kind '{other}': use listeners, routes, clusters or all"),
+        other => bail!("unknown kind '{other}': use listeners, routes, clusters, certificates or all"),
     })
 }
 

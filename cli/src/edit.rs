@@ -1,12 +1,16 @@
-//! One-resource commands (`vane route ...`, `vane cluster ...`) and `vane token new`.
+//! One-resource commands (`vane route ...`, `vane cluster ...`, `vane certificate ...`) and `vane token new`.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use vane_proto::admin::{Kind, Resource, resource};
 use vane_proto::config::cluster::UpstreamProtocol;
-use vane_proto::config::{Cluster, Endpoint, Forward, Route, RouteMatch, WeightedCluster, route, route_match};
+use vane_proto::config::data_source::Specifier;
+use vane_proto::config::{
+    Certificate, Cluster, DataSource, Endpoint, Forward, Route, RouteMatch, WeightedCluster, route, route_match,
+};
 
 use crate::client::Admin;
 
@@ -113,6 +117,47 @@ pub(crate) struct ClusterAdd {
     /// e.g. `2s`.
     #[arg(long, value_parser = humantime::parse_duration)]
     connect_timeout: Option<Duration>,
+    /// Speak TLS to the endpoints (verified against the system roots or --tls-ca-file).
+    #[arg(long)]
+    tls: bool,
+    /// Server name sent and verified (default: the endpoint host).
+    #[arg(long, requires = "tls")]
+    tls_sni: Option<String>,
+    /// PEM bundle of the CAs to trust for the endpoints, read here and stored inline.
+    #[arg(long, requires = "tls")]
+    tls_ca_file: Option<PathBuf>,
+    /// A certificate resource to present as the client certificate.
+    #[arg(long, requires = "tls")]
+    tls_client_certificate: Option<String>,
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertificateCommand {
+    /// Add a certificate, or replace the one of that name (rotation).
+    Add(CertificateAdd),
+    /// Delete a certificate (refused while a listener or cluster uses it).
+    Delete {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CertificateAdd {
+    name: String,
+    /// PEM chain, leaf first.
+    #[arg(long)]
+    cert: PathBuf,
+    /// PEM private key of the leaf.
+    #[arg(long)]
+    key: PathBuf,
+    /// Store the two paths, for every node to read from its own disk, instead of
+    /// the PEM content (which is then checked by the control plane at once).
+    #[arg(long)]
+    on_node: bool,
     #[arg(long)]
     dry_run: bool,
 }
@@ -235,11 +280,48 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
                 circuit_breaker: add
                     .max_requests
                     .map(|max_requests| vane_proto::config::CircuitBreaker { max_requests, ..Default::default() }),
+                tls: if add.tls {
+                    Some(vane_proto::config::UpstreamTls {
+                        sni: add.tls_sni.unwrap_or_default(),
+                        ca: add.tls_ca_file.as_deref().map(read_inline).transpose()?,
+                        client_certificate: add.tls_client_certificate.unwrap_or_default(),
+                    })
+                } else {
+                    None
+                },
                 ..Default::default()
             };
             admin.put(Resource { resource: Some(resource::Resource::Cluster(cluster)) }, add.dry_run).await
         }
     }
+}
+
+pub(crate) async fn certificate(admin: &Admin, command: CertificateCommand) -> anyhow::Result<()> {
+    match command {
+        CertificateCommand::Delete { name, dry_run } => admin.delete_kind(Kind::Certificate, &name, dry_run).await,
+        CertificateCommand::Add(add) => {
+            let source = |path: &Path| -> anyhow::Result<DataSource> {
+                if add.on_node {
+                    let absolute = std::path::absolute(path)?;
+                    Ok(DataSource { specifier: Some(Specifier::Filename(absolute.display().to_string())) })
+                } else {
+                    read_inline(path)
+                }
+            };
+            let certificate = Certificate {
+                name: add.name.clone(),
+                certificate_chain: Some(source(&add.cert)?),
+                private_key: Some(source(&add.key)?),
+            };
+            admin.put(Resource { resource: Some(resource::Resource::Certificate(certificate)) }, add.dry_run).await
+        }
+    }
+}
+
+/// A file's text as an inline data source.
+fn read_inline(path: &Path) -> anyhow::Result<DataSource> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(DataSource { specifier: Some(Specifier::InlineString(text)) })
 }
 
 pub(crate) fn token(command: TokenCommand) -> anyhow::Result<()> {

@@ -75,7 +75,8 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
-    /// Show resources: listeners, routes, clusters (or `all`).
+    /// Show resources: listeners, routes, clusters, certificates (or `all`). Private keys
+    /// given inline are shown as `<redacted sha256:...>`.
     Get {
         kind: String,
         name: Option<String>,
@@ -102,7 +103,7 @@ enum Command {
     },
     /// Remove one resource (a new version); refused while something refers to it.
     Delete {
-        /// listener, route or cluster.
+        /// listener, route, cluster or certificate.
         kind: String,
         name: String,
         #[arg(long)]
@@ -114,6 +115,9 @@ enum Command {
     /// Add, replace or delete one cluster.
     #[command(subcommand)]
     Cluster(edit::ClusterCommand),
+    /// Add, replace (rotate) or delete one TLS certificate.
+    #[command(subcommand, alias = "cert")]
+    Certificate(edit::CertificateCommand),
     /// Publish a new version whose config equals VERSION's.
     Rollback {
         /// The version to return to.
@@ -187,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete { kind, name, dry_run } => admin.delete(&kind, &name, dry_run).await,
         Command::Route(command) => edit::route(&admin, command).await,
         Command::Cluster(command) => edit::cluster(&admin, command).await,
+        Command::Certificate(command) => edit::certificate(&admin, command).await,
         Command::Rollback { target, dry_run, expected_version } => {
             admin.rollback(target, dry_run, expected_version.unwrap_or(0)).await
         }

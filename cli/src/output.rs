@@ -54,8 +54,14 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
                     .listeners
                     .iter()
                     .map(|l| {
-                        let protocol = Protocol::try_from(l.protocol).map_or("?", |p| p.as_str_name());
-                        vec![l.name.clone(), l.address.clone(), protocol.to_owned()]
+                        let mut protocol = Protocol::try_from(l.protocol).map_or("?", |p| p.as_str_name()).to_owned();
+                        if let Some(t) = &l.tls {
+                            protocol.push_str(&format!(" certs={}", t.certificates.join(",")));
+                        }
+                        if l.https_redirect_port != 0 {
+                            protocol.push_str(&format!(" ->https:{}", l.https_redirect_port));
+                        }
+                        vec![l.name.clone(), l.address.clone(), protocol]
                     })
                     .collect();
                 text.push_str(&table(&["LISTENER", "ADDRESS", "PROTOCOL"], rows));
@@ -122,9 +128,35 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
                     .collect();
                 text.push_str(&table(&["CLUSTER", "POLICY", "ENDPOINTS"], rows));
             }
+            if all || kind == Kind::Certificate {
+                let rows = config.certificates.iter().map(certificate_row).collect();
+                text.push_str(&table(&["CERTIFICATE", "NAMES", "NOT AFTER", "SOURCE"], rows));
+            }
             format!("# version {version}\n{text}")
         }
     }
+}
+
+/// Name, the leaf's DNS names and expiry (inline chains; files live on the nodes), source.
+fn certificate_row(c: &vane_proto::config::Certificate) -> Vec<String> {
+    use vane_proto::config::data_source::Specifier;
+    let (names, not_after, source) = match c.certificate_chain.as_ref().and_then(|s| s.specifier.as_ref()) {
+        Some(Specifier::InlineString(pem)) => {
+            let leaf = vane_proto::tls::parse_certificates(pem)
+                .ok()
+                .and_then(|certs| vane_proto::tls::inspect(&certs[0]).ok());
+            match leaf {
+                Some(info) => {
+                    let expiry = vane_proto::timestamp_from_unix_ms(info.not_after.saturating_mul(1000));
+                    (info.dns_names.join(","), timestamp(Some(&expiry)), "inline".to_owned())
+                }
+                None => ("?".into(), "?".into(), "inline".into()),
+            }
+        }
+        Some(Specifier::Filename(path)) => ("-".into(), "-".into(), format!("file {path}")),
+        None => ("-".into(), "-".into(), "-".into()),
+    };
+    vec![c.name.clone(), names, not_after, source]
 }
 
 pub(crate) fn nodes(response: &ListNodesResponse, out: Output) -> String {
@@ -192,6 +224,7 @@ fn resource_yaml(resource: Option<&Resource>) -> String {
         Some(resource::Resource::Listener(l)) => config.listeners.push(l),
         Some(resource::Resource::Route(r)) => config.routes.push(r),
         Some(resource::Resource::Cluster(c)) => config.clusters.push(c),
+        Some(resource::Resource::Certificate(c)) => config.certificates.push(c),
         None => return String::new(),
     }
     render(&config, Format::Yaml)
@@ -214,6 +247,7 @@ pub(crate) fn diff(response: &DiffResponse, out: Output) -> String {
                     Kind::Listener => "listener",
                     Kind::Route => "route",
                     Kind::Cluster => "cluster",
+                    Kind::Certificate => "certificate",
                     Kind::Unspecified => "resource",
                 });
                 text.push_str(&format!("{op} {kind} {}\n", change.name));

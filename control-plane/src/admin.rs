@@ -124,7 +124,8 @@ impl AdminService {
         }
         let empty = Config::default();
         let old = latest.as_ref().map_or(&empty, |p| &p.config);
-        let config = derive(old)?;
+        let mut config = derive(old)?;
+        restore_keys(&mut config, old)?;
         validate(&config).map_err(AdminError::Invalid)?;
         let mut summary = diff::summary(&diff::changes(old, &config));
         if let Some(label) = label {
@@ -199,7 +200,35 @@ fn select(config: Config, kind: Kind, name: Option<&str>) -> Config {
         } else {
             vec![]
         },
+        certificates: if keep(Kind::Certificate) {
+            config.certificates.into_iter().filter(|r| named(&r.name)).collect()
+        } else {
+            vec![]
+        },
     }
+}
+
+/// A config as admin clients see it: inline private keys replaced by placeholders.
+fn redacted(mut config: Config) -> Config {
+    vane_proto::tls::redact(&mut config);
+    config
+}
+
+/// Puts back the stored private keys that placeholders in `config` stand for.
+fn restore_keys(config: &mut Config, stored: &Config) -> Result<(), AdminError> {
+    vane_proto::tls::restore_redacted(config, stored).map_err(|missing| {
+        AdminError::Invalid(vane_proto::ValidationErrors(
+            missing
+                .into_iter()
+                .map(|(name, message)| vane_proto::ConfigError {
+                    kind: "certificate",
+                    name,
+                    field: "private_key".into(),
+                    message,
+                })
+                .collect::<Vec<_>>(),
+        ))
+    })
 }
 
 /// Replaces the resource of the same name, or appends it.
@@ -222,8 +251,11 @@ impl ConfigService for AdminService {
     async fn apply(&self, request: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
         let author = self.authorize(&request, Role::Write)?;
         let req = request.into_inner();
-        let config = req.config.unwrap_or_default();
+        let mut config = req.config.unwrap_or_default();
         // Refuse before queueing behind other writers.
+        if let Some(latest) = self.latest() {
+            restore_keys(&mut config, &latest.config)?;
+        }
         if let Err(errors) = validate(&config) {
             self.shared.stats.write(WriteOutcome::Invalid, std::time::Duration::ZERO);
             return Err(AdminError::Invalid(errors).into());
@@ -237,7 +269,7 @@ impl ConfigService for AdminService {
         let author = self.authorize(&request, Role::Write)?;
         let req = request.into_inner();
         let Some(Resource { resource: Some(resource) }) = req.resource else {
-            return Err(AdminError::BadRequest("put needs one listener, route or cluster").into());
+            return Err(AdminError::BadRequest("put needs one listener, route, cluster or certificate").into());
         };
         let derive: Derive<'_> = Box::new(move |old| {
             let mut config = old.clone();
@@ -245,6 +277,7 @@ impl ConfigService for AdminService {
                 resource::Resource::Listener(l) => upsert(&mut config.listeners, l, |l| &l.name),
                 resource::Resource::Route(r) => upsert(&mut config.routes, r, |r| &r.name),
                 resource::Resource::Cluster(c) => upsert(&mut config.clusters, c, |c| &c.name),
+                resource::Resource::Certificate(c) => upsert(&mut config.certificates, c, |c| &c.name),
             }
             Ok(config)
         });
@@ -265,6 +298,7 @@ impl ConfigService for AdminService {
                 Kind::Listener => remove(&mut config.listeners, &name, |l| &l.name),
                 Kind::Route => remove(&mut config.routes, &name, |r| &r.name),
                 Kind::Cluster => remove(&mut config.clusters, &name, |c| &c.name),
+                Kind::Certificate => remove(&mut config.certificates, &name, |c| &c.name),
                 Kind::Unspecified => false,
             };
             if found { Ok(config) } else { Err(AdminError::NotFound { kind: kind_name(kind), name }) }
@@ -288,7 +322,10 @@ impl ConfigService for AdminService {
 
     async fn validate(&self, request: Request<ValidateRequest>) -> Result<Response<ValidateResponse>, Status> {
         self.authorize(&request, Role::Read)?;
-        let config = request.into_inner().config.unwrap_or_default();
+        let mut config = request.into_inner().config.unwrap_or_default();
+        if let Some(latest) = self.latest() {
+            restore_keys(&mut config, &latest.config)?;
+        }
         let response = match validate(&config) {
             Ok(()) => ValidateResponse { valid: true, errors: vec![] },
             Err(errors) => ValidateResponse { valid: false, errors: errors.to_proto() },
@@ -298,9 +335,10 @@ impl ConfigService for AdminService {
 
     async fn diff(&self, request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
         self.authorize(&request, Role::Read)?;
-        let config = request.into_inner().config.unwrap_or_default();
+        let mut config = request.into_inner().config.unwrap_or_default();
         let (base_version, old) = self.config_at(0).await?;
-        let changes = diff::changes(&old, &config);
+        restore_keys(&mut config, &old)?;
+        let changes = diff::changes(&redacted(old), &redacted(config));
         let summary = diff::summary(&changes);
         Ok(Response::new(DiffResponse { base_version, changes, summary }))
     }
@@ -317,7 +355,7 @@ impl ConfigService for AdminService {
         if config == Config::default() {
             return Err(AdminError::NotFound { kind: kind_name(kind), name: req.name }.into());
         }
-        Ok(Response::new(GetResponse { version, config: Some(config) }))
+        Ok(Response::new(GetResponse { version, config: Some(redacted(config)) }))
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
@@ -325,7 +363,7 @@ impl ConfigService for AdminService {
         let req = request.into_inner();
         let kind = Kind::try_from(req.kind).unwrap_or(Kind::Unspecified);
         let (version, config) = self.config_at(req.version).await?;
-        Ok(Response::new(ListResponse { version, config: Some(select(config, kind, None)) }))
+        Ok(Response::new(ListResponse { version, config: Some(redacted(select(config, kind, None))) }))
     }
 
     async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<HistoryResponse>, Status> {

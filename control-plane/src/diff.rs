@@ -13,6 +13,14 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Vec<ResourceChange> {
     diff_kind(&mut out, Kind::Listener, &old.listeners, &new.listeners, |l| &l.name, resource::Resource::Listener);
     diff_kind(&mut out, Kind::Cluster, &old.clusters, &new.clusters, |c| &c.name, resource::Resource::Cluster);
     diff_kind(&mut out, Kind::Route, &old.routes, &new.routes, |r| &r.name, resource::Resource::Route);
+    diff_kind(
+        &mut out,
+        Kind::Certificate,
+        &old.certificates,
+        &new.certificates,
+        |c| &c.name,
+        resource::Resource::Certificate,
+    );
     out
 }
 
@@ -64,6 +72,7 @@ pub(crate) fn kind_name(kind: Kind) -> &'static str {
         Kind::Listener => "listener",
         Kind::Route => "route",
         Kind::Cluster => "cluster",
+        Kind::Certificate => "certificate",
     }
 }
 

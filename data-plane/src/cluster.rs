@@ -21,14 +21,16 @@ use crate::duration_or;
 use crate::health::{Checker, EndpointHealth, Outlier};
 use crate::metrics::ClusterStats;
 use crate::sticky::Sticky;
+use crate::tls::{self, UpstreamTls};
 use http::header::HeaderValue;
+use hyper_rustls::HttpsConnector;
 
 /// Connect timeout when a cluster sets none.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-pub(crate) type UpstreamClient = Client<HttpConnector, crate::proxy::UpstreamBody>;
+pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, crate::proxy::UpstreamBody>;
 
 /// One upstream endpoint, its authority prebuilt for request URIs.
 #[derive(Debug)]
@@ -72,6 +74,9 @@ pub(crate) struct Cluster {
     /// Active health checks; the task stops when the cluster is dropped.
     checker: Option<Checker>,
     sticky: Option<Sticky>,
+    /// `https` for TLS clusters: the connector originates TLS for those URIs.
+    pub(crate) scheme: http::uri::Scheme,
+    tls_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -282,9 +287,17 @@ impl<'a> ClusterRegistry<'a> {
     }
 
     /// A compiled cluster for a validated spec.
-    pub(crate) fn build(&self, spec: &config::Cluster, stats: Arc<ClusterStats>) -> Arc<Cluster> {
+    pub(crate) fn build(
+        &self,
+        spec: &config::Cluster,
+        stats: Arc<ClusterStats>,
+        tls: Option<&UpstreamTls>,
+    ) -> Arc<Cluster> {
         let old = self.previous.get(spec.name.as_str());
-        if let Some(old) = old.filter(|old| old.spec == *spec && Arc::ptr_eq(&old.stats, &stats)) {
+        let fingerprint = tls.map(|t| t.fingerprint.clone());
+        if let Some(old) =
+            old.filter(|old| old.spec == *spec && Arc::ptr_eq(&old.stats, &stats) && old.tls_fingerprint == fingerprint)
+        {
             return old.clone();
         }
         let endpoints: Vec<Endpoint> = spec
@@ -335,7 +348,7 @@ impl<'a> ClusterRegistry<'a> {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
-            .build(connector.clone());
+            .build(tls::connector(connector.clone(), tls, false));
         let client_h2 = (protocol != UpstreamProtocol::Http1).then(|| {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -343,7 +356,7 @@ impl<'a> ClusterRegistry<'a> {
                 .timer(TokioTimer::new())
                 .http2_only(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))
-                .build(connector)
+                .build(tls::connector(connector, tls, true))
         });
         Arc::new(Cluster {
             name: spec.name.as_str().into(),
@@ -382,6 +395,8 @@ impl<'a> ClusterRegistry<'a> {
             client_h2,
             protocol,
             stats,
+            scheme: if tls.is_some() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP },
+            tls_fingerprint: fingerprint,
         })
     }
 }
@@ -406,14 +421,14 @@ mod tests {
     async fn round_robin_cycles_and_cursor_survives_a_changed_cluster() {
         let empty = HashMap::new();
         let stats = Arc::new(ClusterStats::default());
-        let cluster = ClusterRegistry::new(&empty).build(&spec(&[1, 1, 1]), stats.clone());
+        let cluster = ClusterRegistry::new(&empty).build(&spec(&[1, 1, 1]), stats.clone(), None);
         let ports: Vec<u16> = (0..4).map(|_| cluster.pick(None).unwrap().1.authority.port_u16().unwrap()).collect();
         assert_eq!(ports, vec![9000, 9001, 9002, 9000]);
 
         let previous = HashMap::from([(cluster.name.clone(), cluster.clone())]);
-        let same = ClusterRegistry::new(&previous).build(&spec(&[1, 1, 1]), stats.clone());
+        let same = ClusterRegistry::new(&previous).build(&spec(&[1, 1, 1]), stats.clone(), None);
         assert!(Arc::ptr_eq(&same, &cluster), "an unchanged cluster is shared whole");
-        let changed = ClusterRegistry::new(&previous).build(&spec(&[1, 1, 2]), stats);
+        let changed = ClusterRegistry::new(&previous).build(&spec(&[1, 1, 2]), stats, None);
         assert!(!Arc::ptr_eq(&changed, &cluster));
         assert_eq!(changed.cursor.load(Ordering::Relaxed), 4, "the cursor is carried over");
     }

@@ -87,6 +87,16 @@ pub(crate) fn expand(config: &Config, resolved: &Resolved) -> Option<Config> {
     }
     let mut out = config.clone();
     for c in &mut out.clusters {
+        // TLS to a hostname endpoint sends and verifies that name unless told otherwise.
+        if let Some(tls) = c.tls.as_mut().filter(|t| t.sni.is_empty())
+            && let Some(host) = c
+                .endpoints
+                .iter()
+                .find(|e| e.address.parse::<SocketAddr>().is_err())
+                .and_then(|e| e.address.rsplit_once(':'))
+        {
+            tls.sni = host.0.to_owned();
+        }
         let mut endpoints = Vec::with_capacity(c.endpoints.len());
         for e in c.endpoints.drain(..) {
             match resolved.get(&e.address) {

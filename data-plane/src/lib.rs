@@ -24,6 +24,7 @@ mod proxy;
 mod router;
 mod runtime;
 mod sticky;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -102,6 +103,8 @@ pub(crate) struct NodeShared {
     /// an address changes).
     dns: Mutex<dns::Resolved>,
     held_snapshot: Mutex<Option<Snapshot>>,
+    /// TLS session caches and ticket keys of HTTPS listeners, kept across snapshots.
+    tls_sessions: tls::Sessions,
     #[cfg(feature = "otlp")]
     pub(crate) tracing: Option<otel::Tracing>,
 }
@@ -159,6 +162,7 @@ impl NodeShared {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let tls = tls::Material::load(compiled_config, &self.tls_sessions)?;
         let mut listeners = self.listeners();
         let prepared = listeners.prepare(&config.listeners)?;
         let previous = self.runtime.load_full();
@@ -171,6 +175,7 @@ impl NodeShared {
                 previous.as_deref(),
                 metrics,
                 &access_logs,
+                &tls,
             )
         });
         self.runtime.store(Some(Arc::new(runtime)));
@@ -268,6 +273,7 @@ impl Node {
             lost_at_ms: AtomicU64::new(0),
             dns: Mutex::default(),
             held_snapshot: Mutex::default(),
+            tls_sessions: tls::Sessions::default(),
             #[cfg(feature = "otlp")]
             tracing,
         });
@@ -404,8 +410,9 @@ pub mod bench {
             let slots: HashMap<String, u64> =
                 config.listeners.iter().enumerate().map(|(i, l)| (l.name.clone(), i as u64 + 1)).collect();
             let metrics = Metrics::default();
-            let runtime =
-                metrics.rebuild(|m| Runtime::compile(1, String::new(), config, &slots, None, m, &HashMap::new()));
+            let runtime = metrics.rebuild(|m| {
+                Runtime::compile(1, String::new(), config, &slots, None, m, &HashMap::new(), &Default::default())
+            });
             CompiledRoutes { runtime }
         }
 
@@ -425,7 +432,7 @@ pub mod bench {
 
     impl CompiledCluster {
         pub fn new(spec: &vane_proto::config::Cluster) -> CompiledCluster {
-            CompiledCluster(ClusterRegistry::new(&HashMap::new()).build(spec, Default::default()))
+            CompiledCluster(ClusterRegistry::new(&HashMap::new()).build(spec, Default::default(), None))
         }
 
         /// The port of the next endpoint.
@@ -435,7 +442,7 @@ pub mod bench {
 
         /// Rewrites a downstream request as the proxy does before sending it upstream.
         pub fn rewrite<B>(&self, req: http::Request<B>, peer: SocketAddr) -> Option<http::Request<B>> {
-            crate::proxy::upstream_request(req, &self.0, peer, false).map(|(r, _, _, _)| r)
+            crate::proxy::upstream_request(req, &self.0, peer, Default::default()).map(|(r, _, _, _)| r)
         }
     }
 }

@@ -6,7 +6,7 @@
 //! the snapshot no longer has. A stopped listener closes its socket at once; its open
 //! connections finish the requests in flight, then close (graceful shutdown).
 //!
-//! A listener whose address and protocol are unchanged keeps its socket and its slot id
+//! A listener whose address is unchanged keeps its socket and its slot id
 //! even when renamed; the runtime maps slot ids to routers, so connections always route
 //! with the newest runtime.
 
@@ -26,6 +26,7 @@ use vane_proto::config;
 
 use crate::metrics::ListenerStats;
 use crate::proxy;
+use crate::tls::TlsInfo;
 use crate::{NodeShared, duration_or};
 
 /// Time a client has to send a request's headers (slowloris guard).
@@ -46,7 +47,6 @@ struct Slot {
     id: u64,
     name: String,
     address: String,
-    protocol: i32,
     local: SocketAddr,
     stop: watch::Sender<bool>,
     stats: Arc<ListenerStats>,
@@ -80,9 +80,10 @@ impl Listeners {
         let mut taken: Vec<u64> = Vec::new();
         for l in wanted {
             let reusable = self.slots.iter().find(|s| {
+                // The protocol may change in place: each connection is served by what the
+                // runtime current at accept time says of the slot (TLS or not).
                 !taken.contains(&s.id)
                     && s.address == l.address
-                    && s.protocol == l.protocol
                     // A port-0 listener is only "the same" under the same name.
                     && (!ephemeral(&l.address) || s.name == l.name)
             });
@@ -146,16 +147,7 @@ impl Listeners {
                 }
                 Err(error) => warn!(listener = %spec.name, %error, "listener could not be registered"),
             }
-            self.slots.push(Slot {
-                id,
-                name: spec.name,
-                address: spec.address,
-                protocol: spec.protocol,
-                local,
-                stop,
-                stats,
-                header_timeout_ms,
-            });
+            self.slots.push(Slot { id, name: spec.name, address: spec.address, local, stop, stats, header_timeout_ms });
         }
     }
 
@@ -281,24 +273,36 @@ async fn accept_loop(
         }
         stats.total.fetch_add(1, Ordering::Relaxed);
         let open = OpenConnection::new(stats.clone());
-        let conn = proxy::Connection { shared: shared.clone(), slot, peer };
+        let mut conn = proxy::Connection { shared: shared.clone(), slot, peer, tls: None };
+        // TLS or not is what the runtime current now says of this slot.
+        let tls = shared.runtime.load().as_ref().and_then(|rt| rt.tls.get(&slot).cloned());
         let builder = builder.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
+        let stats = stats.clone();
         let span = info_span!("conn", %peer);
         tokio::spawn(
             async move {
-                let service = hyper::service::service_fn(move |req| conn.clone().handle(req));
-                let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                tokio::pin!(served);
-                let result = tokio::select! {
-                    result = served.as_mut() => result,
-                    () = stopped(&mut stop) => {
-                        served.as_mut().graceful_shutdown();
-                        served.await
+                match tls {
+                    None => serve(&builder, TokioIo::new(stream), conn, stop).await,
+                    Some(tls) => {
+                        let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
+                        // The handshake shares the header-read deadline (slowloris guard).
+                        match tokio::time::timeout(Duration::from_millis(ms), accept).await {
+                            Ok(Ok(stream)) => {
+                                stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                                conn.tls = Some(Arc::new(TlsInfo::of(stream.get_ref().1)));
+                                serve(&builder, TokioIo::new(stream), conn, stop).await;
+                            }
+                            Ok(Err(error)) => {
+                                stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                debug!(%error, "tls handshake failed");
+                            }
+                            Err(_) => {
+                                stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                debug!("tls handshake timed out");
+                            }
+                        }
                     }
-                };
-                if let Err(error) = result {
-                    debug!(%error, "connection ended with an error");
                 }
                 drop(open);
             }
@@ -306,4 +310,28 @@ async fn accept_loop(
         );
     }
     debug!("accept loop stopped");
+}
+
+/// Serves one connection (plain or TLS) until it ends or the listener stops.
+async fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    conn: proxy::Connection,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| conn.clone().handle(req));
+    let served = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(served);
+    let result = tokio::select! {
+        result = served.as_mut() => result,
+        () = stopped(&mut stop) => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(error) = result {
+        debug!(%error, "connection ended with an error");
+    }
 }

@@ -102,6 +102,9 @@ pub(crate) struct ClusterStats {
 pub(crate) struct ListenerStats {
     pub(crate) active: AtomicU64,
     pub(crate) total: AtomicU64,
+    /// TLS handshakes completed, and failed or timed out (HTTPS listeners).
+    pub(crate) tls_handshakes: AtomicU64,
+    pub(crate) tls_handshake_failures: AtomicU64,
 }
 
 /// `(listener, route, cluster)`; route and cluster are empty for requests no route took.
@@ -270,6 +273,17 @@ pub(crate) fn render_listeners(out: &mut String, listeners: &[(String, Arc<Liste
             escape(name),
             s.total.load(Ordering::Relaxed)
         );
+    }
+    header(out, "vane_tls_handshakes_total", "counter", "TLS handshakes on HTTPS listeners, by result.");
+    for (name, s) in listeners {
+        for (result, n) in [("ok", &s.tls_handshakes), ("failed", &s.tls_handshake_failures)] {
+            let _ = writeln!(
+                out,
+                "vane_tls_handshakes_total{{listener=\"{}\",result=\"{result}\"}} {}",
+                escape(name),
+                n.load(Ordering::Relaxed)
+            );
+        }
     }
 }
 

@@ -31,6 +31,7 @@ use crate::balancer::{PickContext, Picked};
 use crate::cluster::Cluster;
 use crate::metrics::{self, Outcome, RouteStats};
 use crate::router::{Found, Route, RouteAction};
+use crate::tls::TlsInfo;
 
 /// What an upstream answer or a local answer streams as.
 pub(crate) type InnerBody = Either<Incoming, Full<Bytes>>;
@@ -67,6 +68,8 @@ pub(crate) struct Connection {
     pub(crate) shared: Arc<NodeShared>,
     pub(crate) slot: u64,
     pub(crate) peer: SocketAddr,
+    /// SNI and client certificate of a TLS connection.
+    pub(crate) tls: Option<Arc<TlsInfo>>,
 }
 
 impl Connection {
@@ -104,11 +107,21 @@ impl Connection {
         let draft = router.access_log.as_ref().map(|sink| Box::new((sink.clone(), draft_line(&req, self.peer))));
         // Bodiless requests (most GETs) need no shared byte counter.
         let bytes_in = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
-        let (stats, route, cluster, response, upstream) = match router.find(&req) {
+        if let Some(port) = router.https_redirect_port {
+            return Ok(to_https(&req, port).map(|body| Finishing { inner: body, sent: 0, finish: None }));
+        }
+        if let Some(name) = &router.client_cert_header {
+            // Only Vane vouches for a client certificate: a client's own value never passes.
+            req.headers_mut().remove(name);
+            if let Some(client) = self.tls.as_ref().and_then(|t| t.client.as_ref()) {
+                req.headers_mut().insert(name.clone(), client.header.clone());
+            }
+        }
+        let (stats, route, cluster, response, upstream) = match router.find_with(&req, self.tls.as_deref()) {
             None => (router.unrouted.clone(), None, None, local(StatusCode::NOT_FOUND, "no route\n"), None),
             Some(found) => {
-                let trusted = router.trusts(self.peer.ip());
-                self.take(found, req, bytes_in.clone(), trusted).await
+                let downstream = Downstream { trusted_proxy: router.trusts(self.peer.ip()), tls: self.tls.is_some() };
+                self.take(found, req, bytes_in.clone(), downstream).await
             }
         };
         let finish = Finish {
@@ -126,6 +139,29 @@ impl Connection {
             trace,
         };
         Ok(response.map(|body| Finishing { inner: body, sent: 0, finish: Some(finish) }))
+    }
+}
+
+/// The 308 of an HTTP listener that redirects to HTTPS: same host (new port), path and
+/// query. A request without a host gets 400.
+fn to_https<B>(req: &Request<B>, port: u16) -> Response<InnerBody> {
+    let Some(host) = host_of(req) else {
+        return local(StatusCode::BAD_REQUEST, "a host is required\n");
+    };
+    let name = if host.starts_with('[') {
+        host.split_once(']').map_or(host, |(h, _)| &host[..h.len() + 1])
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 { format!("https://{name}{path}") } else { format!("https://{name}:{port}{path}") };
+    let mut response = local(StatusCode::PERMANENT_REDIRECT, "");
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            response.headers_mut().insert(header::LOCATION, v);
+            response
+        }
+        Err(_) => local(StatusCode::BAD_REQUEST, "bad host\n"),
     }
 }
 
@@ -174,7 +210,7 @@ impl Connection {
         found: Found<'_>,
         mut req: Request<Incoming>,
         bytes_in: Option<Arc<AtomicU64>>,
-        trusted: bool,
+        downstream: Downstream,
     ) -> Taken {
         let entry = found.entry;
         let route = &entry.route;
@@ -255,7 +291,7 @@ impl Connection {
                     req.map(|body| Counting { inner: Some(body), counter: bytes_in, limit, tripped: tripped.clone() });
                 let edits = Edits {
                     host: host_rewrite.as_ref(),
-                    trusted,
+                    downstream,
                     route,
                     params: &found.params,
                     client_ip: self.peer.ip(),
@@ -319,7 +355,7 @@ fn mirror(shadow: Arc<Cluster>, req: &Request<UpstreamBody>, timeout: Duration) 
     *copy.version_mut() = Version::HTTP_11;
     *copy.headers_mut() = req.headers().clone();
     let Ok(uri) = Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
+        .scheme(shadow.scheme.clone())
         .authority(endpoint.authority.clone())
         .path_and_query(
             req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
@@ -353,12 +389,20 @@ fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
     Uri::from_parts(parts).ok()
 }
 
+/// Where a request came from, for the forwarding headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Downstream {
+    /// The peer is a trusted proxy: keep and extend its forwarding headers.
+    pub(crate) trusted_proxy: bool,
+    /// The request arrived over TLS (`proto=https`).
+    pub(crate) tls: bool,
+}
+
 /// The request and response edits of a forwarding route.
 #[derive(Debug)]
 struct Edits<'a> {
     host: Option<&'a HeaderValue>,
-    /// The peer is a trusted proxy: keep and extend its forwarding headers.
-    trusted: bool,
+    downstream: Downstream,
     route: &'a Route,
     params: &'a [(Box<str>, Box<str>)],
     client_ip: std::net::IpAddr,
@@ -563,7 +607,7 @@ async fn forward(
     upgrade: Option<Upgrade>,
 ) -> (Response<InnerBody>, Option<(Authority, Duration, Option<HeaderValue>)>) {
     let Some((mut upstream, endpoint, mut picked, mut set_cookie)) =
-        upstream_request(req, cluster, peer, edits.trusted)
+        upstream_request(req, cluster, peer, edits.downstream)
     else {
         return (local(StatusCode::BAD_REQUEST, "bad request\n"), None);
     };
@@ -676,7 +720,7 @@ async fn forward(
         picked = next_picked;
         let mut parts = t.clone().into_parts().0;
         parts.uri = match Uri::builder()
-            .scheme(http::uri::Scheme::HTTP)
+            .scheme(cluster.scheme.clone())
             .authority(next.authority.clone())
             .path_and_query(
                 t.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
@@ -735,7 +779,7 @@ pub(crate) fn upstream_request<B>(
     req: Request<B>,
     cluster: &Cluster,
     peer: SocketAddr,
-    trusted: bool,
+    downstream: Downstream,
 ) -> Option<(Request<B>, Authority, Picked, Option<HeaderValue>)> {
     let (mut parts, body) = req.into_parts();
     let ctx = PickContext { client: peer.ip(), path: parts.uri.path(), headers: &parts.headers };
@@ -752,7 +796,7 @@ pub(crate) fn upstream_request<B>(
     let path_and_query =
         parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     parts.uri = Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
+        .scheme(cluster.scheme.clone())
         .authority(endpoint.authority.clone())
         .path_and_query(path_and_query)
         .build()
@@ -763,7 +807,7 @@ pub(crate) fn upstream_request<B>(
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    forwarding_headers(headers, peer, original_host.as_ref(), trusted);
+    forwarding_headers(headers, peer, original_host.as_ref(), downstream);
     if let Some(host) = original_host {
         headers.insert(header::HOST, host);
     }
@@ -776,7 +820,7 @@ pub(crate) fn upstream_request<B>(
 /// `X-Forwarded-For/-Proto/-Host`, `Forwarded` (RFC 7239) and `Via`. From a trusted proxy
 /// the chain it sent is kept and extended; from anyone else it is replaced, since a client
 /// can claim anything.
-fn forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&HeaderValue>, trusted: bool) {
+fn forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&HeaderValue>, downstream: Downstream) {
     use std::fmt::Write as _;
     // Owned strings become header values without another copy.
     let value = |s: String| HeaderValue::from_maybe_shared(Bytes::from(s)).ok();
@@ -790,16 +834,17 @@ fn forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&H
         value(out)
     };
     let ip = peer.ip().to_string();
+    let proto = if downstream.tls { "https" } else { "http" };
     let mut forwarded = String::with_capacity(64);
     let _ = if peer.is_ipv6() {
-        write!(forwarded, "for=\"[{ip}]\";proto=http")
+        write!(forwarded, "for=\"[{ip}]\";proto={proto}")
     } else {
-        write!(forwarded, "for={ip};proto=http")
+        write!(forwarded, "for={ip};proto={proto}")
     };
     if let Some(h) = host.and_then(|h| h.to_str().ok()) {
         let _ = write!(forwarded, ";host=\"{}\"", h.replace('"', ""));
     }
-    if trusted {
+    if downstream.trusted_proxy {
         if let Some(v) = joined(headers, &X_FORWARDED_FOR, &ip) {
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
@@ -807,7 +852,7 @@ fn forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&H
             headers.insert(FORWARDED.clone(), v);
         }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         }
         if let (false, Some(h)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -816,7 +861,7 @@ fn forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&H
         if let Some(v) = value(ip) {
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         match host {
             Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
             None => headers.remove(&X_FORWARDED_HOST),

@@ -22,6 +22,7 @@ use crate::accesslog::Sink;
 use crate::actions::{Direct, HeaderRules, PathRewrite, Redirect};
 use crate::cluster::Cluster;
 use crate::metrics::RouteStats;
+use crate::tls::TlsInfo;
 
 /// A compiled route.
 #[derive(Debug)]
@@ -110,6 +111,9 @@ pub(crate) struct Conditions {
     methods: Box<[Method]>,
     headers: Box<[(http::HeaderName, ValueMatch)]>,
     query: Box<[(Box<str>, ValueMatch)]>,
+    /// SNI patterns and client certificate names (HTTPS listeners).
+    sni: Box<[String]>,
+    client_names: Box<[String]>,
 }
 
 impl Conditions {
@@ -158,16 +162,23 @@ impl Conditions {
             })
             .collect();
         let methods = m.methods.iter().filter_map(|s| Method::from_bytes(s.as_bytes()).ok()).collect();
-        Conditions { methods, headers, query }
+        Conditions { methods, headers, query, sni: m.sni.clone().into(), client_names: m.client_names.clone().into() }
     }
 
     /// Sort key: routes with a method match first, then more header, then more query matches.
     fn specificity(&self) -> (bool, usize, usize) {
-        (!self.methods.is_empty(), self.headers.len(), self.query.len())
+        let tls = usize::from(!self.sni.is_empty()) + usize::from(!self.client_names.is_empty());
+        (!self.methods.is_empty(), self.headers.len() + tls, self.query.len())
     }
 
-    fn matches(&self, method: &Method, headers: &HeaderMap, query: Option<&str>) -> bool {
+    fn matches(&self, method: &Method, headers: &HeaderMap, query: Option<&str>, tls: Option<&TlsInfo>) -> bool {
         if !self.methods.is_empty() && !self.methods.contains(method) {
+            return false;
+        }
+        if !self.sni.is_empty() && !tls.is_some_and(|t| t.sni_matches(&self.sni)) {
+            return false;
+        }
+        if !self.client_names.is_empty() && !tls.is_some_and(|t| t.client_named(&self.client_names)) {
             return false;
         }
         let headers_ok = self.headers.iter().all(|(name, want)| {
@@ -392,6 +403,10 @@ pub(crate) struct Router {
     pub(crate) access_log: Option<Arc<Sink>>,
     /// Peers whose forwarding headers are kept.
     pub(crate) trusted_proxies: Box<[ipnet::IpNet]>,
+    /// HTTP listeners that only redirect to HTTPS: the port to redirect to.
+    pub(crate) https_redirect_port: Option<u16>,
+    /// Header carrying the verified client certificate upstream (HTTPS with client auth).
+    pub(crate) client_cert_header: Option<http::HeaderName>,
 }
 
 /// The request's host, without port, lower case (borrowed unless it had upper case).
@@ -422,6 +437,8 @@ impl Router {
             listener,
             access_log,
             trusted_proxies: Box::new([]),
+            https_redirect_port: None,
+            client_cert_header: None,
         }
     }
 
@@ -476,8 +493,13 @@ impl Router {
 
     /// The route a request takes.
     pub(crate) fn find<B>(&self, req: &Request<B>) -> Option<Found<'_>> {
+        self.find_with(req, None)
+    }
+
+    /// The route for a request on a connection with this TLS state.
+    pub(crate) fn find_with<B>(&self, req: &Request<B>, tls: Option<&TlsInfo>) -> Option<Found<'_>> {
         let (method, headers, query) = (req.method(), req.headers(), req.uri().query());
-        self.table(req).find(req.uri().path(), |e| e.route.conditions.matches(method, headers, query))
+        self.table(req).find(req.uri().path(), |e| e.route.conditions.matches(method, headers, query, tls))
     }
 }
 

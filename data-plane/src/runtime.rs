@@ -13,6 +13,7 @@ use crate::cluster::{Cluster, ClusterRegistry};
 use crate::duration_or;
 use crate::metrics::MetricsBuilder;
 use crate::router::{Conditions, Route, RouteAction, RouteEntry, Router, WeightedClusters};
+use crate::tls::{Material, ServerTls};
 
 /// Route timeout when a route sets none (Envoy's default).
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -25,6 +26,8 @@ pub(crate) struct Runtime {
     /// Router of each listener, by listener slot id.
     pub(crate) listeners: HashMap<u64, Router>,
     pub(crate) clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    /// TLS termination of each HTTPS listener, by slot id.
+    pub(crate) tls: HashMap<u64, Arc<ServerTls>>,
 }
 
 impl Runtime {
@@ -38,18 +41,23 @@ impl Runtime {
         previous: Option<&Runtime>,
         metrics: &mut MetricsBuilder<'_>,
         access_logs: &HashMap<String, Arc<Sink>>,
+        tls: &Material,
     ) -> Runtime {
         let empty = HashMap::new();
         let registry = ClusterRegistry::new(previous.map_or(&empty, |p| &p.clusters));
         let clusters: HashMap<Arc<str>, Arc<Cluster>> = config
             .clusters
             .iter()
-            .map(|c| registry.build(c, metrics.cluster(&c.name)))
+            .map(|c| registry.build(c, metrics.cluster(&c.name), tls.upstreams.get(&c.name)))
             .map(|c| (c.name.clone(), c))
             .collect();
 
-        let http_listeners: Vec<&str> =
-            config.listeners.iter().filter(|l| l.protocol == Protocol::Http as i32).map(|l| l.name.as_str()).collect();
+        let http_listeners: Vec<&str> = config
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Http as i32 || l.protocol == Protocol::Https as i32)
+            .map(|l| l.name.as_str())
+            .collect();
         let mut routers: HashMap<u64, Router> = config
             .listeners
             .iter()
@@ -66,6 +74,8 @@ impl Runtime {
                         c.parse::<ipnet::IpNet>().ok().or_else(|| c.parse::<std::net::IpAddr>().ok().map(Into::into))
                     })
                     .collect();
+                router.https_redirect_port = u16::try_from(l.https_redirect_port).ok().filter(|p| *p != 0);
+                router.client_cert_header = tls.servers.get(&l.name).and_then(|t| t.forward_header.clone());
                 Some((*slots.get(&l.name)?, router))
             })
             .collect();
@@ -143,7 +153,12 @@ impl Runtime {
         for router in routers.values_mut() {
             router.finish();
         }
-        Runtime { version, sha256, listeners: routers, clusters }
+        let servers = config
+            .listeners
+            .iter()
+            .filter_map(|l| Some((*slots.get(&l.name)?, tls.servers.get(&l.name)?.clone())))
+            .collect();
+        Runtime { version, sha256, listeners: routers, clusters, tls: servers }
     }
 }
 
@@ -165,7 +180,9 @@ mod tests {
         .unwrap();
         let slots = HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)]);
         let metrics = Metrics::default();
-        let rt = metrics.rebuild(|m| Runtime::compile(1, String::new(), &config, &slots, None, m, &HashMap::new()));
+        let rt = metrics.rebuild(|m| {
+            Runtime::compile(1, String::new(), &config, &slots, None, m, &HashMap::new(), &Material::default())
+        });
         let route = |slot: u64, path: &str| {
             let req = http::Request::get(path).body(()).unwrap();
             rt.listeners[&slot].find(&req).map(|f| f.entry.route.name.to_string())

@@ -8,7 +8,9 @@
 
 mod format;
 pub mod prom;
+pub mod tls;
 mod validate;
+mod validate_tls;
 
 /// Generated code of the `.proto` files, one module per package.
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]

@@ -108,7 +108,7 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             }
         }
         match Protocol::try_from(l.protocol) {
-            Ok(Protocol::Http) => {}
+            Ok(Protocol::Http | Protocol::Https) => {}
             Ok(p) => v.err("listener", &name, "protocol", format!("{} is not supported yet", p.as_str_name())),
             Err(_) => v.err("listener", &name, "protocol", format!("unknown protocol {}", l.protocol)),
         }
@@ -477,6 +477,7 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             }
         }
     }
+    crate::validate_tls::check(config, &mut v);
     v.finish()
 }
 
@@ -507,7 +508,7 @@ fn hostname_port(address: &str) -> bool {
 }
 
 /// Checks a route host: `name.example`, or `*.example` for any name under it.
-fn host_pattern(h: &str) -> Result<(), &'static str> {
+pub(crate) fn host_pattern(h: &str) -> Result<(), &'static str> {
     let name = h.strip_prefix("*.").unwrap_or(h);
     if name.is_empty() || name.len() > 253 {
         return Err("is not a host name");
@@ -527,22 +528,22 @@ fn host_pattern(h: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn display_name(name: &str, index: usize) -> String {
+pub(crate) fn display_name(name: &str, index: usize) -> String {
     if name.is_empty() { format!("#{index}") } else { name.to_owned() }
 }
 
 #[derive(Default)]
-struct Validator {
+pub(crate) struct Validator {
     errors: Vec<ConfigError>,
 }
 
 impl Validator {
-    fn err(&mut self, kind: &'static str, name: &str, field: &str, message: String) {
+    pub(crate) fn err(&mut self, kind: &'static str, name: &str, field: &str, message: String) {
         self.errors.push(ConfigError { kind, name: name.to_owned(), field: field.to_owned(), message });
     }
 
     /// Checks the names of one kind; returns the set of valid ones for reference checks.
-    fn names<'a>(&mut self, kind: &'static str, names: impl Iterator<Item = &'a str>) -> HashSet<&'a str> {
+    pub(crate) fn names<'a>(&mut self, kind: &'static str, names: impl Iterator<Item = &'a str>) -> HashSet<&'a str> {
         let mut seen = HashSet::new();
         for (i, n) in names.enumerate() {
             let shown = display_name(n, i);
@@ -705,7 +706,9 @@ mod tests {
 
     #[test]
     fn unsupported_protocols_say_so() {
+        let errs = errors("listeners:\n  - {name: a, address: '127.0.0.1:8443', protocol: TCP}\n");
+        assert_eq!(errs, vec!["listener 'a': protocol: TCP is not supported yet"]);
         let errs = errors("listeners:\n  - {name: a, address: '127.0.0.1:8443', protocol: HTTPS}\n");
-        assert_eq!(errs, vec!["listener 'a': protocol: HTTPS is not supported yet"]);
+        assert_eq!(errs, vec!["listener 'a': tls: an HTTPS listener needs tls.certificates"]);
     }
 }
