@@ -38,6 +38,7 @@ fn config_with_routes(n: usize) -> Config {
         listeners: vec![config::Listener { name: "web".into(), address: "127.0.0.1:0".into(), ..Default::default() }],
         routes,
         clusters: vec![cluster],
+        ..Default::default()
     }
 }
 

@@ -343,6 +343,8 @@ impl<'a> ClusterRegistry<'a> {
         );
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        // TLS clusters hand `https` URIs to the TLS layer above this connector.
+        connector.enforce_http(false);
         connector.set_connect_timeout(Some(duration_or(spec.connect_timeout.as_ref(), DEFAULT_CONNECT_TIMEOUT)));
         let protocol = UpstreamProtocol::try_from(spec.protocol).unwrap_or(UpstreamProtocol::Http1);
         let client = Client::builder(TokioExecutor::new())

@@ -214,9 +214,8 @@ fn server_config(
     };
     // The first certificate listed wins a name two certificates share.
     for name in &spec.certificates {
-        let Some(loaded) = certs.get(name.as_str()) else {
-            return Err(("tls.certificates", format!("certificate '{name}' did not load")));
-        };
+        // A certificate that failed to load is already reported (and fails the snapshot).
+        let Some(loaded) = certs.get(name.as_str()) else { continue };
         let mut names = loaded.info.dns_names.clone();
         if names.is_empty() {
             names.extend(loaded.info.common_name.clone());

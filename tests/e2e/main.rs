@@ -5,6 +5,7 @@ mod apply_and_serve;
 mod control_plane;
 mod fleet;
 mod hardening;
+mod https;
 mod observability;
 mod proxy_http;
 mod restart;

@@ -27,6 +27,8 @@ use vane_proto::admin::config_service_client::ConfigServiceClient;
 use vane_proto::admin::{ApplyRequest, ApplyResponse, ListNodesRequest};
 use vane_proto::{Format, load};
 
+pub mod tls;
+
 /// Logs to the test's captured output when `RUST_LOG` is set.
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
