@@ -331,7 +331,7 @@ impl<'a> ClusterRegistry<'a> {
                 .zip(health.iter())
                 .filter_map(|(e, h)| Some((e.address.parse().ok()?, h.clone())))
                 .collect();
-            Checker::start(hc, targets)
+            Checker::start(hc, targets, tls.cloned())
         });
         let balancer = Balancer::build(
             LbPolicy::try_from(spec.lb_policy).unwrap_or(LbPolicy::RoundRobin),

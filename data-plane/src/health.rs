@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::tls::UpstreamTls;
 use hyper_util::rt::TokioExecutor;
 use tracing::{debug, info};
 use vane_proto::config;
@@ -126,7 +129,13 @@ impl Drop for Checker {
 }
 
 impl Checker {
-    pub(crate) fn start(hc: &config::HealthCheck, endpoints: Vec<(SocketAddr, Arc<EndpointHealth>)>) -> Checker {
+    /// Probes `endpoints`; HTTP checks go over TLS (verified as requests are) when the
+    /// cluster has `tls`.
+    pub(crate) fn start(
+        hc: &config::HealthCheck,
+        endpoints: Vec<(SocketAddr, Arc<EndpointHealth>)>,
+        tls: Option<UpstreamTls>,
+    ) -> Checker {
         let interval = duration_or(hc.interval.as_ref(), Duration::from_secs(5));
         let timeout = duration_or(hc.timeout.as_ref(), Duration::from_secs(2));
         let rise = if hc.healthy_threshold == 0 { 2 } else { hc.healthy_threshold };
@@ -136,7 +145,11 @@ impl Checker {
         let host = hc.host.clone();
         let expected: Vec<u16> = hc.expected_statuses.iter().filter_map(|s| u16::try_from(*s).ok()).collect();
         let task = tokio::spawn(async move {
-            let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let client: Client<_, Empty<bytes::Bytes>> =
+                Client::builder(TokioExecutor::new()).build(crate::tls::connector(http, tls.as_ref(), false));
             // Consecutive results per endpoint: positive successes, negative failures.
             let mut streaks = vec![0i64; endpoints.len()];
             loop {
@@ -147,7 +160,7 @@ impl Checker {
                         matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)))
                     } else {
                         let authority = if host.is_empty() { addr.to_string() } else { host.clone() };
-                        let req = http::Request::get(format!("http://{addr}{path}"))
+                        let req = http::Request::get(format!("{scheme}://{addr}{path}"))
                             .header(http::header::HOST, authority)
                             .header(http::header::USER_AGENT, "vane-health-check")
                             .body(Empty::new());

@@ -174,8 +174,7 @@ impl NodeShared {
                 &prepared.ids,
                 previous.as_deref(),
                 metrics,
-                &access_logs,
-                &tls,
+                &runtime::Loaded { access_logs: &access_logs, tls: &tls },
             )
         });
         self.runtime.store(Some(Arc::new(runtime)));
@@ -411,7 +410,15 @@ pub mod bench {
                 config.listeners.iter().enumerate().map(|(i, l)| (l.name.clone(), i as u64 + 1)).collect();
             let metrics = Metrics::default();
             let runtime = metrics.rebuild(|m| {
-                Runtime::compile(1, String::new(), config, &slots, None, m, &HashMap::new(), &Default::default())
+                Runtime::compile(
+                    1,
+                    String::new(),
+                    config,
+                    &slots,
+                    None,
+                    m,
+                    &crate::runtime::Loaded { access_logs: &HashMap::new(), tls: &Default::default() },
+                )
             });
             CompiledRoutes { runtime }
         }

@@ -18,6 +18,14 @@ use crate::tls::{Material, ServerTls};
 /// Route timeout when a route sets none (Envoy's default).
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What the node loaded for a snapshot besides the config: access log sinks by listener
+/// name, and TLS material.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Loaded<'a> {
+    pub(crate) access_logs: &'a HashMap<String, Arc<Sink>>,
+    pub(crate) tls: &'a Material,
+}
+
 /// What requests run against.
 #[derive(Debug)]
 pub(crate) struct Runtime {
@@ -40,9 +48,9 @@ impl Runtime {
         slots: &HashMap<String, u64>,
         previous: Option<&Runtime>,
         metrics: &mut MetricsBuilder<'_>,
-        access_logs: &HashMap<String, Arc<Sink>>,
-        tls: &Material,
+        loaded: &Loaded<'_>,
     ) -> Runtime {
+        let Loaded { access_logs, tls } = *loaded;
         let empty = HashMap::new();
         let registry = ClusterRegistry::new(previous.map_or(&empty, |p| &p.clusters));
         let clusters: HashMap<Arc<str>, Arc<Cluster>> = config
@@ -181,7 +189,15 @@ mod tests {
         let slots = HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)]);
         let metrics = Metrics::default();
         let rt = metrics.rebuild(|m| {
-            Runtime::compile(1, String::new(), &config, &slots, None, m, &HashMap::new(), &Material::default())
+            Runtime::compile(
+                1,
+                String::new(),
+                &config,
+                &slots,
+                None,
+                m,
+                &Loaded { access_logs: &HashMap::new(), tls: &Material::default() },
+            )
         });
         let route = |slot: u64, path: &str| {
             let req = http::Request::get(path).body(()).unwrap();

@@ -86,6 +86,14 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
         if t.ca.is_some() {
             ca_bundle(v, "cluster", &name, "tls.ca", t.ca.as_ref());
         }
+        if c.health_check.as_ref().is_some_and(|h| h.grpc_service.is_some()) {
+            v.err(
+                "cluster",
+                &name,
+                "health_check.grpc_service",
+                "gRPC health checks over TLS are not supported yet; use http_path or a TCP check".into(),
+            );
+        }
         if !t.client_certificate.is_empty() && !certificates.contains(t.client_certificate.as_str()) {
             v.err(
                 "cluster",
@@ -162,5 +170,68 @@ fn inline_of<'a>(
             None
         }
         Some(Specifier::InlineString(pem)) => Some(pem.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Format, load, validate};
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match validate(&load(yaml, Format::Yaml).unwrap()) {
+            Ok(()) => vec![],
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const CERT: &str = "certificates:\n  - {name: site, certificate_chain: {filename: /etc/vane/site.pem}, \
+                        private_key: {filename: /etc/vane/site.key}}\n";
+
+    #[test]
+    fn https_listeners_need_known_certificates_and_a_ca_for_client_auth() {
+        let ok = format!(
+            "{CERT}listeners:\n  - {{name: web, address: '127.0.0.1:8443', protocol: HTTPS, \
+             tls: {{certificates: [site], client_auth: {{mode: OPTIONAL, ca: {{filename: /etc/vane/ca.pem}}}}}}}}\n"
+        );
+        assert!(errors(&ok).is_empty(), "{:?}", errors(&ok));
+        let bad = format!(
+            "{CERT}listeners:\n  - {{name: web, address: '127.0.0.1:8443', protocol: HTTPS, \
+             tls: {{certificates: [site, nope], default_certificate: other, client_auth: {{mode: REQUIRE}}}}}}\n\
+             \x20 - {{name: plain, address: '127.0.0.1:8080', tls: {{certificates: [site]}}, https_redirect_port: 70000}}\n"
+        );
+        assert_eq!(
+            errors(&bad),
+            vec![
+                "listener 'web': tls.certificates[1]: unknown certificate 'nope'",
+                "listener 'web': tls.default_certificate: 'other' is not among tls.certificates",
+                "listener 'web': tls.client_auth.ca: is required (inline_string or filename)",
+                "listener 'plain': tls: only HTTPS listeners terminate TLS",
+                "listener 'plain': https_redirect_port: must be a port (1-65535)",
+            ]
+        );
+    }
+
+    #[test]
+    fn certificates_clusters_and_routes_are_checked() {
+        let bad = "certificates:\n  - {name: inline, certificate_chain: {inline_string: nonsense}, \
+                   private_key: {filename: relative.key}}\n  - {name: empty}\n\
+                   clusters:\n  - {name: c, endpoints: [{address: '127.0.0.1:1'}], \
+                   tls: {sni: '*.wild', client_certificate: missing, ca: {inline_string: nope}}}\n\
+                   routes:\n  - {name: r, match: {prefix: /, sni: [Bad.Host], client_names: ['']}, \
+                   forward: {clusters: [{name: c}]}}\n";
+        assert_eq!(
+            errors(bad),
+            vec![
+                "certificate 'inline': private_key.filename: 'relative.key' must be an absolute path",
+                "certificate 'inline': certificate_chain: holds no PEM certificate",
+                "certificate 'empty': certificate_chain: is required (inline_string or filename)",
+                "certificate 'empty': private_key: is required (inline_string or filename)",
+                "cluster 'c': tls.sni: '*.wild' is not a host name or IP address",
+                "cluster 'c': tls.ca: holds no PEM certificate",
+                "cluster 'c': tls.client_certificate: unknown certificate 'missing'",
+                "route 'r': match.sni[0]: 'Bad.Host' must be lower case",
+                "route 'r': match.client_names[0]: '' is not a certificate name",
+            ]
+        );
     }
 }

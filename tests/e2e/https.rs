@@ -248,6 +248,14 @@ async fn upstream_tls_verifies_the_server_presents_a_client_certificate_and_spea
         with_cert["tls"]["client_certificate"] = json!("node-client");
         let mut without_cert = cluster("no-client-cert", mutual.addr);
         without_cert["tls"] = tls(&ca.pem, "backend.test");
+        // Active HTTP health checks go over the same verified TLS.
+        let check = json!({ "http_path": "/", "interval": "0.1s", "timeout": "1s" });
+        let mut checked = cluster("checked", open.addr);
+        checked["tls"] = tls(&ca.pem, "backend.test");
+        checked["health_check"] = check.clone();
+        let mut checked_untrusted = cluster("checked-untrusted", open.addr);
+        checked_untrusted["tls"] = tls(&other.pem, "backend.test");
+        checked_untrusted["health_check"] = check;
         let routes: Vec<Value> = ["h2", "secure", "untrusted", "wrong-name", "mutual", "no-client-cert"]
             .iter()
             .map(|c| route(c, json!({ "prefix": format!("/{c}") }), c))
@@ -255,7 +263,8 @@ async fn upstream_tls_verifies_the_server_presents_a_client_certificate_and_spea
         json!({
             "certificates": [inline_cert("node-client", &node_cert)],
             "listeners": [{ "name": "web", "address": "127.0.0.1:0" }],
-            "clusters": [cluster("echo", echo), h2, secure, untrusted, wrong_name, with_cert, without_cert],
+            "clusters": [cluster("echo", echo), h2, secure, untrusted, wrong_name, with_cert, without_cert,
+                         checked, checked_untrusted],
             "routes": routes,
         })
         .to_string()
@@ -274,6 +283,17 @@ async fn upstream_tls_verifies_the_server_presents_a_client_certificate_and_spea
     let reply = client.get(s.web, "/mutual").await.unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert!(reply.body.contains("client CN=vane-node"), "{}", reply.body);
+
+    // Once the untrusted checks have failed enough to mark their endpoint down, the
+    // verified ones, run as often, have kept theirs up.
+    let admin = s.node.admin_addr().unwrap();
+    let clusters: Value =
+        eventually(std::time::Duration::from_secs(10), "failing checks mark the endpoint down", || async {
+            let json: Value = serde_json::from_str(&client.get(admin, "/clusters").await.ok()?.body).ok()?;
+            (json["checked-untrusted"][0]["health_check_ok"] == json!(false)).then_some(json)
+        })
+        .await;
+    assert_eq!(clusters["checked"][0]["health_check_ok"], json!(true), "{clusters}");
 }
 
 #[tokio::test]
