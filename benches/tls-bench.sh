@@ -316,7 +316,7 @@ wait_http "https://bench.test:$NGINX_PORT/" -k --resolve "bench.test:$NGINX_PORT
   die "nginx did not answer 200 on :$NGINX_PORT: $(tail -5 "$NG/error.log" 2>/dev/null)"
 
 # ----------------------------------------------------------------------------- 4. vane
-export RUST_LOG=warn
+export RUST_LOG=${RUST_LOG:-warn,rustls=error}
 VD="$TMP/vane"
 cat >"$VD/bench.yaml" <<EOF
 certificates:

@@ -190,8 +190,12 @@ fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
         "route" | "routes" => Kind::Route,
         "cluster" | "clusters" => Kind::Cluster,
         "certificate" | "certificates" | "cert" | "certs" => Kind::Certificate,
+        "policy" | "policies" => Kind::Policy,
+        "consumer" | "consumers" => Kind::Consumer,
         "all" | "config" => Kind::Unspecified,
-        other => bail!("unknown kind '{other}': use listeners, routes, clusters, certificates or all"),
+        other => {
+            bail!("unknown kind '{other}': use listeners, routes, clusters, certificates, policies, consumers or all")
+        }
     })
 }
 

@@ -225,6 +225,8 @@ fn resource_yaml(resource: Option<&Resource>) -> String {
         Some(resource::Resource::Route(r)) => config.routes.push(r),
         Some(resource::Resource::Cluster(c)) => config.clusters.push(c),
         Some(resource::Resource::Certificate(c)) => config.certificates.push(c),
+        Some(resource::Resource::Policy(p)) => config.policies.push(p),
+        Some(resource::Resource::Consumer(c)) => config.consumers.push(c),
         None => return String::new(),
     }
     render(&config, Format::Yaml)
@@ -248,6 +250,8 @@ pub(crate) fn diff(response: &DiffResponse, out: Output) -> String {
                     Kind::Route => "route",
                     Kind::Cluster => "cluster",
                     Kind::Certificate => "certificate",
+                    Kind::Policy => "policy",
+                    Kind::Consumer => "consumer",
                     Kind::Unspecified => "resource",
                 });
                 text.push_str(&format!("{op} {kind} {}\n", change.name));

@@ -205,6 +205,16 @@ fn select(config: Config, kind: Kind, name: Option<&str>) -> Config {
         } else {
             vec![]
         },
+        policies: if keep(Kind::Policy) {
+            config.policies.into_iter().filter(|r| named(&r.name)).collect()
+        } else {
+            vec![]
+        },
+        consumers: if keep(Kind::Consumer) {
+            config.consumers.into_iter().filter(|r| named(&r.name)).collect()
+        } else {
+            vec![]
+        },
     }
 }
 
@@ -269,7 +279,7 @@ impl ConfigService for AdminService {
         let author = self.authorize(&request, Role::Write)?;
         let req = request.into_inner();
         let Some(Resource { resource: Some(resource) }) = req.resource else {
-            return Err(AdminError::BadRequest("put needs one listener, route, cluster or certificate").into());
+            return Err(AdminError::BadRequest("put needs one resource").into());
         };
         let derive: Derive<'_> = Box::new(move |old| {
             let mut config = old.clone();
@@ -278,6 +288,8 @@ impl ConfigService for AdminService {
                 resource::Resource::Route(r) => upsert(&mut config.routes, r, |r| &r.name),
                 resource::Resource::Cluster(c) => upsert(&mut config.clusters, c, |c| &c.name),
                 resource::Resource::Certificate(c) => upsert(&mut config.certificates, c, |c| &c.name),
+                resource::Resource::Policy(p) => upsert(&mut config.policies, p, |p| &p.name),
+                resource::Resource::Consumer(c) => upsert(&mut config.consumers, c, |c| &c.name),
             }
             Ok(config)
         });
@@ -299,6 +311,8 @@ impl ConfigService for AdminService {
                 Kind::Route => remove(&mut config.routes, &name, |r| &r.name),
                 Kind::Cluster => remove(&mut config.clusters, &name, |c| &c.name),
                 Kind::Certificate => remove(&mut config.certificates, &name, |c| &c.name),
+                Kind::Policy => remove(&mut config.policies, &name, |p| &p.name),
+                Kind::Consumer => remove(&mut config.consumers, &name, |c| &c.name),
                 Kind::Unspecified => false,
             };
             if found { Ok(config) } else { Err(AdminError::NotFound { kind: kind_name(kind), name }) }

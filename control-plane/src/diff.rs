@@ -21,6 +21,8 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Vec<ResourceChange> {
         |c| &c.name,
         resource::Resource::Certificate,
     );
+    diff_kind(&mut out, Kind::Policy, &old.policies, &new.policies, |p| &p.name, resource::Resource::Policy);
+    diff_kind(&mut out, Kind::Consumer, &old.consumers, &new.consumers, |c| &c.name, resource::Resource::Consumer);
     out
 }
 
@@ -73,6 +75,8 @@ pub(crate) fn kind_name(kind: Kind) -> &'static str {
         Kind::Route => "route",
         Kind::Cluster => "cluster",
         Kind::Certificate => "certificate",
+        Kind::Policy => "policy",
+        Kind::Consumer => "consumer",
     }
 }
 

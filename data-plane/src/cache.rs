@@ -38,9 +38,14 @@ pub(crate) fn write(dir: &Path, snapshot: &Snapshot) -> Result<(), CacheError> {
     Ok(())
 }
 
+/// The temp file is readable by the node's user only: snapshots may hold private keys.
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     let path = dir.join(format!(".{FILE}.{}.tmp", std::process::id()));
-    let file = std::fs::File::create(&path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&path)?;
     Ok((path, file))
 }
 
@@ -65,5 +70,11 @@ mod tests {
         let snapshot = Snapshot { version: 7, nonce: "n".into(), sha256: "s".into(), config: Some(Default::default()) };
         write(&dir.path().join("sub"), &snapshot).unwrap();
         assert_eq!(read(&dir.path().join("sub")).unwrap(), Some(snapshot));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("sub").join(FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "snapshots may hold private keys");
+        }
     }
 }
