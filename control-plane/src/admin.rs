@@ -126,6 +126,8 @@ impl AdminService {
         let old = latest.as_ref().map_or(&empty, |p| &p.config);
         let mut config = derive(old)?;
         restore_keys(&mut config, old)?;
+        // Consumers' API keys are stored (and shown) as SHA-256 only.
+        vane_proto::hash_api_keys(&mut config);
         validate(&config).map_err(AdminError::Invalid)?;
         let mut summary = diff::summary(&diff::changes(old, &config));
         if let Some(label) = label {
@@ -352,6 +354,7 @@ impl ConfigService for AdminService {
         let mut config = request.into_inner().config.unwrap_or_default();
         let (base_version, old) = self.config_at(0).await?;
         restore_keys(&mut config, &old)?;
+        vane_proto::hash_api_keys(&mut config);
         let changes = diff::changes(&redacted(old), &redacted(config));
         let summary = diff::summary(&changes);
         Ok(Response::new(DiffResponse { base_version, changes, summary }))

@@ -115,6 +115,9 @@ fn render_metrics(shared: &NodeShared) -> String {
     let mut out = String::with_capacity(4096);
     shared.metrics.render(&mut out);
     metrics::render_listeners(&mut out, &shared.listeners().stats());
+    if let Some(rt) = shared.runtime.load().as_ref() {
+        rt.policies.render(&mut out);
+    }
     let (version, _) = shared.held();
     metrics::single(&mut out, "vane_config_version", "gauge", "Config version this node serves (0: none).", version);
     let swaps = shared.swaps.load(Ordering::Relaxed);

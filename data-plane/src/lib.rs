@@ -20,6 +20,7 @@ mod listeners;
 mod metrics;
 #[cfg(feature = "otlp")]
 mod otel;
+mod policy;
 mod proxy;
 mod router;
 mod runtime;
@@ -105,6 +106,8 @@ pub(crate) struct NodeShared {
     held_snapshot: Mutex<Option<Snapshot>>,
     /// TLS session caches and ticket keys of HTTPS listeners, kept across snapshots.
     tls_sessions: tls::Sessions,
+    /// Rate-limit buckets, JWKS keys and auth caches, kept across snapshots.
+    policy_state: policy::PolicyState,
     #[cfg(feature = "otlp")]
     pub(crate) tracing: Option<otel::Tracing>,
 }
@@ -163,9 +166,11 @@ impl NodeShared {
             return Err(errors);
         }
         let tls = tls::Material::load(compiled_config, &self.tls_sessions)?;
+        let previous = self.runtime.load_full();
+        let policies =
+            policy::Policies::compile(compiled_config, &self.policy_state, previous.as_deref().map(|rt| &rt.policies))?;
         let mut listeners = self.listeners();
         let prepared = listeners.prepare(&config.listeners)?;
-        let previous = self.runtime.load_full();
         let runtime = self.metrics.rebuild(|metrics| {
             runtime::Runtime::compile(
                 snapshot.version,
@@ -174,7 +179,7 @@ impl NodeShared {
                 &prepared.ids,
                 previous.as_deref(),
                 metrics,
-                &runtime::Loaded { access_logs: &access_logs, tls: &tls },
+                &runtime::Loaded { access_logs: &access_logs, tls: &tls, policies: &policies },
             )
         });
         self.runtime.store(Some(Arc::new(runtime)));
@@ -273,6 +278,7 @@ impl Node {
             dns: Mutex::default(),
             held_snapshot: Mutex::default(),
             tls_sessions: tls::Sessions::default(),
+            policy_state: policy::PolicyState::default(),
             #[cfg(feature = "otlp")]
             tracing,
         });
@@ -417,7 +423,11 @@ pub mod bench {
                     &slots,
                     None,
                     m,
-                    &crate::runtime::Loaded { access_logs: &HashMap::new(), tls: &Default::default() },
+                    &crate::runtime::Loaded {
+                        access_logs: &HashMap::new(),
+                        tls: &Default::default(),
+                        policies: &Default::default(),
+                    },
                 )
             });
             CompiledRoutes { runtime }

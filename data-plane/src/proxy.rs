@@ -30,6 +30,7 @@ use crate::actions::{PathRewrite, Vars};
 use crate::balancer::{PickContext, Picked};
 use crate::cluster::Cluster;
 use crate::metrics::{self, Outcome, RouteStats};
+use crate::policy;
 use crate::router::{Found, Route, RouteAction};
 use crate::tls::TlsInfo;
 
@@ -38,7 +39,7 @@ pub(crate) type InnerBody = Either<Incoming, Full<Bytes>>;
 /// Response bodies, counted and finished (metrics, access log) when done.
 pub(crate) type ProxyBody = Finishing<InnerBody>;
 /// Request bodies sent upstream, counted.
-pub(crate) type UpstreamBody = Counting<Incoming>;
+pub(crate) type UpstreamBody = Counting<InnerBody>;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -73,8 +74,10 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) async fn handle(self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    pub(crate) async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
+        // Streamed as received, unless a policy transform replaces it.
+        let mut req = req.map(Either::Left);
         let runtime = self.shared.runtime.load_full();
         let Some(router) = runtime.as_ref().and_then(|rt| rt.listeners.get(&self.slot)) else {
             // No config yet, or a request on a listener that is being removed.
@@ -118,10 +121,37 @@ impl Connection {
             }
         }
         let (stats, route, cluster, response, upstream) = match router.find_with(&req, self.tls.as_deref()) {
-            None => (router.unrouted.clone(), None, None, local(StatusCode::NOT_FOUND, "no route\n"), None),
+            None => {
+                let refused = match router.policies.is_empty() {
+                    true => None,
+                    false => {
+                        let client_ip = policy::client_ip(self.peer.ip(), req.headers(), &router.trusted_proxies);
+                        router.policies.run(&mut req, &policy::Ctx { client_ip, route: "" }).await.err()
+                    }
+                };
+                let response = refused.unwrap_or_else(|| local(StatusCode::NOT_FOUND, "no route\n"));
+                (router.unrouted.clone(), None, None, response, None)
+            }
             Some(found) => {
                 let downstream = Downstream { trusted_proxy: router.trusts(self.peer.ip()), tls: self.tls.is_some() };
-                self.take(found, req, bytes_in.clone(), downstream).await
+                let entry = found.entry.clone();
+                if entry.chain.is_empty() {
+                    self.take(found, req, bytes_in.clone(), downstream).await
+                } else {
+                    let client_ip = policy::client_ip(self.peer.ip(), req.headers(), &router.trusted_proxies);
+                    let ctx = policy::Ctx { client_ip, route: &entry.route.name };
+                    match entry.chain.run(&mut req, &ctx).await {
+                        Err(refusal) => {
+                            let stats = entry.stats.first().cloned().unwrap_or_else(|| router.unrouted.clone());
+                            (stats, Some(entry.route.name.clone()), None, refusal, None)
+                        }
+                        Ok(applied) => {
+                            let mut taken = self.take(found, req, bytes_in.clone(), downstream).await;
+                            applied.respond(&mut taken.3, &ctx).await;
+                            taken
+                        }
+                    }
+                }
             }
         };
         let finish = Finish {
@@ -208,7 +238,7 @@ impl Connection {
     async fn take(
         &self,
         found: Found<'_>,
-        mut req: Request<Incoming>,
+        mut req: Request<InnerBody>,
         bytes_in: Option<Arc<AtomicU64>>,
         downstream: Downstream,
     ) -> Taken {
@@ -216,7 +246,7 @@ impl Connection {
         let route = &entry.route;
         let name = Some(route.name.clone());
         let stats = entry.stats.first().cloned().unwrap_or_default();
-        let vars = |req: &Request<Incoming>| -> (Option<String>, Option<HeaderValue>) {
+        let vars = |req: &Request<InnerBody>| -> (Option<String>, Option<HeaderValue>) {
             (host_of(req).map(str::to_owned), req.headers().get(&X_REQUEST_ID).cloned())
         };
         match &route.action {
@@ -564,7 +594,7 @@ pub(crate) struct TooLarge(u64);
 impl<B> Body for Counting<B>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: std::error::Error + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -584,7 +614,7 @@ where
             }
             return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
         }
-        polled.map(|frame| frame.map(|f| f.map_err(|e| Box::new(e) as Self::Error)))
+        polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

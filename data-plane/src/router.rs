@@ -22,6 +22,7 @@ use crate::accesslog::Sink;
 use crate::actions::{Direct, HeaderRules, PathRewrite, Redirect};
 use crate::cluster::Cluster;
 use crate::metrics::RouteStats;
+use crate::policy::Chain;
 use crate::tls::TlsInfo;
 
 /// A compiled route.
@@ -217,11 +218,13 @@ pub(crate) struct RouteEntry {
     pub(crate) stats: Box<[Arc<RouteStats>]>,
     /// Position in the config, for ties.
     order: usize,
+    /// The listener's policies, then the route's.
+    pub(crate) chain: Chain,
 }
 
 impl RouteEntry {
-    pub(crate) fn new(route: Arc<Route>, stats: Box<[Arc<RouteStats>]>, order: usize) -> RouteEntry {
-        RouteEntry { route, stats, order }
+    pub(crate) fn new(route: Arc<Route>, stats: Box<[Arc<RouteStats>]>, order: usize, chain: Chain) -> RouteEntry {
+        RouteEntry { route, stats, order, chain }
     }
 }
 
@@ -407,6 +410,8 @@ pub(crate) struct Router {
     pub(crate) https_redirect_port: Option<u16>,
     /// Header carrying the verified client certificate upstream (HTTPS with client auth).
     pub(crate) client_cert_header: Option<http::HeaderName>,
+    /// The listener's own policies (for requests no route takes).
+    pub(crate) policies: Chain,
 }
 
 /// The request's host, without port, lower case (borrowed unless it had upper case).
@@ -439,6 +444,7 @@ impl Router {
             trusted_proxies: Box::new([]),
             https_redirect_port: None,
             client_cert_header: None,
+            policies: Chain::default(),
         }
     }
 

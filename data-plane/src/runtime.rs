@@ -12,6 +12,7 @@ use crate::actions::{Direct, HeaderRules, PathRewrite, Redirect, RetryPolicy};
 use crate::cluster::{Cluster, ClusterRegistry};
 use crate::duration_or;
 use crate::metrics::MetricsBuilder;
+use crate::policy::Policies;
 use crate::router::{Conditions, Route, RouteAction, RouteEntry, Router, WeightedClusters};
 use crate::tls::{Material, ServerTls};
 
@@ -24,6 +25,7 @@ const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) struct Loaded<'a> {
     pub(crate) access_logs: &'a HashMap<String, Arc<Sink>>,
     pub(crate) tls: &'a Material,
+    pub(crate) policies: &'a Policies,
 }
 
 /// What requests run against.
@@ -36,6 +38,8 @@ pub(crate) struct Runtime {
     pub(crate) clusters: HashMap<Arc<str>, Arc<Cluster>>,
     /// TLS termination of each HTTPS listener, by slot id.
     pub(crate) tls: HashMap<u64, Arc<ServerTls>>,
+    /// The compiled policies (their counters feed `/metrics`).
+    pub(crate) policies: Policies,
 }
 
 impl Runtime {
@@ -50,7 +54,9 @@ impl Runtime {
         metrics: &mut MetricsBuilder<'_>,
         loaded: &Loaded<'_>,
     ) -> Runtime {
-        let Loaded { access_logs, tls } = *loaded;
+        let Loaded { access_logs, tls, policies } = *loaded;
+        let listener_policies: HashMap<&str, &[String]> =
+            config.listeners.iter().map(|l| (l.name.as_str(), l.policies.as_slice())).collect();
         let empty = HashMap::new();
         let registry = ClusterRegistry::new(previous.map_or(&empty, |p| &p.clusters));
         let clusters: HashMap<Arc<str>, Arc<Cluster>> = config
@@ -84,6 +90,7 @@ impl Runtime {
                     .collect();
                 router.https_redirect_port = u16::try_from(l.https_redirect_port).ok().filter(|p| *p != 0);
                 router.client_cert_header = tls.servers.get(&l.name).and_then(|t| t.forward_header.clone());
+                router.policies = policies.chain(&l.policies, &[]);
                 Some((*slots.get(&l.name)?, router))
             })
             .collect();
@@ -155,7 +162,8 @@ impl Runtime {
                 if stats.is_empty() {
                     stats.push(metrics.route(listener, &r.name, ""));
                 }
-                router.add(m, Arc::new(RouteEntry::new(compiled.clone(), stats.into(), order)));
+                let chain = policies.chain(listener_policies.get(listener).copied().unwrap_or_default(), &r.policies);
+                router.add(m, Arc::new(RouteEntry::new(compiled.clone(), stats.into(), order, chain)));
             }
         }
         for router in routers.values_mut() {
@@ -166,7 +174,7 @@ impl Runtime {
             .iter()
             .filter_map(|l| Some((*slots.get(&l.name)?, tls.servers.get(&l.name)?.clone())))
             .collect();
-        Runtime { version, sha256, listeners: routers, clusters, tls: servers }
+        Runtime { version, sha256, listeners: routers, clusters, tls: servers, policies: policies.clone() }
     }
 }
 
@@ -196,7 +204,7 @@ mod tests {
                 &slots,
                 None,
                 m,
-                &Loaded { access_logs: &HashMap::new(), tls: &Material::default() },
+                &Loaded { access_logs: &HashMap::new(), tls: &Material::default(), policies: &Policies::default() },
             )
         });
         let route = |slot: u64, path: &str| {

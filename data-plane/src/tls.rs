@@ -275,7 +275,7 @@ fn roots(pem: &str) -> Result<RootCertStore, String> {
 }
 
 /// The node's system roots, read once.
-fn system_roots() -> Arc<RootCertStore> {
+pub(crate) fn system_roots() -> Arc<RootCertStore> {
     static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {

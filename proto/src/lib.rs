@@ -10,6 +10,7 @@ mod format;
 pub mod prom;
 pub mod tls;
 mod validate;
+mod validate_policy;
 mod validate_tls;
 
 /// Generated code of the `.proto` files, one module per package.
@@ -48,6 +49,7 @@ pub use generated::vane::{admin::v1 as admin, config::v1 as config, discovery::v
 
 pub use format::{Format, LoadError, config_sha256, load, render};
 pub use validate::{ConfigError, ValidationErrors, full_match_regex, template_params, validate};
+pub use validate_policy::hash_api_keys;
 
 /// The encoded `FileDescriptorSet` of every Vane proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vane_descriptor.bin"));

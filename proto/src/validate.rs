@@ -451,24 +451,8 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             }
         }
         for (field, rules) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)] {
-            let Some(rules) = rules else { continue };
-            let names = rules
-                .add
-                .iter()
-                .chain(&rules.set)
-                .map(|h| (h.name.as_str(), Some(h.value.as_str())))
-                .chain(rules.remove.iter().map(|n| (n.as_str(), None)));
-            for (header, value) in names {
-                if header.is_empty()
-                    || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-                {
-                    v.err("route", &name, field, format!("'{header}' is not a header name"));
-                }
-                if let Some(value) = value
-                    && value.bytes().any(|b| b.is_ascii_control() && b != b'\t')
-                {
-                    v.err("route", &name, field, format!("the value of '{header}' holds control characters"));
-                }
+            if let Some(rules) = rules {
+                v.header_rules("route", &name, field, rules);
             }
         }
         for (j, l) in r.listeners.iter().enumerate() {
@@ -478,6 +462,7 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
         }
     }
     crate::validate_tls::check(config, &mut v);
+    crate::validate_policy::check(config, &mut v);
     v.finish()
 }
 
@@ -505,6 +490,11 @@ pub fn full_match_regex(re: &str) -> Result<regex::Regex, regex::Error> {
 fn hostname_port(address: &str) -> bool {
     let Some((host, port)) = address.rsplit_once(':') else { return false };
     !host.starts_with('*') && host_pattern(host).is_ok() && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
+/// An HTTP field name (RFC 9110 token).
+pub(crate) fn is_header_name(h: &str) -> bool {
+    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Checks a route host: `name.example`, or `*.example` for any name under it.
@@ -568,14 +558,14 @@ impl Validator {
         }
     }
 
-    fn regex(&mut self, kind: &'static str, name: &str, field: &str, re: &str) {
+    pub(crate) fn regex(&mut self, kind: &'static str, name: &str, field: &str, re: &str) {
         if let Err(e) = full_match_regex(re) {
             let reason = e.to_string().lines().last().unwrap_or("invalid").trim().to_owned();
             self.err(kind, name, field, format!("invalid regex '{re}': {reason}"));
         }
     }
 
-    fn duration(&mut self, kind: &'static str, name: &str, field: &str, d: Option<&pbjson_types::Duration>) {
+    pub(crate) fn duration(&mut self, kind: &'static str, name: &str, field: &str, d: Option<&pbjson_types::Duration>) {
         let Some(d) = d else { return };
         if d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0) {
             self.err(kind, name, field, "must be positive".into());
@@ -584,7 +574,27 @@ impl Validator {
         }
     }
 
-    fn finish(self) -> Result<(), ValidationErrors> {
+    /// Header edits: valid names, values without control characters.
+    pub(crate) fn header_rules(&mut self, kind: &'static str, name: &str, field: &str, rules: &config::HeaderRules) {
+        let names = rules
+            .add
+            .iter()
+            .chain(&rules.set)
+            .map(|h| (h.name.as_str(), Some(h.value.as_str())))
+            .chain(rules.remove.iter().map(|n| (n.as_str(), None)));
+        for (header, value) in names {
+            if !is_header_name(header) {
+                self.err(kind, name, field, format!("'{header}' is not a header name"));
+            }
+            if let Some(value) = value
+                && value.bytes().any(|b| b.is_ascii_control() && b != b'\t')
+            {
+                self.err(kind, name, field, format!("the value of '{header}' holds control characters"));
+            }
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<(), ValidationErrors> {
         if self.errors.is_empty() { Ok(()) } else { Err(ValidationErrors(self.errors)) }
     }
 }

@@ -22,7 +22,7 @@ fn router(routes_yaml: &str) -> Router {
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
         });
-        router.add(&m, Arc::new(RouteEntry::new(route, Box::new([]), order)));
+        router.add(&m, Arc::new(RouteEntry::new(route, Box::new([]), order, Default::default())));
     }
     router.finish();
     router
