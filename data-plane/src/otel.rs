@@ -35,7 +35,22 @@ impl std::fmt::Debug for Tracing {
 
 impl Drop for Tracing {
     fn drop(&mut self) {
-        let _ = self.provider.shutdown();
+        // Shutdown flushes through the batch task, which runs on the tokio runtime: waiting
+        // for it on a runtime thread of a current-thread runtime would deadlock. A
+        // multi-thread runtime lends the thread (`block_in_place`); otherwise a helper
+        // thread waits and the runtime goes on.
+        let provider = self.provider.clone();
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| {
+                let _ = provider.shutdown();
+            });
+        } else {
+            std::thread::spawn(move || {
+                let _ = provider.shutdown();
+            });
+        }
     }
 }
 
