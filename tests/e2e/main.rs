@@ -4,6 +4,7 @@
 mod apply_and_serve;
 mod control_plane;
 mod fleet;
+mod gateway;
 mod hardening;
 mod https;
 mod observability;
