@@ -8,6 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use vane_proto::admin::{Kind, Resource, resource};
 use vane_proto::config::cluster::UpstreamProtocol;
 use vane_proto::config::data_source::Specifier;
+use vane_proto::config::{ApiKey, BasicCredential, Consumer, api_key};
 use vane_proto::config::{
     Certificate, Cluster, DataSource, Endpoint, Forward, Route, RouteMatch, WeightedCluster, route, route_match,
 };
@@ -129,6 +130,40 @@ pub(crate) struct ClusterAdd {
     /// A certificate resource to present as the client certificate.
     #[arg(long, requires = "tls")]
     tls_client_certificate: Option<String>,
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConsumerCommand {
+    /// Add a consumer, or replace the one of that name.
+    Add(ConsumerAdd),
+    /// Delete a consumer.
+    Delete {
+        name: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConsumerAdd {
+    name: String,
+    /// An API key (at least 8 characters); repeatable. Only its SHA-256 is stored.
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// Basic auth user name (with --basic-password).
+    #[arg(long, requires = "basic_password")]
+    basic_user: Option<String>,
+    /// Basic auth password: hashed here with bcrypt; the password never leaves this machine.
+    #[arg(long, requires = "basic_user", env = "VANE_BASIC_PASSWORD")]
+    basic_password: Option<String>,
+    /// A JWT `sub` or introspection subject that is this consumer; repeatable.
+    #[arg(long = "subject")]
+    subjects: Vec<String>,
+    /// Metadata sent upstream as `x-consumer-KEY: VALUE`; repeatable.
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    metadata: Vec<String>,
     #[arg(long)]
     dry_run: bool,
 }
@@ -292,6 +327,35 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
                 ..Default::default()
             };
             admin.put(Resource { resource: Some(resource::Resource::Cluster(cluster)) }, add.dry_run).await
+        }
+    }
+}
+
+pub(crate) async fn consumer(admin: &Admin, command: ConsumerCommand) -> anyhow::Result<()> {
+    match command {
+        ConsumerCommand::Delete { name, dry_run } => admin.delete_kind(Kind::Consumer, &name, dry_run).await,
+        ConsumerCommand::Add(add) => {
+            let basic_auth = match (add.basic_user, add.basic_password) {
+                (Some(username), Some(password)) => Some(BasicCredential {
+                    username,
+                    password_hash: bcrypt::hash(password, bcrypt::DEFAULT_COST)?,
+                }),
+                _ => None,
+            };
+            let metadata = add
+                .metadata
+                .iter()
+                .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+                .collect::<Option<_>>()
+                .ok_or_else(|| anyhow!("--meta takes KEY=VALUE"))?;
+            let consumer = Consumer {
+                name: add.name,
+                api_keys: add.api_keys.into_iter().map(|k| ApiKey { value: Some(api_key::Value::Key(k)) }).collect(),
+                basic_auth,
+                metadata,
+                subjects: add.subjects,
+            };
+            admin.put(Resource { resource: Some(resource::Resource::Consumer(consumer)) }, add.dry_run).await
         }
     }
 }

@@ -75,7 +75,7 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
-    /// Show resources: listeners, routes, clusters, certificates (or `all`). Private keys
+    /// Show resources: listeners, routes, clusters, certificates, policies, consumers (or `all`). Private keys
     /// given inline are shown as `<redacted sha256:...>`.
     Get {
         kind: String,
@@ -115,6 +115,9 @@ enum Command {
     /// Add, replace or delete one cluster.
     #[command(subcommand)]
     Cluster(edit::ClusterCommand),
+    /// Add, replace or delete one API consumer (keys, basic auth, subjects, metadata).
+    #[command(subcommand)]
+    Consumer(edit::ConsumerCommand),
     /// Add, replace (rotate) or delete one TLS certificate.
     #[command(subcommand, alias = "cert")]
     Certificate(edit::CertificateCommand),
@@ -197,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route(command) => edit::route(&admin, command).await,
         Command::Cluster(command) => edit::cluster(&admin, command).await,
         Command::Certificate(command) => edit::certificate(&admin, command).await,
+        Command::Consumer(command) => edit::consumer(&admin, command).await,
         Command::Rollback { target, dry_run, expected_version } => {
             admin.rollback(target, dry_run, expected_version.unwrap_or(0)).await
         }

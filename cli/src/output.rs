@@ -128,6 +128,21 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
                     .collect();
                 text.push_str(&table(&["CLUSTER", "POLICY", "ENDPOINTS"], rows));
             }
+            if all || kind == Kind::Policy {
+                let rows = config.policies.iter().map(policy_row).collect();
+                text.push_str(&table(&["POLICY", "STAGES"], rows));
+            }
+            if all || kind == Kind::Consumer {
+                let rows = config
+                    .consumers
+                    .iter()
+                    .map(|c| {
+                        let basic = c.basic_auth.as_ref().map_or("-".to_owned(), |b| b.username.clone());
+                        vec![c.name.clone(), c.api_keys.len().to_string(), basic, c.subjects.join(",")]
+                    })
+                    .collect();
+                text.push_str(&table(&["CONSUMER", "API KEYS", "BASIC USER", "SUBJECTS"], rows));
+            }
             if all || kind == Kind::Certificate {
                 let rows = config.certificates.iter().map(certificate_row).collect();
                 text.push_str(&table(&["CERTIFICATE", "NAMES", "NOT AFTER", "SOURCE"], rows));
@@ -135,6 +150,36 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
             format!("# version {version}\n{text}")
         }
     }
+}
+
+/// A policy's name and its stages, e.g. `auth(jwt), rate_limit(100/60s)`.
+fn policy_row(p: &vane_proto::config::Policy) -> Vec<String> {
+    let mut stages = Vec::new();
+    if p.ip_filter.is_some() {
+        stages.push("ip_filter".to_owned());
+    }
+    if p.cors.is_some() {
+        stages.push("cors".to_owned());
+    }
+    if let Some(a) = &p.auth {
+        let on = [
+            (a.api_key.is_some(), "api_key"),
+            (a.basic.is_some(), "basic"),
+            (a.jwt.is_some(), "jwt"),
+            (a.introspection.is_some(), "introspection"),
+            (a.ext_authz.is_some(), "ext_authz"),
+        ];
+        let names: Vec<&str> = on.iter().filter(|(set, _)| *set).map(|(_, n)| *n).collect();
+        stages.push(format!("auth({})", names.join("+")));
+    }
+    if let Some(r) = &p.rate_limit {
+        let per = r.per.as_ref().map_or(1, |d| d.seconds.max(1));
+        stages.push(format!("rate_limit({}/{per}s)", r.requests));
+    }
+    if p.transform.is_some() {
+        stages.push("transform".to_owned());
+    }
+    vec![p.name.clone(), stages.join(", ")]
 }
 
 /// Name, the leaf's DNS names and expiry (inline chains; files live on the nodes), source.
