@@ -336,10 +336,9 @@ pub(crate) async fn consumer(admin: &Admin, command: ConsumerCommand) -> anyhow:
         ConsumerCommand::Delete { name, dry_run } => admin.delete_kind(Kind::Consumer, &name, dry_run).await,
         ConsumerCommand::Add(add) => {
             let basic_auth = match (add.basic_user, add.basic_password) {
-                (Some(username), Some(password)) => Some(BasicCredential {
-                    username,
-                    password_hash: bcrypt::hash(password, bcrypt::DEFAULT_COST)?,
-                }),
+                (Some(username), Some(password)) => {
+                    Some(BasicCredential { username, password_hash: bcrypt::hash(password, bcrypt::DEFAULT_COST)? })
+                }
                 _ => None,
             };
             let metadata = add

@@ -141,8 +141,26 @@ fn policy(v: &mut Validator, name: &str, p: &Policy) {
                 http_url(v, name, "auth.jwt.jwks_uri", &j.jwks_uri);
             }
             v.duration("policy", name, "auth.jwt.jwks_refresh", j.jwks_refresh.as_ref());
-            if j.leeway.as_ref().is_some_and(|d| d.seconds < 0 || d.nanos < 0) {
-                v.err("policy", name, "auth.jwt.leeway", "must not be negative".into());
+            if j.jwks_refresh.as_ref().is_some_and(|d| d.seconds < 1) {
+                v.err("policy", name, "auth.jwt.jwks_refresh", "must be at least 1s".into());
+            }
+            if j.leeway.as_ref().is_some_and(|d| d.seconds < 0 || d.nanos < 0 || d.seconds > 86_400) {
+                v.err("policy", name, "auth.jwt.leeway", "must be between 0 and 1 day".into());
+            }
+            for (k, c) in j.required_claims.iter().enumerate() {
+                if c.is_empty() {
+                    v.err("policy", name, &format!("auth.jwt.required_claims[{k}]"), "is empty".into());
+                }
+            }
+            for (k, secret) in j.hmac_secrets.iter().enumerate() {
+                if secret.len() < 16 {
+                    v.err(
+                        "policy",
+                        name,
+                        &format!("auth.jwt.hmac_secrets[{k}]"),
+                        "at least 16 bytes are required".into(),
+                    );
+                }
             }
             for (k, c) in j.claims_to_headers.iter().enumerate() {
                 if c.claim.is_empty() || !is_header_name(&c.header) {

@@ -401,3 +401,173 @@ async fn transforms_edit_headers_query_path_and_small_json_bodies() {
     assert_eq!(seen["via"], "vane");
     assert_eq!(reply.headers["content-length"], reply.body.len().to_string().as_str());
 }
+
+/// A JWT signed with `key` (header `kid` when given) over these claims.
+fn jwt(alg: jsonwebtoken::Algorithm, kid: Option<&str>, key: &jsonwebtoken::EncodingKey, claims: Value) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test]
+async fn jwt_checks_signature_expiry_issuer_audience_and_passes_claims_upstream() {
+    init_logs();
+    let secret = "a-shared-secret-of-some-length";
+    let policies = json!([{ "name": "jwt", "auth": { "jwt": {
+        "issuer": "https://id.test", "audiences": ["orders"], "hmac_secrets": [secret],
+        "required_claims": ["sub"], "claims_to_headers": [{ "claim": "sub", "header": "x-user-id" },
+                                                         { "claim": "roles", "header": "x-roles" }],
+        "cookie": "session", "leeway": "5s" } } }]);
+    let s = Serving::start(|e| gateway(e, policies, &["jwt"], json!([]))).await;
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let now = unix_now();
+    let claims = |exp: u64, iss: &str, aud: &str| json!({ "sub": "u-1", "roles": ["admin"], "iss": iss, "aud": aud, "exp": exp });
+    let hs = jsonwebtoken::Algorithm::HS256;
+    let good = jwt(hs, None, &key, claims(now + 600, "https://id.test", "orders"));
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let ok = get(s.web, "/", &[("authorization", &bearer(&good)), ("x-user-id", "forged")]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.headers);
+    assert!(ok.body.contains("x-user-id: u-1\n"), "{}", ok.body);
+    assert!(ok.body.contains("x-roles: [\"admin\"]"), "{}", ok.body);
+    assert!(ok.body.contains("x-consumer: u-1"), "{}", ok.body);
+    let cookie = get(s.web, "/", &[("cookie", &format!("theme=dark; session={good}"))]).await;
+    assert_eq!(cookie.status, StatusCode::OK, "a token from the cookie");
+
+    let cases = [
+        ("expired", jwt(hs, None, &key, claims(now - 60, "https://id.test", "orders"))),
+        (
+            "wrongly signed",
+            jwt(
+                hs,
+                None,
+                &jsonwebtoken::EncodingKey::from_secret(b"other-secret"),
+                claims(now + 600, "https://id.test", "orders"),
+            ),
+        ),
+        ("wrong issuer", jwt(hs, None, &key, claims(now + 600, "https://evil.test", "orders"))),
+        ("wrong audience", jwt(hs, None, &key, claims(now + 600, "https://id.test", "billing"))),
+        ("garbage", "not.a.token".to_owned()),
+    ];
+    for (what, token) in cases {
+        let reply = get(s.web, "/", &[("authorization", &bearer(&token))]).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}");
+        let challenge = reply.headers["www-authenticate"].to_str().unwrap();
+        assert!(challenge.starts_with("Bearer realm=\"vane\", error=\"invalid_token\""), "{what}: {challenge}");
+    }
+    let missing = get(s.web, "/", &[]).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.headers["www-authenticate"], "Bearer realm=\"vane\"");
+    assert_eq!(s.echo.received(), 2);
+}
+
+/// An ES256 key: the signing key and its public JWK.
+fn es256_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
+    use base64::Engine as _;
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = pair.public_key_raw(); // 0x04 || X || Y
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = json!({ "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+                      "x": b64(&raw[1..33]), "y": b64(&raw[33..65]) });
+    (jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap(), jwk)
+}
+
+#[tokio::test]
+async fn a_jwks_key_rotation_is_picked_up_without_a_restart() {
+    init_logs();
+    let (key_a, jwk_a) = es256_key("key-a");
+    let (key_b, jwk_b) = es256_key("key-b");
+    let document = Arc::new(std::sync::Mutex::new(json!({ "keys": [jwk_a] }).to_string()));
+    let served = document.clone();
+    let idp =
+        stub(move |_, _| (200, vec![("content-type", "application/json".into())], served.lock().unwrap().clone()))
+            .await;
+    // Refreshing every 30 min: only an unknown kid can make the node fetch again within the test.
+    let policies = json!([{ "name": "jwt", "auth": { "jwt": {
+        "jwks_uri": format!("http://{}/.well-known/jwks.json", idp.addr), "jwks_refresh": "1800s" } } }]);
+    let s = Serving::start(|e| gateway(e, policies, &["jwt"], json!([]))).await;
+    let es = jsonwebtoken::Algorithm::ES256;
+    let claims = json!({ "sub": "rotating", "exp": unix_now() + 600 });
+    let token_a = format!("Bearer {}", jwt(es, Some("key-a"), &key_a, claims.clone()));
+    let token_b = format!("Bearer {}", jwt(es, Some("key-b"), &key_b, claims));
+    let status = |token: String| async move { get(s.web, "/", &[("authorization", &token)]).await.status };
+
+    eventually(std::time::Duration::from_secs(10), "keys fetched; key A verifies", || async {
+        (status(token_a.clone()).await == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(status(token_b.clone()).await, StatusCode::UNAUTHORIZED, "key B is not published yet");
+
+    *document.lock().unwrap() = json!({ "keys": [jwk_b] }).to_string();
+    // A request with the unknown kid triggers an early refresh; those are limited to one
+    // per 10 s per URL (the refusal of key B above may have used it), hence the deadline.
+    eventually(std::time::Duration::from_secs(25), "key B verifies after the rotation", || async {
+        (status(token_b.clone()).await == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(status(token_a).await, StatusCode::UNAUTHORIZED, "key A was withdrawn");
+    assert!(idp.calls.load(Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test]
+async fn the_example_gateway_works_as_the_readme_walks_through_it() {
+    init_logs();
+    let (orders, catalog) = (
+        EchoServer::start("orders", ([127, 0, 0, 1], 0).into()).await.unwrap(),
+        EchoServer::start("catalog", ([127, 0, 0, 1], 0).into()).await.unwrap(),
+    );
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gateway.yaml")).unwrap();
+    let yaml = example
+        .replace("127.0.0.1:8090", "127.0.0.1:0")
+        .replace("127.0.0.1:9001", &orders.addr().to_string())
+        .replace("127.0.0.1:9002", &catalog.addr().to_string());
+    let cp = TestControlPlane::start().await;
+    let node = cp.node("gw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let applied = vane(&cp.url(), &["apply", "-f", &write_yaml(dir.path(), "gateway.yaml", &yaml)]).await;
+    assert!(applied.success, "{}", applied.stderr);
+    wait_version(&node, 1).await;
+    let web = listener(&node, "gateway").await;
+
+    assert_eq!(get(web, "/catalog/items", &[]).await.status, StatusCode::UNAUTHORIZED);
+    let partner = get(web, "/catalog/items", &[("x-api-key", "acme-demo-key-1")]).await;
+    assert_eq!(partner.status, StatusCode::OK);
+    assert!(partner.body.contains("x-consumer: acme") && partner.body.contains("x-consumer-plan: gold"));
+    assert!(!partner.headers.contains_key("x-backend"), "hide-internals removes it");
+    let statuses: Vec<u16> = futures::future::join_all(
+        (0..12).map(|_| async { get(web, "/catalog/x", &[("x-api-key", "globex-demo-key-2")]).await.status.as_u16() }),
+    )
+    .await;
+    assert!(statuses.contains(&429), "the per-partner limit holds: {statuses:?}");
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 10, "{statuses:?}");
+
+    let key = jsonwebtoken::EncodingKey::from_secret(b"change-me-to-a-long-random-secret");
+    let token = jwt(
+        jsonwebtoken::Algorithm::HS256,
+        None,
+        &key,
+        json!({ "sub": "u1", "iss": "https://id.shop.example.com", "aud": "orders-api", "exp": unix_now() + 600 }),
+    );
+    let customer = get(web, "/orders/1", &[("authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!((customer.status, customer.backend()), (StatusCode::OK, "orders"));
+    assert!(customer.body.contains("x-user-id: u1"), "{}", customer.body);
+    let preflight = HttpClient::default()
+        .send(
+            Request::builder()
+                .method("OPTIONS")
+                .uri(format!("http://{web}/orders"))
+                .header("origin", "https://shop.example.com")
+                .header("access-control-request-method", "POST")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(preflight.status, StatusCode::NO_CONTENT);
+    let table = vane(&cp.url(), &["get", "policies"]).await;
+    assert!(table.stdout.contains("auth(jwt)") && table.stdout.contains("rate_limit(10/1s)"), "{}", table.stdout);
+}
