@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use vane_data_plane::bench::{CompiledCluster, CompiledRoutes};
+use vane_data_plane::bench::{CompiledPolicies, CompiledCluster, CompiledRoutes};
 use vane_proto::config::{self, Config};
 
 fn config_with_routes(n: usize) -> Config {
@@ -81,5 +81,49 @@ fn balance_and_rewrite(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_lookup, balance_and_rewrite);
+/// A route's policies: JWT (HS256, issuer, audience, one claim to a header) then a rate
+/// limit keyed by consumer, as `benches/policy-bench.sh` runs them end to end.
+fn policy_chain(c: &mut Criterion) {
+    let secret = "bench-secret-0123456789abcdef";
+    let config = vane_proto::load(
+        &format!(
+            "policies:\n  - name: jwt\n    auth: {{jwt: {{issuer: 'https://id.bench', audiences: [bench], \
+             hmac_secrets: ['{secret}'], claims_to_headers: [{{claim: sub, header: x-user-id}}]}}}}\n  \
+             - {{name: limit, rate_limit: {{requests: 100000000, per: 1s, key: [{{consumer: true}}]}}}}\n"
+        ),
+        vane_proto::Format::Yaml,
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _guard = runtime.enter();
+    let jwt_only = CompiledPolicies::compile(&config, &["jwt".into()]).unwrap();
+    let both = CompiledPolicies::compile(&config, &["jwt".into(), "limit".into()]).unwrap();
+    // header.payload.signature of {"sub":"bench-user","iss":"https://id.bench","aud":"bench","exp":4102444800}
+    let token = {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let signed = format!(
+            "{}.{}",
+            b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+            b64(br#"{"sub":"bench-user","iss":"https://id.bench","aud":"bench","exp":4102444800}"#)
+        );
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(signed.as_bytes());
+        format!("{signed}.{}", b64(&mac.finalize().into_bytes()))
+    };
+    let client: std::net::IpAddr = [127, 0, 0, 1].into();
+    for (name, chain) in [("jwt", &jwt_only), ("jwt_and_rate_limit", &both)] {
+        c.bench_function(&format!("policy_chain/{name}"), |b| {
+            b.iter(|| {
+                let mut req = http::Request::get("/orders").header("authorization", format!("Bearer {token}")).body(()).unwrap();
+                let passed = runtime.block_on(chain.check(&mut req, client));
+                assert!(passed);
+                black_box(req)
+            })
+        });
+    }
+}
+
+criterion_group!(benches, route_lookup, balance_and_rewrite, policy_chain);
 criterion_main!(benches);

@@ -443,6 +443,31 @@ pub mod bench {
         }
     }
 
+    /// The policies of a config, and the chain of the named ones.
+    #[derive(Debug)]
+    pub struct CompiledPolicies {
+        chain: crate::policy::Chain,
+        _state: crate::policy::PolicyState,
+    }
+
+    impl CompiledPolicies {
+        /// Compiles `config`'s policies; the chain runs `names` in order.
+        pub fn compile(config: &vane_proto::config::Config, names: &[String]) -> Option<CompiledPolicies> {
+            let state = crate::policy::PolicyState::default();
+            let policies = crate::policy::Policies::compile(config, &state, None).ok()?;
+            Some(CompiledPolicies { chain: policies.chain(names, &[]), _state: state })
+        }
+
+        /// Runs the request side of the chain; true when the request passes.
+        pub async fn check(&self, req: &mut http::Request<()>, client: std::net::IpAddr) -> bool {
+            let mut with_body = std::mem::take(req).map(|()| http_body_util::Either::Right(Default::default()));
+            let ctx = crate::policy::Ctx { client_ip: client, route: "bench" };
+            let passed = self.chain.run(&mut with_body, &ctx).await.is_ok();
+            *req = with_body.map(|_| ());
+            passed
+        }
+    }
+
     /// A compiled cluster, for endpoint picks and request rewrites.
     #[derive(Debug)]
     pub struct CompiledCluster(Arc<Cluster>);
