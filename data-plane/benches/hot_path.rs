@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use vane_data_plane::bench::{CompiledPolicies, CompiledCluster, CompiledRoutes};
+use vane_data_plane::bench::{CompiledCluster, CompiledPolicies, CompiledRoutes};
 use vane_proto::config::{self, Config};
 
 fn config_with_routes(n: usize) -> Config {
@@ -116,7 +116,8 @@ fn policy_chain(c: &mut Criterion) {
     for (name, chain) in [("jwt", &jwt_only), ("jwt_and_rate_limit", &both)] {
         c.bench_function(&format!("policy_chain/{name}"), |b| {
             b.iter(|| {
-                let mut req = http::Request::get("/orders").header("authorization", format!("Bearer {token}")).body(()).unwrap();
+                let mut req =
+                    http::Request::get("/orders").header("authorization", format!("Bearer {token}")).body(()).unwrap();
                 let passed = runtime.block_on(chain.check(&mut req, client));
                 assert!(passed);
                 black_box(req)

@@ -325,7 +325,12 @@ pub struct VaneProcess {
 impl VaneProcess {
     /// Starts `vane ARGS` and waits for its readiness line on stdout.
     pub async fn start(args: &[&str]) -> anyhow::Result<VaneProcess> {
-        let mut child = tokio::process::Command::new(vane_bin())
+        VaneProcess::start_binary(&vane_bin(), args).await
+    }
+
+    /// As `start`, with a given `vane` binary (benchmarks use a release build).
+    pub async fn start_binary(vane: &Path, args: &[&str]) -> anyhow::Result<VaneProcess> {
+        let mut child = tokio::process::Command::new(vane)
             .args(args)
             .env_remove("VANE_TOKEN")
             .stdin(Stdio::null())
@@ -350,6 +355,11 @@ impl VaneProcess {
         let mut args = vec!["control-plane", "--data-dir", dir, "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         VaneProcess::start(&args).await
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
     }
 
     /// The control plane's URL, read from `vane control-plane listening on ADDR ...`.
