@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# profile.sh: where a Vane node spends its CPU under the peer-bench load (HTTP/1.1,
+# keep-alive, 64-byte responses, 50 connections). Runs `benches/vane-sut.sh` (real control
+# plane and node) in front of the peer-bench backend, loads it with wrk for DURATION, samples
+# the node with `perf record -e cpu-clock` and prints the hottest symbols, then the same
+# grouped by crate. No hardware counters are needed (cpu-clock is a software event).
+#
+#   benches/profile.sh            # VANE=target/release/vane, DURATION=15s, TOP=40
+#
+# Loopback only; everything started here is stopped on exit.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO=$(git -C "$HERE" rev-parse --show-toplevel)
+export VANE=${VANE:-$REPO/target/release/vane}
+DURATION=${DURATION:-15s}
+TOP=${TOP:-40}
+BACKEND_BIN=${BACKEND_BIN:-/tmp/vane-bench-target/release/peer-backend}
+PORT=18600 BACKENDS=127.0.0.1:18601,127.0.0.1:18602
+for tool in perf wrk taskset curl; do command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y linux-perf wrk)" >&2; exit 1; }; done
+[ -x "$VANE" ] || (cd "$REPO" && cargo build --release -p vane)
+[ -x "$BACKEND_BIN" ] || { echo "no backend at $BACKEND_BIN: run ../shared/bench/peer_bench.sh --quick once, or set BACKEND_BIN" >&2; exit 1; }
+
+TMP=$(mktemp -d /tmp/vane-profile.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT INT TERM
+
+taskset -c 0 "$BACKEND_BIN" 18601 1 >"$TMP/b1.log" 2>&1 & PIDS+=($!)
+taskset -c 0 "$BACKEND_BIN" 18602 1 >"$TMP/b2.log" 2>&1 & PIDS+=($!)
+PB_LISTEN=127.0.0.1:$PORT PB_BACKENDS=$BACKENDS VANE_BENCH_CP=127.0.0.1:18603 VANE_BENCH_ADMIN=127.0.0.1:18604 \
+  setsid taskset -c 1 "$HERE/vane-sut.sh" >"$TMP/sut.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+NODE=$(pgrep -f "vane proxy --control-plane http://127.0.0.1:18603" | head -1)
+[ -n "$NODE" ] || { echo "the node did not start" >&2; cat "$TMP/sut.log" >&2; exit 1; }
+
+taskset -c 0 wrk -t1 -c50 -d2s "http://127.0.0.1:$PORT/" >/dev/null   # warm-up
+taskset -c 0 wrk -t1 -c50 -d"$DURATION" "http://127.0.0.1:$PORT/" >"$TMP/wrk.txt" &
+WRK=$!
+perf record -q -e cpu-clock -F 2999 -p "$NODE" -o "$TMP/perf.data" -- sleep "${DURATION%s}" 2>/dev/null
+wait "$WRK"
+grep -E "Requests/sec|Latency" "$TMP/wrk.txt"
+echo
+echo "## hottest symbols (self time, % of the node's samples)"
+perf report -i "$TMP/perf.data" --stdio --no-children --sort symbol 2>/dev/null | grep -E '^ +[0-9.]+%' | head -"$TOP"
+echo
+echo "## by crate / library (self time)"
+perf report -i "$TMP/perf.data" --stdio --no-children --sort symbol 2>/dev/null | grep -E '^ +[0-9.]+%' | python3 -c '
+import re, sys, collections
+groups = collections.Counter()
+for line in sys.stdin:
+    m = re.match(r"\s+([0-9.]+)%\s+\[(.)\]\s+(.*)", line)
+    if not m: continue
+    pct, where, sym = float(m.group(1)), m.group(2), m.group(3).strip()
+    if where == "k": key = "kernel"
+    else:
+        sym = re.sub(r"^<", "", sym)
+        crate = re.split(r"::|<| ", sym)[0] or "?"
+        key = crate if not crate.startswith("0x") else "unresolved"
+    groups[key] += pct
+for k, v in groups.most_common(25):
+    print(f"{v:6.2f}%  {k}")
+'
