@@ -38,10 +38,12 @@ taskset -c 0 wrk -t1 -c50 -d"$DURATION" "http://127.0.0.1:$PORT/" >"$TMP/wrk.txt
 WRK=$!
 perf record -q -e cpu-clock -F 2999 -p "$NODE" -o "$TMP/perf.data" -- sleep "${DURATION%s}" 2>/dev/null
 wait "$WRK"
+cp "$TMP/perf.data" "${KEEP:-/tmp/vane-profile.data}"
 grep -E "Requests/sec|Latency" "$TMP/wrk.txt"
 echo
 echo "## hottest symbols (self time, % of the node's samples)"
-perf report -i "$TMP/perf.data" --stdio --no-children --sort symbol 2>/dev/null | grep -E '^ +[0-9.]+%' | head -"$TOP"
+perf report -i "$TMP/perf.data" --stdio --no-children --sort symbol 2>/dev/null | grep -E '^ +[0-9.]+%' \
+  | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' | head -"$TOP" || true
 echo
 echo "## by crate / library (self time)"
 perf report -i "$TMP/perf.data" --stdio --no-children --sort symbol 2>/dev/null | grep -E '^ +[0-9.]+%' | python3 -c '

@@ -66,6 +66,11 @@ pub(crate) struct ProxyArgs {
     /// On SIGTERM/Ctrl-C: how long requests in flight may take to finish.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Worker threads. Default: the CPUs this process may run on. With one, the node runs
+    /// on a single-threaded runtime, which costs less per request than a work-stealing
+    /// runtime with one worker (see BENCHMARKS.md).
+    #[arg(long, env = "VANE_THREADS")]
+    pub(crate) threads: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
