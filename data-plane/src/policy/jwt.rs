@@ -489,7 +489,26 @@ pub(crate) struct Jwt {
     headers: Vec<(String, HeaderName)>,
     cookie: Option<String>,
     consumer_claim: String,
+    leeway: u64,
+    /// Tokens verified lately, so that a client repeating its token costs a lookup, not a
+    /// signature check: byte-identical token -> claims, valid until `exp` + leeway (at most
+    /// `CACHE_TTL`), and only while the key set it was checked against is still held.
+    verified: Mutex<HashMap<Box<str>, Verified>>,
 }
+
+#[derive(Debug)]
+struct Verified {
+    claims: Arc<Map<String, Value>>,
+    /// Unix seconds past which the token is expired.
+    until_unix: u64,
+    cached_at: Instant,
+    /// Which fetched key set verified it (0: HMAC secrets or inline keys, fixed per compile).
+    generation: usize,
+}
+
+/// Longest a verified token is trusted without a new check, and most tokens remembered.
+const CACHE_TTL: Duration = Duration::from_secs(300);
+const CACHE_MAX: usize = 10_000;
 
 // By hand: secrets stay out of logs, and `DecodingKey` has no Debug.
 impl fmt::Debug for Jwt {
@@ -571,7 +590,50 @@ impl Jwt {
             headers,
             cookie: (!spec.cookie.is_empty()).then(|| spec.cookie.clone()),
             consumer_claim: if spec.consumer_claim.is_empty() { "sub".to_owned() } else { spec.consumer_claim.clone() },
+            leeway,
+            verified: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Verifies a token (see [`Jwt::verify_uncached`]), answering repeats of a token
+    /// verified lately from the cache.
+    pub(crate) fn verify(&self, token: &str) -> Result<Arc<Map<String, Value>>, String> {
+        self.verify_at(token, unix_now())
+    }
+
+    fn verify_at(&self, token: &str, now_unix: u64) -> Result<Arc<Map<String, Value>>, String> {
+        let generation = self.generation();
+        {
+            let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = cache.get(token)
+                && v.generation == generation
+                && now_unix < v.until_unix
+                && v.cached_at.elapsed() < CACHE_TTL
+            {
+                return Ok(v.claims.clone());
+            }
+        }
+        let claims = Arc::new(self.verify_uncached(token)?);
+        if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+            let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            let entry = Verified {
+                claims: claims.clone(),
+                until_unix: exp.saturating_add(self.leeway),
+                cached_at: Instant::now(),
+                generation,
+            };
+            cache.insert(token.into(), entry);
+        }
+        Ok(claims)
+    }
+
+    /// Identifies the fetched key set held now: a refetch (keys rotated or withdrawn)
+    /// invalidates what the cache learnt with the old one.
+    fn generation(&self) -> usize {
+        self.remote.as_ref().map_or(0, |r| r.keys.load().as_ref().map_or(1, |k| Arc::as_ptr(k) as usize))
     }
 
     /// The token: `Authorization: Bearer <t>` (scheme case-insensitive), else the configured
@@ -599,7 +661,7 @@ impl Jwt {
     /// signature", "unknown key", "keys not yet fetched", "issuer not accepted", "audience
     /// not accepted", "missing claim 'x'", "alg none not accepted", "malformed token"...
     /// Reasons are ASCII and hold no text from the token.
-    pub(crate) fn verify(&self, token: &str) -> Result<Map<String, Value>, String> {
+    fn verify_uncached(&self, token: &str) -> Result<Map<String, Value>, String> {
         if token.len() > MAX_TOKEN_LEN {
             return Err("token too large".into());
         }
@@ -1214,7 +1276,7 @@ QAkQpl5eWE2ik2Rjkc4nNr9M
         assert_eq!(jwt.header_names().count(), 7);
         assert_eq!(jwt.consumer(&claims).as_deref(), Some("app-7"));
         assert_eq!(compile(&spec()).consumer(&claims).as_deref(), Some("alice"));
-        let numeric = with(claims.into(), "client_id", json!(7));
+        let numeric = with(Value::Object((*claims).clone()), "client_id", json!(7));
         assert_eq!(jwt.consumer(numeric.as_object().unwrap()), None);
     }
 
@@ -1456,5 +1518,44 @@ QAkQpl5eWE2ik2Rjkc4nNr9M
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(jwt.verify(&token).is_ok());
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn hs256_token(secret: &[u8], exp: u64) -> String {
+        let claims = serde_json::json!({ "sub": "cached", "exp": exp });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn repeats_are_answered_from_the_cache_until_expiry() {
+        let secret = "cache-test-secret-0123456789";
+        let spec =
+            JwtAuth { hmac_secrets: vec![secret.into()], leeway: Some(Default::default()), ..Default::default() };
+        let jwt = Jwt::compile(&spec, &JwksRegistry::new()).unwrap();
+        let now = unix_now();
+        let token = hs256_token(secret.as_bytes(), now + 100);
+        let first = jwt.verify_at(&token, now).unwrap();
+        let again = jwt.verify_at(&token, now + 50).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "a repeat is a cache hit");
+        // Past `exp` in the cache's eyes: checked again, not answered from the cache.
+        let later = jwt.verify_at(&token, now + 101).unwrap();
+        assert!(!Arc::ptr_eq(&first, &later));
+        // A token that fails is never cached, and a different token is checked on its own.
+        assert!(jwt.verify(&hs256_token(b"wrong-secret-0123456789", now + 100)).is_err());
+        assert!(jwt.verify(&format!("{token}x")).is_err());
     }
 }
