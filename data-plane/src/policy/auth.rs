@@ -60,6 +60,8 @@ pub(crate) struct Consumers {
     by_key: HashMap<[u8; 32], Arc<ConsumerInfo>>,
     by_username: HashMap<String, (Arc<ConsumerInfo>, String)>,
     by_subject: HashMap<String, Arc<ConsumerInfo>>,
+    /// Subjects seen that are no configured consumer, built once (bounded).
+    strangers: Mutex<HashMap<String, Arc<ConsumerInfo>>>,
 }
 
 impl Consumers {
@@ -90,7 +92,19 @@ impl Consumers {
     /// The consumer a token subject names; unknown subjects are consumers of that name
     /// without metadata (so limits keyed by consumer still separate them).
     fn for_subject(&self, subject: &str) -> Arc<ConsumerInfo> {
-        self.by_subject.get(subject).cloned().unwrap_or_else(|| Arc::new(ConsumerInfo::new(subject, &HashMap::new())))
+        if let Some(known) = self.by_subject.get(subject) {
+            return known.clone();
+        }
+        let mut strangers = self.strangers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(seen) = strangers.get(subject) {
+            return seen.clone();
+        }
+        if strangers.len() >= CACHE_MAX {
+            strangers.clear();
+        }
+        let info = Arc::new(ConsumerInfo::new(subject, &HashMap::new()));
+        strangers.insert(subject.to_owned(), info.clone());
+        info
     }
 }
 

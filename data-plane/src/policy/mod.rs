@@ -317,6 +317,9 @@ impl Applied {
 }
 
 fn strip_consumer_headers(headers: &mut http::HeaderMap) {
+    if !headers.keys().any(|k| k.as_str().starts_with("x-consumer")) {
+        return;
+    }
     let forged: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("x-consumer")).cloned().collect();
     for name in forged {
         headers.remove(name);
