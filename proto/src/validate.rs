@@ -600,11 +600,12 @@ impl Validator {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Format, load};
 
-    fn errors(yaml: &str) -> Vec<String> {
+    /// Every error the validator finds in a YAML config, as users read them.
+    pub(crate) fn errors(yaml: &str) -> Vec<String> {
         let config = load(yaml, Format::Yaml).unwrap();
         match validate(&config) {
             Ok(()) => vec![],

@@ -304,14 +304,8 @@ fn consumers(v: &mut Validator, consumers: &[Consumer]) {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Format, load, validate};
-
-    fn errors(yaml: &str) -> Vec<String> {
-        match validate(&load(yaml, Format::Yaml).unwrap()) {
-            Ok(()) => vec![],
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
-    }
+    use crate::validate::tests::errors;
+    use crate::{Format, load};
 
     #[test]
     fn policies_and_consumers_are_checked() {

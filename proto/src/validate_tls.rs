@@ -175,14 +175,7 @@ fn inline_of<'a>(
 
 #[cfg(test)]
 mod tests {
-    use crate::{Format, load, validate};
-
-    fn errors(yaml: &str) -> Vec<String> {
-        match validate(&load(yaml, Format::Yaml).unwrap()) {
-            Ok(()) => vec![],
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
-    }
+    use crate::validate::tests::errors;
 
     const CERT: &str = "certificates:\n  - {name: site, certificate_chain: {filename: /etc/vane/site.pem}, \
                         private_key: {filename: /etc/vane/site.key}}\n";

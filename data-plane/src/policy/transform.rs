@@ -105,16 +105,8 @@ impl Transform {
         {
             *req.uri_mut() = uri;
         }
-        if let Some(edits) = &self.request_json
-            && is_json(req.headers())
-            && length(req.headers()).is_some_and(|n| n <= self.max_body)
-        {
-            let body = std::mem::replace(req.body_mut(), Either::Right(Full::default()));
-            let Ok(collected) = body.collect().await else { return };
-            let bytes = collected.to_bytes();
-            let out = edits.apply(&bytes).map_or(bytes, Bytes::from);
-            req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-            *req.body_mut() = Either::Right(Full::new(out));
+        if let Some(edits) = &self.request_json {
+            edit_json(edits, self.max_body, req).await;
         }
     }
 
@@ -123,16 +115,8 @@ impl Transform {
             let vars = Vars { client_ip: ctx.client_ip, request_id: None, host: None, params: &[] };
             self.response_headers.apply(response.headers_mut(), &vars);
         }
-        if let Some(edits) = &self.response_json
-            && is_json(response.headers())
-            && length(response.headers()).is_some_and(|n| n <= self.max_body)
-        {
-            let body = std::mem::replace(response.body_mut(), Either::Right(Full::default()));
-            let Ok(collected) = body.collect().await else { return };
-            let bytes = collected.to_bytes();
-            let out = edits.apply(&bytes).map_or(bytes, Bytes::from);
-            response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-            *response.body_mut() = Either::Right(Full::new(out));
+        if let Some(edits) = &self.response_json {
+            edit_json(edits, self.max_body, response).await;
         }
     }
 
@@ -157,6 +141,45 @@ impl Transform {
         parts.path_and_query = Some(pq.parse().ok()?);
         Uri::from_parts(parts).ok()
     }
+}
+
+/// A request or a response: headers and a body that can be swapped.
+trait Message {
+    fn headers_mut(&mut self) -> &mut http::HeaderMap;
+    fn body_mut(&mut self) -> &mut InnerBody;
+}
+
+impl Message for Request<InnerBody> {
+    fn headers_mut(&mut self) -> &mut http::HeaderMap {
+        Request::headers_mut(self)
+    }
+    fn body_mut(&mut self) -> &mut InnerBody {
+        Request::body_mut(self)
+    }
+}
+
+impl Message for Response<InnerBody> {
+    fn headers_mut(&mut self) -> &mut http::HeaderMap {
+        Response::headers_mut(self)
+    }
+    fn body_mut(&mut self) -> &mut InnerBody {
+        Response::body_mut(self)
+    }
+}
+
+/// Applies JSON edits to a message's body when it is JSON and announces a length within
+/// `max`; the body is replaced by the edited one (or the original bytes when not an object).
+async fn edit_json(edits: &JsonEdits, max: u64, message: &mut impl Message) {
+    let headers = message.headers_mut();
+    if !is_json(headers) || !length(headers).is_some_and(|n| n <= max) {
+        return;
+    }
+    let body = std::mem::replace(message.body_mut(), Either::Right(Full::default()));
+    let Ok(collected) = body.collect().await else { return };
+    let bytes = collected.to_bytes();
+    let out = edits.apply(&bytes).map_or(bytes, Bytes::from);
+    message.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+    *message.body_mut() = Either::Right(Full::new(out));
 }
 
 fn is_json(headers: &http::HeaderMap) -> bool {
