@@ -171,7 +171,7 @@ impl Message for Response<InnerBody> {
 /// `max`; the body is replaced by the edited one (or the original bytes when not an object).
 async fn edit_json(edits: &JsonEdits, max: u64, message: &mut impl Message) {
     let headers = message.headers_mut();
-    if !is_json(headers) || !length(headers).is_some_and(|n| n <= max) {
+    if !is_json(headers) || length(headers).is_none_or(|n| n > max) {
         return;
     }
     let body = std::mem::replace(message.body_mut(), Either::Right(Full::default()));
