@@ -445,7 +445,18 @@ impl Auth {
         for (name, value) in req.headers() {
             let send = match &e.send {
                 Some(list) => list.contains(name),
-                None => !matches!(*name, header::HOST | header::CONTENT_LENGTH | header::TRANSFER_ENCODING),
+                // Hop-by-hop and framing headers belong to this connection, not the check.
+                None => !matches!(
+                    *name,
+                    header::HOST
+                        | header::CONTENT_LENGTH
+                        | header::TRANSFER_ENCODING
+                        | header::CONNECTION
+                        | header::UPGRADE
+                        | header::TE
+                        | header::TRAILER
+                        | header::PROXY_AUTHORIZATION
+                ) && name.as_str() != "keep-alive",
             };
             if send {
                 check = check.header(name, value);
