@@ -446,17 +446,19 @@ impl Auth {
             let send = match &e.send {
                 Some(list) => list.contains(name),
                 // Hop-by-hop and framing headers belong to this connection, not the check.
-                None => !matches!(
-                    *name,
-                    header::HOST
-                        | header::CONTENT_LENGTH
-                        | header::TRANSFER_ENCODING
-                        | header::CONNECTION
-                        | header::UPGRADE
-                        | header::TE
-                        | header::TRAILER
-                        | header::PROXY_AUTHORIZATION
-                ) && name.as_str() != "keep-alive",
+                None => {
+                    !matches!(
+                        *name,
+                        header::HOST
+                            | header::CONTENT_LENGTH
+                            | header::TRANSFER_ENCODING
+                            | header::CONNECTION
+                            | header::UPGRADE
+                            | header::TE
+                            | header::TRAILER
+                            | header::PROXY_AUTHORIZATION
+                    ) && name.as_str() != "keep-alive"
+                }
             };
             if send {
                 check = check.header(name, value);
