@@ -138,6 +138,44 @@ enum Command {
     Token(edit::TokenCommand),
 }
 
+/// `vane-node`: `vane proxy` alone, in a binary that links nothing else (no control plane,
+/// store or admin commands), so that a node maps fewer pages of code.
+#[derive(Debug, Parser)]
+#[command(name = "vane-node", version, about = "Vane data-plane node (the same as `vane proxy`)")]
+pub struct NodeCli {
+    #[command(flatten)]
+    proxy: serve::ProxyArgs,
+    /// Node token for the control plane.
+    #[arg(long, env = "VANE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    tls: tls::ClientTlsArgs,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// The `vane-node` entry point.
+pub fn node_main() -> ExitCode {
+    let cli = NodeCli::parse();
+    let command = Command::Proxy(cli.proxy);
+    let runtime = match runtime_for(&command).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Command::Proxy(args) = command else { return ExitCode::FAILURE };
+    init_logs(cli.log_format);
+    match runtime.block_on(serve::proxy(args, cli.token, &cli.tls)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Parses arguments, runs the command, prints a one-line error on failure.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -82,3 +82,25 @@ async fn sigterm_drains_requests_in_flight_then_exits() {
     assert!(status.success(), "{status:?}");
     assert!(tokio::net::TcpStream::connect(web).await.is_err(), "nothing listens after the drain");
 }
+
+#[tokio::test]
+async fn the_vane_node_binary_is_a_node_like_vane_proxy() {
+    init_logs();
+    let serving = Serving::echo_all().await;
+    let node_bin = built_artifact("vane-node");
+    let node = VaneProcess::start_binary(
+        &node_bin,
+        &["--control-plane", &serving.cp.url(), "--node-id", "slim", "--admin", "127.0.0.1:0"],
+    )
+    .await
+    .unwrap();
+    assert!(node.banner.starts_with("vane proxy slim admin on 127.0.0.1:"), "{}", node.banner);
+    serving.cp.wait_acked("slim", 1).await;
+    let admin: std::net::SocketAddr = node.banner.rsplit(' ').next().unwrap().parse().unwrap();
+    let client = HttpClient::default();
+    let config: serde_json::Value = serde_json::from_str(&client.get(admin, "/config").await.unwrap().body).unwrap();
+    let web: std::net::SocketAddr = config["listeners"]["web"].as_str().unwrap().parse().unwrap();
+    let reply = client.get(web, "/through-vane-node").await.unwrap();
+    assert_eq!((reply.status.as_u16(), reply.backend()), (200, "echo-1"));
+    node.kill().await.unwrap();
+}

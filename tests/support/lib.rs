@@ -241,7 +241,7 @@ pub fn example_bin(name: &str) -> PathBuf {
 /// a test process runs `cargo build --workspace --all-targets` (a no-op when fresh). It
 /// selects what `cargo test --workspace` selects, so features unify the same way and
 /// nothing is rebuilt back and forth; and no test ever runs a stale binary.
-fn built_artifact(artifact: &str) -> PathBuf {
+pub fn built_artifact(artifact: &str) -> PathBuf {
     static TARGET_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let dir = TARGET_DIR.get_or_init(|| {
         let exe = std::env::current_exe().expect("current exe");
