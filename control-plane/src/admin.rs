@@ -188,35 +188,19 @@ impl AdminService {
 /// Keeps only the resources of `kind` (all for `KIND_UNSPECIFIED`), and only the one
 /// named `name` when given.
 fn select(config: Config, kind: Kind, name: Option<&str>) -> Config {
-    let keep = |k: Kind| kind == Kind::Unspecified || kind == k;
-    let named = |n: &String| name.is_none_or(|want| want == n);
+    fn pick<T>(items: Vec<T>, of: Kind, kind: Kind, name: Option<&str>, name_of: impl Fn(&T) -> &str) -> Vec<T> {
+        if kind != Kind::Unspecified && kind != of {
+            return vec![];
+        }
+        items.into_iter().filter(|r| name.is_none_or(|want| want == name_of(r))).collect()
+    }
     Config {
-        listeners: if keep(Kind::Listener) {
-            config.listeners.into_iter().filter(|r| named(&r.name)).collect()
-        } else {
-            vec![]
-        },
-        routes: if keep(Kind::Route) { config.routes.into_iter().filter(|r| named(&r.name)).collect() } else { vec![] },
-        clusters: if keep(Kind::Cluster) {
-            config.clusters.into_iter().filter(|r| named(&r.name)).collect()
-        } else {
-            vec![]
-        },
-        certificates: if keep(Kind::Certificate) {
-            config.certificates.into_iter().filter(|r| named(&r.name)).collect()
-        } else {
-            vec![]
-        },
-        policies: if keep(Kind::Policy) {
-            config.policies.into_iter().filter(|r| named(&r.name)).collect()
-        } else {
-            vec![]
-        },
-        consumers: if keep(Kind::Consumer) {
-            config.consumers.into_iter().filter(|r| named(&r.name)).collect()
-        } else {
-            vec![]
-        },
+        listeners: pick(config.listeners, Kind::Listener, kind, name, |r| &r.name),
+        routes: pick(config.routes, Kind::Route, kind, name, |r| &r.name),
+        clusters: pick(config.clusters, Kind::Cluster, kind, name, |r| &r.name),
+        certificates: pick(config.certificates, Kind::Certificate, kind, name, |r| &r.name),
+        policies: pick(config.policies, Kind::Policy, kind, name, |r| &r.name),
+        consumers: pick(config.consumers, Kind::Consumer, kind, name, |r| &r.name),
     }
 }
 

@@ -134,10 +134,11 @@ impl Connection {
             }
             Some(found) => {
                 let downstream = Downstream { trusted_proxy: router.trusts(self.peer.ip()), tls: self.tls.is_some() };
-                let entry = found.entry.clone();
-                if entry.chain.is_empty() {
+                if found.entry.chain.is_empty() {
                     self.take(found, req, bytes_in.clone(), downstream).await
                 } else {
+                    // `found` goes to `take`; the route stays reachable for the response side.
+                    let entry = found.entry.clone();
                     let client_ip = policy::client_ip(self.peer.ip(), req.headers(), &router.trusted_proxies);
                     let ctx = policy::Ctx { client_ip, route: &entry.route.name };
                     match entry.chain.run(&mut req, &ctx).await {

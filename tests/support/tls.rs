@@ -81,6 +81,15 @@ impl TestCa {
     }
 }
 
+/// A root store of every certificate in a PEM bundle.
+fn root_store(pem: &str) -> RootCertStore {
+    let mut store = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        store.add(c.expect("CA pem")).expect("CA certificate");
+    }
+    store
+}
+
 /// Trusts every server certificate: for tests that look at which one was served.
 #[derive(Debug)]
 struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
@@ -131,13 +140,7 @@ impl TlsClient {
             .with_safe_default_protocol_versions()
             .expect("versions");
         let builder = match roots {
-            Some(pem) => {
-                let mut store = RootCertStore::empty();
-                for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    store.add(c.expect("root pem")).expect("root");
-                }
-                builder.with_root_certificates(store)
-            }
+            Some(pem) => builder.with_root_certificates(root_store(pem)),
             None => builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))),
         };
         let mut config = match client {
@@ -252,13 +255,10 @@ impl TlsBackend {
             .expect("versions");
         let builder = match client_ca {
             Some(pem) => {
-                let mut store = RootCertStore::empty();
-                for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    store.add(c.expect("ca pem")).expect("ca");
-                }
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider)
-                    .build()
-                    .expect("verifier");
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(pem)), provider)
+                        .build()
+                        .expect("verifier");
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),

@@ -143,6 +143,8 @@ fn http_client() -> HttpClient {
 #[derive(Debug)]
 struct Introspect {
     endpoint: http::Uri,
+    /// Separates this endpoint's answers from other endpoints' in the shared cache.
+    cache_prefix: Box<str>,
     authorization: Option<HeaderValue>,
     cache_ttl: Duration,
     timeout: Duration,
@@ -184,6 +186,7 @@ impl Auth {
         let introspection = match &spec.introspection {
             Some(i) => Some(Introspect {
                 endpoint: i.endpoint.parse().map_err(|_| ("auth.introspection.endpoint", "not a URL".to_owned()))?,
+                cache_prefix: format!("{}\n", i.endpoint).into(),
                 authorization: (!i.client_id.is_empty())
                     .then(|| {
                         let raw = format!("{}:{}", i.client_id, i.client_secret);
@@ -236,54 +239,49 @@ impl Auth {
         req: &mut Request<InnerBody>,
         stats: &PolicyStats,
     ) -> Result<Option<Arc<ConsumerInfo>>, Response<InnerBody>> {
-        let result = self.decide(req).await;
-        match &result {
-            Err(r) if r.status() == StatusCode::UNAUTHORIZED && r.headers().contains_key("x-vane-auth-missing") => {
+        let counter = match self.decide(req).await {
+            Some(Ok(consumer)) => return Ok(consumer),
+            None if self.anonymous => return Ok(None),
+            None => {
                 stats.auth_missing.fetch_add(1, Ordering::Relaxed);
+                return Err(self.unauthorized("credentials required\n"));
             }
-            Err(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                stats.auth_unavailable.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                stats.auth_invalid.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(_) => {}
-        }
-        result.map_err(|mut r| {
-            r.headers_mut().remove("x-vane-auth-missing");
-            r
-        })
+            Some(Err(r)) if r.status() == StatusCode::SERVICE_UNAVAILABLE => (&stats.auth_unavailable, r),
+            Some(Err(r)) => (&stats.auth_invalid, r),
+        };
+        counter.0.fetch_add(1, Ordering::Relaxed);
+        Err(counter.1)
     }
 
-    async fn decide(&self, req: &mut Request<InnerBody>) -> Result<Option<Arc<ConsumerInfo>>, Response<InnerBody>> {
+    /// The first mechanism whose credential the request holds decides; `None`: the request
+    /// holds no credential at all.
+    async fn decide(
+        &self,
+        req: &mut Request<InnerBody>,
+    ) -> Option<Result<Option<Arc<ConsumerInfo>>, Response<InnerBody>>> {
         if let Some((header, query)) = &self.api_key
             && let Some(key) = take_api_key(req, header, query.as_deref())
         {
             let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-            return match self.consumers.by_key.get(&digest) {
+            return Some(match self.consumers.by_key.get(&digest) {
                 Some(c) => Ok(Some(c.clone())),
-                None => Err(self.unauthorized("invalid api key", None)),
-            };
+                None => Err(self.unauthorized("invalid api key\n")),
+            });
         }
         let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        if let Some(realm) = &self.basic_realm
+        if self.basic_realm.is_some()
             && let Some(encoded) = authorization.as_deref().and_then(|a| strip_scheme(a, "basic"))
         {
-            return self
-                .basic(encoded)
-                .await
-                .map(Some)
-                .map_err(|_| self.unauthorized("invalid credentials", Some(realm)));
+            return Some(self.basic(encoded).await.map(Some).map_err(|()| self.unauthorized("invalid credentials\n")));
         }
         if let Some(jwt) = &self.jwt
             && let Some(token) = jwt.token(req.headers())
         {
-            let token = token.to_owned();
-            return match jwt.verify(&token) {
+            let verified = jwt.verify(token);
+            return Some(match verified {
                 Ok(claims) => {
                     // Claim headers carry only what the token says: a client's own go.
-                    let forged: Vec<HeaderName> = jwt.header_names().cloned().collect();
-                    for name in forged {
+                    for name in jwt.header_names() {
                         req.headers_mut().remove(name);
                     }
                     for (name, value) in jwt.claim_headers(&claims) {
@@ -292,32 +290,22 @@ impl Auth {
                     Ok(jwt.consumer(&claims).map(|s| self.consumers.for_subject(&s)))
                 }
                 Err(reason) => Err(self.bearer_error(&reason)),
-            };
+            });
         }
         if let Some(i) = &self.introspection
             && let Some(token) = authorization.as_deref().and_then(|a| strip_scheme(a, "bearer"))
         {
-            return match self.introspect(i, token).await {
-                Ok(Some(subject)) => Ok(Some(self.consumers.for_subject(&subject))),
-                Ok(None) => Ok(None),
-                Err(response) => Err(response),
-            };
+            return Some(self.introspect(i, token).await.map(|s| s.map(|s| self.consumers.for_subject(&s))));
         }
         if let Some(e) = &self.ext_authz {
-            return self.ext_authz(e, req).await.map(|()| None);
+            return Some(self.ext_authz(e, req).await.map(|()| None));
         }
-        if self.anonymous {
-            return Ok(None);
-        }
-        let mut response = self.unauthorized("credentials required", self.basic_realm.as_deref());
-        response.headers_mut().insert("x-vane-auth-missing", HeaderValue::from_static("1"));
-        Err(response)
+        None
     }
 
     /// 401 with a challenge per configured mechanism.
-    fn unauthorized(&self, body: &'static str, _realm: Option<&str>) -> Response<InnerBody> {
+    fn unauthorized(&self, body: &'static str) -> Response<InnerBody> {
         let mut response = super::local(StatusCode::UNAUTHORIZED, body);
-        *response.body_mut() = Either::Right(Full::new(Bytes::from(format!("{body}\n"))));
         let h = response.headers_mut();
         if let Some((header, _)) = &self.api_key
             && let Ok(v) = HeaderValue::from_str(&format!("ApiKey header=\"{header}\""))
@@ -373,7 +361,7 @@ impl Auth {
     /// The token's subject when active (`Ok(None)`: active without a subject); 401 when
     /// inactive; 503 when the endpoint cannot say.
     async fn introspect(&self, i: &Introspect, token: &str) -> Result<Option<String>, Response<InnerBody>> {
-        let key: [u8; 32] = Sha256::digest(format!("{}\n{token}", i.endpoint).as_bytes()).into();
+        let key: [u8; 32] = Sha256::new().chain_update(i.cache_prefix.as_bytes()).chain_update(token).finalize().into();
         let now = Instant::now();
         if let Some((answer, until)) = self.caches.introspection.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
             && *until > now

@@ -188,13 +188,18 @@ impl Policies {
     pub(crate) fn chain(&self, first: &[String], then: &[String]) -> Chain {
         let policies: Box<[Arc<Policy>]> =
             first.iter().chain(then).filter_map(|n| self.by_name.get(n).cloned()).collect();
-        Chain(policies)
+        let has_auth = policies.iter().any(|p| p.auth.is_some());
+        Chain { policies, has_auth }
     }
 }
 
 /// The policies a request meets, in order.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Chain(Box<[Arc<Policy>]>);
+pub(crate) struct Chain {
+    policies: Box<[Arc<Policy>]>,
+    /// Some policy authenticates: client-sent consumer headers are removed.
+    has_auth: bool,
+}
 
 /// What the request side of a chain leaves for the response.
 #[derive(Debug, Default)]
@@ -215,7 +220,7 @@ pub(crate) struct Ctx<'a> {
 
 impl Chain {
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.policies.is_empty()
     }
 
     /// Runs the request side. `Err` is the answer to send instead of going on.
@@ -225,7 +230,7 @@ impl Chain {
         ctx: &Ctx<'_>,
     ) -> Result<Applied, Response<InnerBody>> {
         let mut applied = Applied::default();
-        for p in self.0.iter() {
+        for p in self.policies.iter() {
             if let Some(ip) = &p.ip
                 && !ip.allows(ctx.client_ip)
             {
@@ -233,7 +238,7 @@ impl Chain {
                 return Err(local(StatusCode::FORBIDDEN, "forbidden\n"));
             }
         }
-        for p in self.0.iter() {
+        for p in self.policies.iter() {
             let Some(cors) = &p.cors else { continue };
             match cors.request(req) {
                 CorsOutcome::NotCors => {}
@@ -249,12 +254,11 @@ impl Chain {
                 CorsOutcome::OriginRefused => break,
             }
         }
-        let has_auth = self.0.iter().any(|p| p.auth.is_some());
-        if has_auth {
+        if self.has_auth {
             // Only Vane says who the consumer is.
             strip_consumer_headers(req.headers_mut());
         }
-        for p in self.0.iter() {
+        for p in self.policies.iter() {
             let Some(auth) = &p.auth else { continue };
             match auth.authenticate(req, &p.stats).await {
                 Ok(Some(consumer)) => applied.consumer = Some(consumer),
@@ -268,7 +272,7 @@ impl Chain {
             }
         }
         let now = Instant::now();
-        for p in self.0.iter() {
+        for p in self.policies.iter() {
             let Some(rate) = &p.rate else { continue };
             let key = rate.key(req, ctx, applied.consumer.as_deref());
             let decision = rate.limiter.check(&key, now);
@@ -285,12 +289,12 @@ impl Chain {
                 applied.rate = Some((rate.limiter.limit, decision));
             }
         }
-        for p in self.0.iter() {
+        for p in self.policies.iter() {
             let Some(t) = &p.transform else { continue };
             t.request(req, ctx).await;
             applied.transforms.push(p.clone());
         }
-        for p in self.0.iter() {
+        for p in self.policies.iter() {
             p.stats.passed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(applied)
