@@ -1,5 +1,6 @@
 //! Upstream clusters as the hot path sees them: resolved endpoints, a precomputed smooth
-//! weighted round-robin schedule, and a pooled keep-alive HTTP client.
+//! weighted round-robin schedule, and pooled keep-alive upstream connections (HTTP/1.1 in
+//! [`crate::pool`], HTTP/2 through hyper-util's client, which multiplexes one connection).
 //!
 //! Round robin is per cluster per node: one atomic cursor walks the schedule, whatever
 //! thread serves the request. The cursor and the pool are carried across snapshot swaps
@@ -20,9 +21,13 @@ use crate::balancer::{Balancer, PickContext, Picked};
 use crate::duration_or;
 use crate::health::{Checker, EndpointHealth, Outlier};
 use crate::metrics::ClusterStats;
+use crate::pool::{self, Http1Pool, Lease, SendError};
+use crate::proxy::UpstreamBody;
 use crate::sticky::Sticky;
 use crate::tls::{self, UpstreamTls};
 use http::header::HeaderValue;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 
 /// Connect timeout when a cluster sets none.
@@ -30,7 +35,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, crate::proxy::UpstreamBody>;
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, crate::proxy::UpstreamBody>;
 
 /// One upstream endpoint, its authority prebuilt for request URIs.
 #[derive(Debug)]
@@ -49,8 +54,9 @@ pub(crate) struct Cluster {
     balancer: Balancer,
     /// Round-robin position, carried across swaps while the cluster keeps its name.
     cursor: Arc<AtomicUsize>,
-    /// HTTP/1.1 (keep-alive pool), and HTTP/2 prior knowledge when the cluster uses it.
-    client: UpstreamClient,
+    /// HTTP/1.1 connections per endpoint, and HTTP/2 prior knowledge when the cluster
+    /// uses it.
+    http1: Arc<Http1Pool>,
     client_h2: Option<UpstreamClient>,
     protocol: UpstreamProtocol,
     pub(crate) stats: Arc<ClusterStats>,
@@ -184,17 +190,37 @@ impl Cluster {
         Some(RetryPermit(self.load.clone()))
     }
 
-    /// The client (and HTTP version) for a request that arrived as `downstream`.
-    pub(crate) fn client_for(&self, downstream: http::Version) -> (&UpstreamClient, http::Version) {
+    /// The HTTP version a request that arrived as `downstream` goes upstream with.
+    pub(crate) fn version_for(&self, downstream: http::Version) -> http::Version {
         let h2 = match self.protocol {
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::Auto => downstream == http::Version::HTTP_2,
             UpstreamProtocol::Http1 => false,
         };
-        match (&self.client_h2, h2) {
-            (Some(c), true) => (c, http::Version::HTTP_2),
-            _ => (&self.client, http::Version::HTTP_11),
+        if h2 && self.client_h2.is_some() { http::Version::HTTP_2 } else { http::Version::HTTP_11 }
+    }
+
+    /// Sends `req` (absolute URI, as [`crate::proxy::upstream_request`] builds it) to
+    /// endpoint `index` over the HTTP version the request carries. An HTTP/1.1 exchange
+    /// comes back with the lease of its connection, to release once the response has been
+    /// read whole. `now` is the caller's clock reading.
+    pub(crate) async fn send(
+        &self,
+        index: usize,
+        mut req: Request<UpstreamBody>,
+        now: std::time::Instant,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        if let (Some(client), http::Version::HTTP_2) = (&self.client_h2, req.version()) {
+            return match client.request(req).await {
+                Ok(response) => Ok((response, None)),
+                Err(error) if error.is_connect() => Err(SendError::Connect(error.into())),
+                Err(error) => Err(SendError::Exchange(error.into())),
+            };
         }
+        *req.version_mut() = http::Version::HTTP_11;
+        pool::origin_form(&mut req);
+        let (response, lease) = self.http1.send(index, req, now).await?;
+        Ok((response, Some(lease)))
     }
 
     /// Picks the endpoint for a request (`None`: a retry, any other endpoint). The
@@ -347,10 +373,19 @@ impl<'a> ClusterRegistry<'a> {
         connector.enforce_http(false);
         connector.set_connect_timeout(Some(duration_or(spec.connect_timeout.as_ref(), DEFAULT_CONNECT_TIMEOUT)));
         let protocol = UpstreamProtocol::try_from(spec.protocol).unwrap_or(UpstreamProtocol::Http1);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(tls::connector(connector.clone(), tls, false));
+        let scheme = if tls.is_some() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
+        let targets = endpoints
+            .iter()
+            .map(|e| {
+                Uri::builder()
+                    .scheme(scheme.clone())
+                    .authority(e.authority.clone())
+                    .path_and_query("/")
+                    .build()
+                    .unwrap_or_default()
+            })
+            .collect();
+        let http1 = Http1Pool::new(tls::connector(connector.clone(), tls, false), targets, POOL_IDLE_TIMEOUT);
         let client_h2 = (protocol != UpstreamProtocol::Http1).then(|| {
             Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -393,11 +428,11 @@ impl<'a> ClusterRegistry<'a> {
             },
             health,
             checker,
-            client,
+            http1,
             client_h2,
             protocol,
             stats,
-            scheme: if tls.is_some() { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP },
+            scheme,
             tls_fingerprint: fingerprint,
         })
     }

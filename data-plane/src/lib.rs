@@ -21,6 +21,7 @@ mod metrics;
 #[cfg(feature = "otlp")]
 mod otel;
 mod policy;
+mod pool;
 mod proxy;
 mod router;
 mod runtime;

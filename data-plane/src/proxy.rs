@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
@@ -31,6 +31,7 @@ use crate::balancer::{PickContext, Picked};
 use crate::cluster::Cluster;
 use crate::metrics::{self, Outcome, RouteStats};
 use crate::policy;
+use crate::pool::{Lease, SendError};
 use crate::router::{Found, Route, RouteAction};
 use crate::tls::TlsInfo;
 
@@ -85,7 +86,7 @@ impl Connection {
                 None => local(StatusCode::SERVICE_UNAVAILABLE, "no configuration yet\n"),
                 Some(_) => local(StatusCode::NOT_FOUND, "no route\n"),
             };
-            return Ok(response.map(|body| Finishing { inner: body, sent: 0, finish: None }));
+            return Ok(response.map(|body| Finishing::new(body, None)));
         };
         if let Some(refusal) = refuse(&req) {
             router.unrouted.record(&Outcome {
@@ -96,7 +97,7 @@ impl Connection {
                 bytes_in: 0,
                 bytes_out: 0,
             });
-            return Ok(refusal.map(|body| Finishing { inner: body, sent: 0, finish: None }));
+            return Ok(refusal.map(|body| Finishing::new(body, None)));
         }
         let method = metrics::method_index(req.method());
         #[cfg(feature = "otlp")]
@@ -111,7 +112,7 @@ impl Connection {
         // Bodiless requests (most GETs) need no shared byte counter.
         let bytes_in = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
         if let Some(port) = router.https_redirect_port {
-            return Ok(to_https(&req, port).map(|body| Finishing { inner: body, sent: 0, finish: None }));
+            return Ok(to_https(&req, port).map(|body| Finishing::new(body, None)));
         }
         if let Some(name) = &router.client_cert_header {
             // Only Vane vouches for a client certificate: a client's own value never passes.
@@ -169,7 +170,7 @@ impl Connection {
             #[cfg(feature = "otlp")]
             trace,
         };
-        Ok(response.map(|body| Finishing { inner: body, sent: 0, finish: Some(finish) }))
+        Ok(response.map(|body| Finishing::new(body, Some(finish))))
     }
 }
 
@@ -221,13 +222,17 @@ fn refuse<B>(req: &Request<B>) -> Option<Response<InnerBody>> {
 
 /// What a routed request produced: its metrics handle, route and cluster names, the
 /// response, and upstream details when it was forwarded.
-type Taken = (
-    Arc<RouteStats>,
-    Option<Arc<str>>,
-    Option<Arc<str>>,
-    Response<InnerBody>,
-    Option<(Authority, Duration, Option<HeaderValue>)>,
-);
+type Taken = (Arc<RouteStats>, Option<Arc<str>>, Option<Arc<str>>, Response<InnerBody>, Option<Upstream>);
+
+/// Where a forwarded request went (for metrics and logs), and the upstream connection to
+/// give back to its pool once the response has been sent whole.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    authority: Authority,
+    time: Duration,
+    request_id: Option<HeaderValue>,
+    lease: Option<Lease>,
+}
 
 /// The request's host as sent (port included).
 fn host_of<B>(req: &Request<B>) -> Option<&str> {
@@ -381,7 +386,7 @@ fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpg
 /// answer. The copy's Host gets `-shadow` so the shadow can tell mirrored traffic apart.
 fn mirror(shadow: Arc<Cluster>, req: &Request<UpstreamBody>, timeout: Duration) {
     let Some((_picked, endpoint)) = shadow.pick(None) else { return };
-    let mut copy = Request::new(Counting { inner: None, counter: None, limit: 0, tripped: None });
+    let mut copy = Request::new(Counting::empty());
     *copy.method_mut() = req.method().clone();
     *copy.version_mut() = Version::HTTP_11;
     *copy.headers_mut() = req.headers().clone();
@@ -402,8 +407,16 @@ fn mirror(shadow: Arc<Cluster>, req: &Request<UpstreamBody>, timeout: Duration) 
         copy.headers_mut().insert(header::HOST, v);
     }
     tokio::spawn(async move {
-        let (client, _) = shadow.client_for(Version::HTTP_11);
-        let result = tokio::time::timeout(timeout, client.request(copy)).await;
+        let exchange = async {
+            let (response, lease) = shadow.send(_picked.index, copy, Instant::now()).await?;
+            // Read to the end, so that the connection can serve the next mirrored request.
+            response.into_body().collect().await.map_err(|e| SendError::Exchange(e.into()))?;
+            if let Some(lease) = lease {
+                lease.release();
+            }
+            Ok::<_, SendError>(())
+        };
+        let result = tokio::time::timeout(timeout, exchange).await;
         debug!(cluster = %shadow.name, ok = matches!(result, Ok(Ok(_))), "mirrored");
         drop(_picked);
     });
@@ -474,7 +487,7 @@ struct Finish {
     stats: Arc<RouteStats>,
     method: usize,
     status: u16,
-    upstream: Option<(Authority, Duration, Option<HeaderValue>)>,
+    upstream: Option<Upstream>,
     bytes_in: Option<Arc<AtomicU64>>,
     draft: Option<Box<(Arc<Sink>, Line)>>,
     listener: Arc<str>,
@@ -485,10 +498,16 @@ struct Finish {
 }
 
 impl Finish {
-    fn complete(self, bytes_out: u64) {
+    /// `whole`: the response body was sent to its end (its upstream connection is idle).
+    fn complete(mut self, bytes_out: u64, whole: bool) {
+        if let Some(lease) = self.upstream.as_mut().and_then(|u| u.lease.take())
+            && whole
+        {
+            lease.release();
+        }
         let total = self.start.elapsed();
         let bytes_in = self.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
-        let upstream_time = self.upstream.as_ref().map(|(_, t, _)| *t);
+        let upstream_time = self.upstream.as_ref().map(|u| u.time);
         self.stats.record(&Outcome {
             status: self.status,
             method: self.method,
@@ -499,7 +518,7 @@ impl Finish {
         });
         #[cfg(feature = "otlp")]
         if let Some(cx) = self.trace {
-            let upstream = self.upstream.as_ref().map(|(a, _, _)| a.as_str());
+            let upstream = self.upstream.as_ref().map(|u| u.authority.as_str());
             let (route, cluster) = (self.route.as_deref().unwrap_or(""), self.cluster.as_deref().unwrap_or(""));
             crate::otel::finish(cx, route, cluster, upstream, self.status, bytes_in, bytes_out);
         }
@@ -510,11 +529,11 @@ impl Finish {
             line.bytes_out = bytes_out;
             line.duration = total;
             line.upstream_time = upstream_time;
-            if let Some((authority, _, request_id)) = self.upstream {
-                line.upstream = Some(authority);
+            if let Some(upstream) = self.upstream {
+                line.upstream = Some(upstream.authority);
                 // The id the upstream saw, generated here when the client sent none.
                 if line.request_id.is_none() {
-                    line.request_id = request_id;
+                    line.request_id = upstream.request_id;
                 }
             }
             line.listener = self.listener;
@@ -531,13 +550,21 @@ impl Finish {
 pub(crate) struct Finishing<B> {
     inner: B,
     sent: u64,
+    /// The body was sent to its end.
+    ended: bool,
     finish: Option<Finish>,
+}
+
+impl<B: Body> Finishing<B> {
+    fn new(inner: B, finish: Option<Finish>) -> Finishing<B> {
+        Finishing { ended: inner.is_end_stream(), inner, sent: 0, finish }
+    }
 }
 
 impl<B> Drop for Finishing<B> {
     fn drop(&mut self) {
         if let Some(finish) = self.finish.take() {
-            finish.complete(self.sent);
+            finish.complete(self.sent, self.ended);
         }
     }
 }
@@ -548,7 +575,14 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Finishing<B> {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
-        poll_counting(&mut this.inner, cx, |n| this.sent += n)
+        let polled = poll_counting(&mut this.inner, cx, |n| this.sent += n);
+        // hyper stops polling once `is_end_stream` says so: look after every frame.
+        this.ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => this.ended,
+        };
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -591,6 +625,13 @@ pub(crate) struct Counting<B> {
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than {0} bytes")]
 pub(crate) struct TooLarge(u64);
+
+impl<B> Counting<B> {
+    /// An empty body (a retry or mirror of a bodiless request).
+    pub(crate) fn empty() -> Counting<B> {
+        Counting { inner: None, counter: None, limit: 0, tripped: None }
+    }
+}
 
 impl<B> Body for Counting<B>
 where
@@ -636,7 +677,7 @@ async fn forward(
     peer: SocketAddr,
     edits: &Edits<'_>,
     upgrade: Option<Upgrade>,
-) -> (Response<InnerBody>, Option<(Authority, Duration, Option<HeaderValue>)>) {
+) -> (Response<InnerBody>, Option<Upstream>) {
     let Some((mut upstream, endpoint, mut picked, mut set_cookie)) =
         upstream_request(req, cluster, peer, edits.downstream)
     else {
@@ -714,17 +755,15 @@ async fn forward(
     let (result, tried_at) = loop {
         let sent = Instant::now();
         let per_try = policy.map_or(route.timeout, |p| p.per_try_timeout).min(deadline.saturating_duration_since(sent));
-        let (client, _) = if upgrade.is_some() {
-            cluster.client_for(Version::HTTP_11)
-        } else {
-            cluster.client_for(upstream.version())
-        };
-        let result = tokio::time::timeout(per_try, client.request(upstream)).await;
+        if upgrade.is_some() {
+            *upstream.version_mut() = Version::HTTP_11;
+        }
+        let result = tokio::time::timeout(per_try, cluster.send(picked.index, upstream, sent)).await;
         // Passive health sees every try: 5xx, connect failures, resets and timeouts count.
-        let failed = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
+        let failed = !matches!(&result, Ok(Ok((r, _))) if !r.status().is_server_error());
         cluster.report(picked.index, failed);
         let cause = match &result {
-            Ok(Ok(response)) => policy.and_then(|p| p.on_status(response.status())),
+            Ok(Ok((response, _))) => policy.and_then(|p| p.on_status(response.status())),
             Ok(Err(error)) if error.is_connect() => Some(RetryOn::ConnectFailure),
             Ok(Err(_)) => Some(RetryOn::Reset),
             Err(_) => Some(RetryOn::Timeout),
@@ -762,12 +801,23 @@ async fn forward(
             Err(_) => break (result, sent),
         };
         endpoint = next.authority.clone();
-        upstream = Request::from_parts(parts, Counting { inner: None, counter: None, limit: 0, tripped: None });
+        upstream = Request::from_parts(parts, Counting::empty());
     };
-    let info = Some((endpoint, tried_at.elapsed(), request_id.clone()));
-    let timed_out_overall = Instant::now() >= deadline;
+    let now = Instant::now();
+    let mut info = Some(Upstream {
+        authority: endpoint,
+        time: now.saturating_duration_since(tried_at),
+        request_id: request_id.clone(),
+        lease: None,
+    });
+    let timed_out_overall = now >= deadline;
     let mut response = match result {
-        Ok(Ok(response)) => response,
+        Ok(Ok((response, lease))) => {
+            if let Some(info) = &mut info {
+                info.lease = lease;
+            }
+            response
+        }
         Ok(Err(error)) => {
             let counter = if error.is_connect() { &cluster.stats.connect_failures } else { &cluster.stats.errors };
             counter.fetch_add(1, Ordering::Relaxed);
@@ -815,7 +865,7 @@ pub(crate) fn upstream_request<B>(
     let (mut parts, body) = req.into_parts();
     let ctx = PickContext { client: peer.ip(), path: parts.uri.path(), headers: &parts.headers };
     let (picked, endpoint, set_cookie) = cluster.pick_sticky(&ctx)?;
-    let (_, version) = cluster.client_for(parts.version);
+    let version = cluster.version_for(parts.version);
     // gRPC over HTTP/2 announces trailer support; it is the one TE value that may pass.
     let te_trailers = version == Version::HTTP_2
         && parts.headers.get_all(header::TE).iter().any(|v| v.to_str().is_ok_and(|t| t.contains("trailers")));

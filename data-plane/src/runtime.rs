@@ -34,7 +34,7 @@ pub(crate) struct Runtime {
     pub(crate) version: u64,
     pub(crate) sha256: String,
     /// Router of each listener, by listener slot id.
-    pub(crate) listeners: HashMap<u64, Router>,
+    pub(crate) listeners: crate::router::FastMap<u64, Router>,
     pub(crate) clusters: HashMap<Arc<str>, Arc<Cluster>>,
     /// TLS termination of each HTTPS listener, by slot id.
     pub(crate) tls: HashMap<u64, Arc<ServerTls>>,
@@ -72,7 +72,7 @@ impl Runtime {
             .filter(|l| l.protocol == Protocol::Http as i32 || l.protocol == Protocol::Https as i32)
             .map(|l| l.name.as_str())
             .collect();
-        let mut routers: HashMap<u64, Router> = config
+        let mut routers: crate::router::FastMap<u64, Router> = config
             .listeners
             .iter()
             .filter_map(|l| {

@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -143,7 +143,12 @@ impl fmt::Debug for Key {
 #[derive(Debug, Default)]
 struct KeySet {
     keys: Vec<Key>,
+    /// Set when the document is stored: tells the token cache that the keys changed.
+    generation: usize,
 }
+
+/// Numbers stored key sets (from 2: 0 and 1 mean "no fetched keys" to the token cache).
+static KEY_SET_GENERATION: AtomicUsize = AtomicUsize::new(2);
 
 /// Parses a JWKS document. It fails only when the text is not a JSON object with a `keys`
 /// array: keys that cannot be used (encryption keys, unsupported types or curves, broken
@@ -384,7 +389,8 @@ async fn fetch_loop(remote: Weak<Remote>, wake: Arc<Notify>) {
                 if set.keys.is_empty() {
                     warn!(jwks_uri = %uri, skipped = skipped.len(), "JWKS document has no usable key");
                 }
-                r.keys.store(Some(Arc::new(set)));
+                let generation = KEY_SET_GENERATION.fetch_add(1, Ordering::Relaxed);
+                r.keys.store(Some(Arc::new(KeySet { generation, ..set })));
                 backoff = FIRST_RETRY;
                 refresh
             }
@@ -631,9 +637,10 @@ impl Jwt {
     }
 
     /// Identifies the fetched key set held now: a refetch (keys rotated or withdrawn)
-    /// invalidates what the cache learnt with the old one.
+    /// invalidates what the cache learnt with the old one. (A number, not the set's
+    /// address: a new set can be allocated where the freed old one was.)
     fn generation(&self) -> usize {
-        self.remote.as_ref().map_or(0, |r| r.keys.load().as_ref().map_or(1, |k| Arc::as_ptr(k) as usize))
+        self.remote.as_ref().map_or(0, |r| r.keys.load().as_ref().map_or(1, |k| k.generation))
     }
 
     /// The token: `Authorization: Bearer <t>` (scheme case-insensitive), else the configured
