@@ -37,14 +37,22 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
     }
 }
 
+/// How long the CLI waits for a connection to the control plane, and for an answer.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Admin {
     pub(crate) fn new(server: String, token: Option<String>, tls: crate::tls::ClientTlsArgs) -> Admin {
         Admin { server, token, tls }
     }
 
     async fn client(&self) -> anyhow::Result<ConfigServiceClient<Channel>> {
+        // Bounded: an address that accepts but never answers (a wrong port, a TLS
+        // mismatch) fails with an error instead of leaving the command hanging.
         let mut endpoint = Channel::from_shared(self.server.clone())
-            .with_context(|| format!("invalid --server url '{}'", self.server))?;
+            .with_context(|| format!("invalid --server url '{}'", self.server))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
         if let Some(tls) = self.tls.config(&self.server)? {
             endpoint = endpoint.tls_config(tls).context("tls settings")?;
         }

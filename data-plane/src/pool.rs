@@ -145,7 +145,8 @@ impl Http1Pool {
         loop {
             let (mut sender, reused) = match self.checkout(index, now) {
                 Some(sender) => (sender, true),
-                None => (self.connect(index).await?, false),
+                // Boxed: connecting (TCP, TLS, handshake) is rare and its future large.
+                None => (Box::pin(self.connect(index)).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(response) => {

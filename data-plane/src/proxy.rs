@@ -127,7 +127,7 @@ impl Connection {
                     true => None,
                     false => {
                         let client_ip = policy::client_ip(self.peer.ip(), req.headers(), &router.trusted_proxies);
-                        router.policies.run(&mut req, &policy::Ctx { client_ip, route: "" }).await.err()
+                        Box::pin(router.policies.run(&mut req, &policy::Ctx { client_ip, route: "" })).await.err()
                     }
                 };
                 let response = refused.unwrap_or_else(|| local(StatusCode::NOT_FOUND, "no route\n"));
@@ -138,21 +138,9 @@ impl Connection {
                 if found.entry.chain.is_empty() {
                     self.take(found, req, bytes_in.clone(), downstream).await
                 } else {
-                    // `found` goes to `take`; the route stays reachable for the response side.
-                    let entry = found.entry.clone();
-                    let client_ip = policy::client_ip(self.peer.ip(), req.headers(), &router.trusted_proxies);
-                    let ctx = policy::Ctx { client_ip, route: &entry.route.name };
-                    match entry.chain.run(&mut req, &ctx).await {
-                        Err(refusal) => {
-                            let stats = entry.stats.first().cloned().unwrap_or_else(|| router.unrouted.clone());
-                            (stats, Some(entry.route.name.clone()), None, refusal, None)
-                        }
-                        Ok(applied) => {
-                            let mut taken = self.take(found, req, bytes_in.clone(), downstream).await;
-                            applied.respond(&mut taken.3, &ctx).await;
-                            taken
-                        }
-                    }
+                    // Boxed: policy futures (auth calls, body transforms) are large, and this
+                    // future is moved on every request; routes without policies skip the box.
+                    Box::pin(self.take_with_policies(router, found, req, bytes_in.clone(), downstream)).await
                 }
             }
         };
@@ -240,6 +228,32 @@ fn host_of<B>(req: &Request<B>) -> Option<&str> {
 }
 
 impl Connection {
+    /// Runs a route's policies, then its action, then the policies' response side.
+    async fn take_with_policies(
+        &self,
+        router: &crate::router::Router,
+        found: Found<'_>,
+        mut req: Request<InnerBody>,
+        bytes_in: Option<Arc<AtomicU64>>,
+        downstream: Downstream,
+    ) -> Taken {
+        // `found` goes to `take`; the route stays reachable for the response side.
+        let entry = found.entry.clone();
+        let client_ip = policy::client_ip(self.peer.ip(), req.headers(), &router.trusted_proxies);
+        let ctx = policy::Ctx { client_ip, route: &entry.route.name };
+        match entry.chain.run(&mut req, &ctx).await {
+            Err(refusal) => {
+                let stats = entry.stats.first().cloned().unwrap_or_else(|| router.unrouted.clone());
+                (stats, Some(entry.route.name.clone()), None, refusal, None)
+            }
+            Ok(applied) => {
+                let mut taken = self.take(found, req, bytes_in, downstream).await;
+                applied.respond(&mut taken.3, &ctx).await;
+                taken
+            }
+        }
+    }
+
     /// Runs the action of the route a request took.
     async fn take(
         &self,
