@@ -27,13 +27,17 @@ use crate::sticky::Sticky;
 use crate::tls::{self, UpstreamTls};
 use http::header::HeaderValue;
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
+use http_body_util::Either;
+use hyper::body::{Body, Incoming};
 use hyper_rustls::HttpsConnector;
 
 /// Connect timeout when a cluster sets none.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A response body from an upstream: through hyper, or read inline from an HTTP/1.1 socket.
+pub(crate) type UpstreamResponseBody = Either<Incoming, crate::h1::ResponseBody>;
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, crate::proxy::UpstreamBody>;
 
@@ -201,26 +205,31 @@ impl Cluster {
     }
 
     /// Sends `req` (absolute URI, as [`crate::proxy::upstream_request`] builds it) to
-    /// endpoint `index` over the HTTP version the request carries. An HTTP/1.1 exchange
-    /// comes back with the lease of its connection, to release once the response has been
-    /// read whole. `now` is the caller's clock reading.
+    /// endpoint `index` over the HTTP version the request carries. A bodiless HTTP/1.1
+    /// request is exchanged inline ([`crate::h1`]); one with a body or an upgrade goes
+    /// through hyper and comes back with the lease of its connection, to release once the
+    /// response has been read whole. `now` is the caller's clock reading.
     pub(crate) async fn send(
         &self,
         index: usize,
         mut req: Request<UpstreamBody>,
         now: std::time::Instant,
-    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    ) -> Result<(Response<UpstreamResponseBody>, Option<Lease>), SendError> {
         if let (Some(client), http::Version::HTTP_2) = (&self.client_h2, req.version()) {
             return match client.request(req).await {
-                Ok(response) => Ok((response, None)),
+                Ok(response) => Ok((response.map(Either::Left), None)),
                 Err(error) if error.is_connect() => Err(SendError::Connect(error.into())),
                 Err(error) => Err(SendError::Exchange(error.into())),
             };
         }
         *req.version_mut() = http::Version::HTTP_11;
         pool::origin_form(&mut req);
+        if req.body().is_end_stream() && !req.headers().contains_key(http::header::UPGRADE) {
+            let response = self.http1.exchange(index, req, now).await?;
+            return Ok((response.map(Either::Right), None));
+        }
         let (response, lease) = self.http1.send(index, req, now).await?;
-        Ok((response, Some(lease)))
+        Ok((response.map(Either::Left), Some(lease)))
     }
 
     /// Picks the endpoint for a request (`None`: a retry, any other endpoint). The

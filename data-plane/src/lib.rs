@@ -15,6 +15,7 @@ mod cache;
 mod cluster;
 mod discovery;
 mod dns;
+mod h1;
 mod health;
 mod listeners;
 mod metrics;

@@ -10,10 +10,18 @@
 //! used it has been sent whole ([`Lease`], held by the response body until then): no
 //! hashing, no task, no clone of the connector.
 //!
-//! A pooled connection is only used when hyper reports it ready: one still finishing a
-//! previous exchange is set aside, a closed one dropped. A request that a reused
-//! connection turned down before writing a byte of it (the upstream closed it while it
-//! sat idle) is sent again on a new connection, as the legacy client did.
+//! Two kinds of connections are kept per endpoint. Requests without a body (the common
+//! case) are exchanged inline on plain sockets by [`crate::h1`]; the connection goes back
+//! to its list as soon as the response body has been read whole. Requests with a body and
+//! upgrades go through hyper's connection API, whose connection is a task of its own.
+//!
+//! A pooled hyper connection is only used when hyper reports it ready: one still
+//! finishing a previous exchange is set aside, a closed one dropped. A pooled socket is
+//! only used when the upstream has not closed it (checked without a system call while it
+//! has nothing to read). A request that a reused connection turned down before a byte of
+//! response (the upstream closed it while it sat idle) is sent again on a new connection
+//! when that is safe: always for hyper's (the request was not written), for idempotent
+//! methods for inline exchanges.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
@@ -22,11 +30,14 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tower_service::Service;
 use tracing::debug;
 
+use crate::h1::{self, Conn, ResponseBody};
 use crate::proxy::UpstreamBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -74,8 +85,33 @@ impl std::fmt::Debug for Http1Pool {
 struct Slot {
     /// `scheme://authority` of the endpoint: what the connector connects to.
     target: Uri,
-    /// Idle connections, the most recently used at the back.
+    /// Idle hyper connections, the most recently used at the back.
     idle: Mutex<VecDeque<Idle>>,
+    /// Idle sockets for inline exchanges, the most recently used at the back.
+    sockets: Mutex<VecDeque<IdleSocket>>,
+}
+
+struct IdleSocket {
+    conn: Conn,
+    since: Instant,
+}
+
+/// Where a socket goes back once the response it carried has been read whole.
+pub(crate) struct Home {
+    pool: Arc<Http1Pool>,
+    index: usize,
+    since: Instant,
+}
+
+impl Home {
+    pub(crate) fn put(self, conn: Conn) {
+        let Some(slot) = self.pool.endpoints.get(self.index) else { return };
+        let mut idle = slot.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.front().is_some_and(|i| self.since.saturating_duration_since(i.since) > self.pool.idle_timeout) {
+            idle.pop_front();
+        }
+        idle.push_back(IdleSocket { conn, since: self.since });
+    }
 }
 
 struct Idle {
@@ -125,7 +161,10 @@ impl Http1Pool {
     ) -> Arc<Http1Pool> {
         let pool = Arc::new(Http1Pool {
             connector,
-            endpoints: targets.into_iter().map(|target| Slot { target, idle: Mutex::new(VecDeque::new()) }).collect(),
+            endpoints: targets
+                .into_iter()
+                .map(|target| Slot { target, idle: Mutex::default(), sockets: Mutex::default() })
+                .collect(),
             idle_timeout,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -165,6 +204,51 @@ impl Http1Pool {
         }
     }
 
+    /// Exchanges a bodiless request (origin-form URI, `Host` set) with endpoint `index`
+    /// inline, on an idle socket or a new one. The response body reads from the socket
+    /// and gives it back when done.
+    pub(crate) async fn exchange(
+        self: &Arc<Self>,
+        index: usize,
+        req: Request<UpstreamBody>,
+        now: Instant,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let (parts, _empty) = req.into_parts();
+        let idempotent = matches!(
+            parts.method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE
+        );
+        loop {
+            let (mut conn, reused) = match self.checkout_socket(index, now) {
+                Some(conn) => (conn, true),
+                // Boxed: connecting (TCP, TLS) is rare and its future large.
+                None => (Conn::new(TokioIo::new(Box::pin(self.connect_io(index)).await?)), false),
+            };
+            match h1::exchange(&mut conn, &parts).await {
+                Ok((head, shape)) => {
+                    let home = Home { pool: self.clone(), index, since: now };
+                    return Ok(head.map(|()| ResponseBody::new(conn, shape, home)));
+                }
+                Err(e) if reused && e.nothing_received && idempotent => {
+                    debug!(endpoint = index, error = %e.error, "pooled connection closed; retrying");
+                }
+                Err(e) => return Err(SendError::Exchange(e.error)),
+            }
+        }
+    }
+
+    /// An idle socket of endpoint `index` that the upstream has not closed.
+    fn checkout_socket(&self, index: usize, now: Instant) -> Option<Conn> {
+        let slot = self.endpoints.get(index)?;
+        let mut idle = slot.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(mut entry) = idle.pop_back() {
+            if now.saturating_duration_since(entry.since) <= self.idle_timeout && entry.conn.is_usable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
     /// An idle connection of endpoint `index` that is ready for a request.
     fn checkout(&self, index: usize, now: Instant) -> Option<SendRequest<UpstreamBody>> {
         let slot = self.endpoints.get(index)?;
@@ -183,9 +267,13 @@ impl Http1Pool {
         None
     }
 
-    async fn connect(&self, index: usize) -> Result<SendRequest<UpstreamBody>, SendError> {
+    async fn connect_io(&self, index: usize) -> Result<MaybeHttpsStream<TokioIo<TcpStream>>, SendError> {
         let slot = self.endpoints.get(index).ok_or_else(|| SendError::Connect("no such endpoint".into()))?;
-        let io = self.connector.clone().call(slot.target.clone()).await.map_err(SendError::Connect)?;
+        self.connector.clone().call(slot.target.clone()).await.map_err(SendError::Connect)
+    }
+
+    async fn connect(&self, index: usize) -> Result<SendRequest<UpstreamBody>, SendError> {
+        let io = self.connect_io(index).await?;
         let (sender, connection) =
             http1::Builder::new().handshake(io).await.map_err(|e| SendError::Exchange(e.into()))?;
         tokio::spawn(async move {
@@ -221,6 +309,9 @@ async fn sweep(pool: Weak<Http1Pool>, timeout: Duration) {
         for slot in pool.endpoints.iter() {
             let mut idle = slot.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.retain(|i| !i.sender.is_closed() && now.saturating_duration_since(i.since) <= timeout);
+            drop(idle);
+            let mut sockets = slot.sockets.lock().unwrap_or_else(|e| e.into_inner());
+            sockets.retain_mut(|i| now.saturating_duration_since(i.since) <= timeout && i.conn.is_usable());
         }
     }
 }
@@ -337,6 +428,126 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"conn 2 /b");
         assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    async fn inline(pool: &Arc<Http1Pool>, method: http::Method, path: &str) -> (Response<()>, String) {
+        let mut req = get(path);
+        *req.method_mut() = method;
+        req.headers_mut().insert(header::HOST, HeaderValue::from_static("upstream"));
+        let (parts, body) = pool.exchange(0, req, Instant::now()).await.unwrap().into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (Response::from_parts(parts, ()), String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn inline_exchanges_reuse_the_socket_once_the_body_is_read() {
+        let (addr, connections) = upstream(false).await;
+        let pool = pool_for(addr);
+        assert_eq!(inline(&pool, http::Method::GET, "/a?x=1").await.1, "conn 1 /a?x=1");
+        assert_eq!(inline(&pool, http::Method::GET, "/b").await.1, "conn 1 /b");
+        let (head, body) = inline(&pool, http::Method::HEAD, "/c").await;
+        assert_eq!((head.headers()[header::CONTENT_LENGTH].to_str().unwrap(), body.as_str()), ("9", ""));
+        assert_eq!(inline(&pool, http::Method::DELETE, "/d").await.1, "conn 1 /d", "HEAD left it reusable");
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        // A body dropped before its end closes its socket instead of pooling it.
+        let unread = pool.exchange(0, get("/e"), Instant::now()).await.unwrap();
+        drop(unread);
+        assert_eq!(inline(&pool, http::Method::GET, "/f").await.1, "conn 2 /f");
+    }
+
+    #[tokio::test]
+    async fn inline_exchanges_replace_sockets_the_upstream_closed() {
+        let (addr, connections) = upstream(true).await;
+        let pool = pool_for(addr);
+        assert_eq!(inline(&pool, http::Method::GET, "/a").await.1, "conn 1 /a");
+        assert_eq!(inline(&pool, http::Method::GET, "/b").await.1, "conn 2 /b");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    /// A raw upstream: answers every request on a connection with `response`, then
+    /// closes the connection when `close` is set (without saying so).
+    async fn raw_upstream(response: &'static [u8], close: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let counter = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            if stream.write_all(response).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, count)
+    }
+
+    #[tokio::test]
+    async fn inline_exchanges_decode_chunked_and_close_delimited_bodies() {
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        let (addr, connections) = raw_upstream(chunked, false).await;
+        let pool = pool_for(addr);
+        assert_eq!(inline(&pool, http::Method::GET, "/").await.1, "abcde");
+        assert_eq!(inline(&pool, http::Method::GET, "/").await.1, "abcde");
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "chunked bodies leave the socket reusable");
+
+        let (addr, connections) = raw_upstream(b"HTTP/1.1 200 OK\r\n\r\nuntil close", true).await;
+        let pool = pool_for(addr);
+        assert_eq!(inline(&pool, http::Method::GET, "/").await.1, "until close");
+        assert_eq!(inline(&pool, http::Method::GET, "/").await.1, "until close");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+
+        let (addr, _) = raw_upstream(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", false).await;
+        let pool = pool_for(addr);
+        let (head, body) = inline(&pool, http::Method::GET, "/").await;
+        assert_eq!((head.status(), body.as_str()), (http::StatusCode::NO_CONTENT, ""), "interim responses skipped");
+    }
+
+    #[tokio::test]
+    async fn a_socket_closed_silently_while_idle_is_not_used_again() {
+        let (addr, connections) = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", true).await;
+        let pool = pool_for(addr);
+        assert_eq!(inline(&pool, http::Method::GET, "/").await.1, "ok");
+        // The upstream closed without a word; the idle socket notices before it is used,
+        // or the GET is sent again on a new connection.
+        for _ in 0..3 {
+            assert_eq!(inline(&pool, http::Method::GET, "/").await.1, "ok");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn malformed_responses_are_errors() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nxx"[..],
+            b"NOT HTTP\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            let (addr, _) = raw_upstream(bad, true).await;
+            let pool = pool_for(addr);
+            let result = async {
+                let response = pool.exchange(0, get("/"), Instant::now()).await?;
+                response.into_body().collect().await.map_err(SendError::Exchange)?;
+                Ok::<_, SendError>(())
+            };
+            assert!(result.await.is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[tokio::test]

@@ -36,7 +36,7 @@ use crate::router::{Found, Route, RouteAction};
 use crate::tls::TlsInfo;
 
 /// What an upstream answer or a local answer streams as.
-pub(crate) type InnerBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type InnerBody = Either<crate::cluster::UpstreamResponseBody, Full<Bytes>>;
 /// Response bodies, counted and finished (metrics, access log) when done.
 pub(crate) type ProxyBody = Finishing<InnerBody>;
 /// Request bodies sent upstream, counted.
@@ -78,7 +78,7 @@ impl Connection {
     pub(crate) async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         // Streamed as received, unless a policy transform replaces it.
-        let mut req = req.map(Either::Left);
+        let mut req = req.map(|body| Either::Left(Either::Left(body)));
         let runtime = self.shared.runtime.load_full();
         let Some(router) = runtime.as_ref().and_then(|rt| rt.listeners.get(&self.slot)) else {
             // No config yet, or a request on a listener that is being removed.
@@ -424,7 +424,7 @@ fn mirror(shadow: Arc<Cluster>, req: &Request<UpstreamBody>, timeout: Duration) 
         let exchange = async {
             let (response, lease) = shadow.send(_picked.index, copy, Instant::now()).await?;
             // Read to the end, so that the connection can serve the next mirrored request.
-            response.into_body().collect().await.map_err(|e| SendError::Exchange(e.into()))?;
+            response.into_body().collect().await.map_err(SendError::Exchange)?;
             if let Some(lease) = lease {
                 lease.release();
             }
