@@ -16,6 +16,7 @@
 //! connection is not reused); differing `Content-Length` values refused; a body without
 //! either ends with the connection. The chunked decoder below is strict and bounded.
 
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -33,7 +34,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response head may take this many bytes, and this many header lines.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
+const MAX_HEADERS: usize = 100;
 /// What a read asks the socket for at least.
 const READ_SIZE: usize = 8 * 1024;
 /// A chunk-size line (extensions included) and the trailer section are bounded too.
@@ -53,8 +54,10 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(io: Io) -> Conn {
-        Conn { io, buf: BytesMut::with_capacity(READ_SIZE), head: Vec::with_capacity(512) }
+    /// Boxed: a TLS session makes a connection about 1 KiB, and connections move between
+    /// the pool, the exchange and the response body.
+    pub(crate) fn new(io: Io) -> Box<Conn> {
+        Box::new(Conn { io, buf: BytesMut::with_capacity(READ_SIZE), head: Vec::with_capacity(512) })
     }
 
     /// Whether an idle connection can take a request: the upstream has not closed it and
@@ -183,9 +186,10 @@ type Parsed = (Response<()>, bool);
 
 /// A complete response head off the front of `buf`, or `None` when more bytes are needed.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Uninitialised slots: an initialised array would be written whole on every parse.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(format!("malformed response head: {e}").into()),
@@ -274,7 +278,7 @@ fn shape_of(response: &Response<()>, head_request: bool, reusable: bool) -> Resu
 /// body ends, the connection is handed to `release` (if it can be reused); a body dropped
 /// before its end closes the connection.
 pub(crate) struct ResponseBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     framing: Framing,
     reusable: bool,
     home: Option<Home>,
@@ -287,7 +291,7 @@ impl std::fmt::Debug for ResponseBody {
 }
 
 impl ResponseBody {
-    pub(crate) fn new(conn: Conn, shape: BodyShape, home: Home) -> ResponseBody {
+    pub(crate) fn new(conn: Box<Conn>, shape: BodyShape, home: Home) -> ResponseBody {
         let mut body =
             ResponseBody { conn: Some(conn), framing: shape.framing, reusable: shape.reusable, home: Some(home) };
         if matches!(body.framing, Framing::Done) {

@@ -92,7 +92,7 @@ struct Slot {
 }
 
 struct IdleSocket {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -104,7 +104,7 @@ pub(crate) struct Home {
 }
 
 impl Home {
-    pub(crate) fn put(self, conn: Conn) {
+    pub(crate) fn put(self, conn: Box<Conn>) {
         let Some(slot) = self.pool.endpoints.get(self.index) else { return };
         let mut idle = slot.sockets.lock().unwrap_or_else(|e| e.into_inner());
         if idle.front().is_some_and(|i| self.since.saturating_duration_since(i.since) > self.pool.idle_timeout) {
@@ -238,7 +238,7 @@ impl Http1Pool {
     }
 
     /// An idle socket of endpoint `index` that the upstream has not closed.
-    fn checkout_socket(&self, index: usize, now: Instant) -> Option<Conn> {
+    fn checkout_socket(&self, index: usize, now: Instant) -> Option<Box<Conn>> {
         let slot = self.endpoints.get(index)?;
         let mut idle = slot.sockets.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(mut entry) = idle.pop_back() {
