@@ -30,7 +30,7 @@ taskset -c 0 "$BACKEND_BIN" 18602 1 >"$TMP/b2.log" 2>&1 & PIDS+=($!)
 PB_LISTEN=127.0.0.1:$PORT PB_BACKENDS=$BACKENDS VANE_BENCH_CP=127.0.0.1:18603 VANE_BENCH_ADMIN=127.0.0.1:18604 \
   setsid taskset -c 1 "$HERE/vane-sut.sh" >"$TMP/sut.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
-NODE=$(pgrep -f "vane proxy --control-plane http://127.0.0.1:18603" | head -1)
+NODE=$(pgrep -f -- "--control-plane http://127.0.0.1:18603 --node-id" | head -1)
 [ -n "$NODE" ] || { echo "the node did not start" >&2; cat "$TMP/sut.log" >&2; exit 1; }
 
 taskset -c 0 wrk -t1 -c50 -d2s "http://127.0.0.1:$PORT/" >/dev/null   # warm-up

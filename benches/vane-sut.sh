@@ -37,7 +37,11 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT INT TE
 
 export RUST_LOG=${RUST_LOG:-warn}
 "$VANE" control-plane --data-dir "$work/store" --listen "$CP_ADDR" >"$work/cp.out" &
-"$VANE" proxy --control-plane "http://$CP_ADDR" --node-id bench --admin "$ADMIN_ADDR" >"$work/proxy.out" &
+# The node runs as `vane-node` (the node alone: a smaller binary, less resident memory)
+# when it was built next to $VANE, else as `vane proxy`; VANE_NODE overrides.
+NODE=${VANE_NODE:-$(dirname "$VANE")/vane-node}
+if [ -x "$NODE" ]; then node=("$NODE"); else node=("$VANE" proxy); fi
+"${node[@]}" --control-plane "http://$CP_ADDR" --node-id bench --admin "$ADMIN_ADDR" >"$work/proxy.out" &
 for _ in $(seq 1 100); do
   "$VANE" --server "http://$CP_ADDR" apply -f "$work/bench.yaml" >/dev/null 2>&1 && break
   sleep 0.1

@@ -890,12 +890,18 @@ pub(crate) fn upstream_request<B>(
         .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     let path_and_query =
         parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    parts.uri = Uri::builder()
-        .scheme(cluster.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .ok()?;
+    parts.uri = if version == Version::HTTP_2 {
+        // hyper's HTTP/2 client takes the scheme and authority from the URI.
+        Uri::builder()
+            .scheme(cluster.scheme.clone())
+            .authority(endpoint.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .ok()?
+    } else {
+        // HTTP/1.1 sends the origin form; the endpoint is picked by index, not by URI.
+        Uri::from(path_and_query)
+    };
     parts.version = version;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -903,8 +909,16 @@ pub(crate) fn upstream_request<B>(
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     forwarding_headers(headers, peer, original_host.as_ref(), downstream);
-    if let Some(host) = original_host {
-        headers.insert(header::HOST, host);
+    match original_host {
+        Some(host) => {
+            headers.insert(header::HOST, host);
+        }
+        None if version != Version::HTTP_2 => {
+            if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                headers.insert(header::HOST, host);
+            }
+        }
+        None => {}
     }
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
@@ -976,6 +990,11 @@ fn forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, host: Option<&H
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the few names present instead of a hash lookup per hop-by-hop name:
+    // most messages carry none of them.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
