@@ -37,6 +37,8 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// What a read asks the socket for at least.
 const READ_SIZE: usize = 8 * 1024;
+/// The most a body read asks for at once.
+const MAX_BODY_READ: usize = 64 * 1024;
 /// A chunk-size line (extensions included) and the trailer section are bounded too.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -309,10 +311,16 @@ impl ResponseBody {
         }
     }
 
-    /// Reads more from the socket into the buffer; `Ok(false)` at end of stream.
-    fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
-        if conn.buf.capacity() - conn.buf.len() < READ_SIZE / 2 {
-            conn.buf.reserve(READ_SIZE);
+    /// Reads more from the socket into the buffer; `Ok(false)` at end of stream. Room is
+    /// made for what the framing says is left (a body of known length is read in as few
+    /// calls as the socket allows, up to `MAX_BODY_READ`), else for 16 KiB.
+    fn poll_fill(conn: &mut Conn, framing: &Framing, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        let want = match framing {
+            Framing::Length(left) => (*left).min(MAX_BODY_READ as u64) as usize,
+            _ => 2 * READ_SIZE,
+        };
+        if conn.buf.capacity() - conn.buf.len() < want {
+            conn.buf.reserve(want.max(READ_SIZE));
         }
         match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
             Poll::Ready(Ok(n)) => Poll::Ready(Ok(n > 0)),
@@ -375,7 +383,7 @@ impl Body for ResponseBody {
             }
             // Nothing buffered for the current state: read more.
             let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
-            match Self::poll_fill(conn, cx) {
+            match Self::poll_fill(conn, &this.framing, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(true)) => {}
                 Poll::Ready(Ok(false)) => {
