@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# ab.sh: interleaved A/B of Vane builds against nginx, with the proxy's CPU split into user
+# and kernel time per request: how BENCHMARKS.md compares one change with the build before
+# it. Each build runs as benches/vane-sut.sh runs it (real control plane and node); the
+# node alone is on core 1, wrk, both peer-bench backends and the control planes on core 0.
+#
+#   VANES="before=/tmp/vane-old after=target/release/vane" benches/ab.sh
+#   P=/big CONNS="50 256" REPS="1 2 3 4 5" D=6 VANES=... benches/ab.sh
+#
+# Prints one line per run and, at the end, the medians per target. A build's node runs as
+# `vane-node` when one sits next to its `vane` binary (VANE_NODE is not used here).
+# Needs nginx and wrk (apt-get install -y nginx wrk) and the peer-bench backend
+# (BACKEND_BIN; `../shared/bench/peer_bench.sh --quick` builds it). Loopback only;
+# everything started here is stopped on exit.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BACKEND_BIN=${BACKEND_BIN:-/tmp/vane-bench-target/release/peer-backend}
+D=${D:-6}
+: "${VANES:?VANES=\"name=/path/to/vane ...\"}"
+for tool in nginx wrk taskset curl python3; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
+[ -x "$BACKEND_BIN" ] || { echo "no backend at $BACKEND_BIN" >&2; exit 1; }
+TMP=$(mktemp -d /tmp/vane-ab.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT INT TERM
+
+setsid taskset -c 0 "$BACKEND_BIN" 18701 1 >/dev/null 2>&1 & PIDS+=($!)
+setsid taskset -c 0 "$BACKEND_BIN" 18702 1 >/dev/null 2>&1 & PIDS+=($!)
+mkdir -p "$TMP/ng/tmp"
+cat >"$TMP/ng/nginx.conf" <<NG
+worker_processes 1; daemon off; master_process on; user www-data;
+pid $TMP/ng/nginx.pid; error_log $TMP/ng/err.log warn;
+events { worker_connections 8192; use epoll; multi_accept on; }
+http { access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_timeout 65s; keepalive_requests 100000;
+ client_body_temp_path $TMP/ng/tmp/b; proxy_temp_path $TMP/ng/tmp/p; fastcgi_temp_path $TMP/ng/tmp/f;
+ uwsgi_temp_path $TMP/ng/tmp/u; scgi_temp_path $TMP/ng/tmp/s;
+ upstream backends { server 127.0.0.1:18701; server 127.0.0.1:18702; keepalive 512; keepalive_requests 100000; }
+ server { listen 127.0.0.1:18710 backlog=4096 reuseport;
+  location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host;
+   proxy_set_header X-Real-IP \$remote_addr; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+   proxy_set_header X-Forwarded-Proto \$scheme; proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 8 16k; } } }
+NG
+setsid taskset -c 1 nginx -p "$TMP/ng" -c "$TMP/ng/nginx.conf" -e "$TMP/ng/err.log" & PIDS+=($!)
+wait_up() { for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "nothing on :$1" >&2; exit 1; }
+wait_up 18710
+TARGETS="nginx:$(pgrep -f 'nginx: worker' | head -1):18710"
+i=0
+for v in $VANES; do
+  name=${v%%=*} bin=${v#*=}
+  port=$((18720 + i * 10))
+  VANE=$bin PB_LISTEN=127.0.0.1:$port PB_BACKENDS=127.0.0.1:18701,127.0.0.1:18702 \
+    VANE_BENCH_CP=127.0.0.1:$((port + 3)) VANE_BENCH_ADMIN=127.0.0.1:$((port + 4)) \
+    setsid taskset -c 1 "$HERE/vane-sut.sh" >"$TMP/sut-$name.log" 2>&1 & PIDS+=($!)
+  wait_up "$port"
+  node=$(pgrep -f -- "--control-plane http://127.0.0.1:$((port + 3)) --node-id" | head -1)
+  taskset -a -p -c 0 "$(pgrep -f -- "--listen 127.0.0.1:$((port + 3))" | head -1)" >/dev/null
+  TARGETS="$TARGETS $name:$node:$port"
+  i=$((i + 1))
+done
+cpu() { awk '{print $14, $15}' "/proc/$1/stat"; }
+rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+for rep in ${REPS:-1 2 3}; do
+  for c in ${CONNS:-50}; do
+    for t in $TARGETS; do
+      IFS=: read -r name pid port <<<"$t"
+      [ "$rep" = "${REPS%% *}" ] && taskset -c 0 wrk -t1 -c"$c" -d2s "http://127.0.0.1:$port${P:-/}" >/dev/null
+      read -r u0 s0 < <(cpu "$pid")
+      taskset -c 0 wrk -t1 -c"$c" -d"${D}s" --latency "http://127.0.0.1:$port${P:-/}" >"$TMP/wrk.txt" &
+      w=$!
+      sleep $((D / 2))
+      kb=$(rss "$pid")
+      [ "$name" = nginx ] && kb=$((kb + $(rss "$(cat "$TMP/ng/nginx.pid")")))
+      wait "$w"
+      read -r u1 s1 < <(cpu "$pid")
+      reqs=$(awk '/requests in/{print $1}' "$TMP/wrk.txt")
+      rps=$(awk '/Requests\/sec/{print $2}' "$TMP/wrk.txt")
+      p99=$(awk '$1 == "99%" {print $2}' "$TMP/wrk.txt")
+      errors=$(grep -cE "Non-2xx|Socket errors" "$TMP/wrk.txt" || true)
+      # utime/stime are in clock ticks (100 per second): ticks * 1e4 / requests = us/request.
+      awk -v c="$c" -v rep="$rep" -v name="$name" -v rps="$rps" -v p99="$p99" -v r="$reqs" -v u=$((u1 - u0)) \
+        -v s=$((s1 - s0)) -v kb="$kb" -v e="$errors" 'BEGIN {
+          printf "c=%s rep%s %-10s %9.0f req/s p99 %s user %5.2f kernel %5.2f total %5.2f us/req rss %5.1f MB errors %s\n",
+            c, rep, name, rps, p99, u * 1e4 / r, s * 1e4 / r, (u + s) * 1e4 / r, kb / 1024, e }' | tee -a "$TMP/lines"
+    done
+  done
+done
+echo
+echo "medians:"
+python3 - "$TMP/lines" <<'PY'
+import re, statistics, sys, collections
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    m = re.match(r"c=(\d+) rep\d+ (\S+)\s+(\d+) req/s p99 (\S+) user\s+([\d.]+) kernel\s+([\d.]+) total\s+([\d.]+) us/req rss\s+([\d.]+)", line)
+    if m:
+        runs[(m[1], m[2])].append(m)
+for (c, name), ms in runs.items():
+    med = lambda i: statistics.median(float(m[i]) for m in ms)
+    print(f"c={c} {name:10s} {med(3):9.0f} req/s user {med(5):5.2f} kernel {med(6):5.2f} total {med(7):5.2f} us/req rss {med(8):5.1f} MB ({len(ms)} runs)")
+PY
