@@ -211,7 +211,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut close = version == Version::HTTP_10;
     for (name_at, name_len, value_at, value_len) in spans {
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len]).map_err(|_| "invalid header name")?;
+        let name = head.get(name_at..name_at + name_len).ok_or("invalid header name")?;
+        let name = HeaderName::from_bytes(name).map_err(|_| "invalid header name")?;
+        if value_at + value_len > head.len() {
+            return Err("invalid header value".into());
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
             .map_err(|_| "invalid header value")?;
         if name == header::CONNECTION {
@@ -432,18 +436,18 @@ fn decode_chunked(buf: &mut BytesMut, state: Chunked) -> Result<(Chunked, Option
             if end > MAX_CHUNK_LINE {
                 return Err("chunk size line too long".into());
             }
-            let line = &buf[..end];
+            let line = buf.get(..end).unwrap_or_default();
             // chunk-size [ chunk-ext ]: the size is hex digits up to `;` or whitespace.
             let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
             if digits == 0 || digits > 15 {
                 return Err("invalid chunk size".into());
             }
-            let rest = &line[digits..];
-            if !rest.is_empty() && !matches!(rest[0], b';' | b' ' | b'\t') {
+            let (hex, rest) = line.split_at(digits);
+            if rest.first().is_some_and(|b| !matches!(b, b';' | b' ' | b'\t')) {
                 return Err("invalid chunk size".into());
             }
-            let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).unwrap_or("x"), 16)
-                .map_err(|_| "invalid chunk size")?;
+            let size =
+                u64::from_str_radix(std::str::from_utf8(hex).unwrap_or("x"), 16).map_err(|_| "invalid chunk size")?;
             buf.advance(end + 2);
             Ok((if size == 0 { Chunked::Trailers(0) } else { Chunked::Data(size) }, None))
         }
@@ -460,7 +464,7 @@ fn decode_chunked(buf: &mut BytesMut, state: Chunked) -> Result<(Chunked, Option
             if buf.len() < 2 {
                 return Ok((state, None));
             }
-            if &buf[..2] != b"\r\n" {
+            if !buf.starts_with(b"\r\n") {
                 return Err("missing CRLF after chunk data".into());
             }
             buf.advance(2);

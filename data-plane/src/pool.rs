@@ -46,26 +46,19 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const CHECKOUT_TRIES: usize = 4;
 
 /// Why a request could not be exchanged with an upstream.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum SendError {
     /// No connection could be made (refused, timed out, TLS handshake failed).
-    Connect(BoxError),
+    #[error("connect: {0}")]
+    Connect(#[source] BoxError),
     /// The connection failed while the request was sent or its response read.
-    Exchange(BoxError),
+    #[error("{0}")]
+    Exchange(#[source] BoxError),
 }
 
 impl SendError {
     pub(crate) fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect(_))
-    }
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e) => write!(f, "connect: {e}"),
-            SendError::Exchange(e) => write!(f, "{e}"),
-        }
     }
 }
 
