@@ -321,7 +321,9 @@ async fn serve<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| conn.clone().handle(req));
+    // Boxed: the request future is a few KB, and hyper moves the service future (per
+    // request into the connection, per stream into a spawned task): a pointer moves cheaper.
+    let service = hyper::service::service_fn(move |req| Box::pin(conn.clone().handle(req)));
     let served = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(served);
     let result = tokio::select! {
