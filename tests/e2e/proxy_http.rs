@@ -897,3 +897,91 @@ async fn connection_and_pending_limits_queue_then_refuse() {
     assert_eq!(first.await.unwrap().unwrap().status, 200);
     assert_eq!(second.await.unwrap().unwrap().status, 200, "the queued request went once the slot freed");
 }
+
+/// An upstream that answers each request with the canned response its path names, as raw
+/// bytes (what hyper-based test servers cannot send: conflicting lengths, no length at
+/// all, garbage). Counts the connections it accepts.
+async fn raw_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 2048];
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                        seen.drain(..end + 4);
+                        let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                        let (response, close): (&[u8], bool) = match target.as_str() {
+                            "/chunked" => (
+                                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
+                                false,
+                            ),
+                            "/until-close" => (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close", true),
+                            "/conflicting-lengths" => {
+                                (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc", true)
+                            }
+                            "/garbage" => (b"this is not HTTP\r\n\r\n", true),
+                            "/head" => (b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n", false),
+                            _ => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+                        };
+                        if stream.write_all(response).await.is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn upstream_responses_are_framed_per_rfc_9112_through_the_proxy() {
+    use std::sync::atomic::Ordering;
+    init_logs();
+    let (raw, connections) = raw_upstream().await;
+    let Serving { cp: _cp, node: _node, echo: _echo, web } =
+        Serving::start(|_| config_yaml(&[("raw", &[raw])], &[("all", "/", "raw")])).await;
+    let client = HttpClient::default();
+
+    // Chunked: decoded (extensions and trailers dropped), and the upstream connection is
+    // kept for the next request.
+    let before = connections.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        let reply = client.get(web, "/chunked").await.unwrap();
+        assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "hello, world"));
+    }
+    assert!(connections.load(Ordering::SeqCst) - before <= 1, "chunked responses leave the connection reusable");
+
+    // No length: the body runs to the close, and the next request opens a new connection.
+    for _ in 0..2 {
+        let reply = client.get(web, "/until-close").await.unwrap();
+        assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "until close"));
+    }
+
+    // HEAD: the length is passed on, no body is waited for.
+    let head = Request::head(format!("http://{web}/head")).body(Full::<Bytes>::default()).unwrap();
+    let reply = client.send(head).await.unwrap();
+    assert_eq!(reply.status.as_u16(), 200);
+    assert_eq!(reply.headers.get("content-length").and_then(|v| v.to_str().ok()), Some("11"));
+    assert_eq!(reply.body, "");
+
+    // Responses that cannot be framed safely are a 502, never passed on.
+    assert_eq!(client.get(web, "/conflicting-lengths").await.unwrap().status, 502);
+    assert_eq!(client.get(web, "/garbage").await.unwrap().status, 502);
+    // And the node is fine afterwards.
+    assert_eq!(client.get(web, "/anything").await.unwrap().body, "ok");
+}
