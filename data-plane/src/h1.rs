@@ -123,6 +123,8 @@ pub(crate) async fn exchange(
         return Err(ExchangeError::new(e, true));
     }
     let head_request = parts.method == Method::HEAD;
+    // Any byte of an answer (an interim response included) rules out sending it again.
+    let mut received = false;
     loop {
         let parsed = loop {
             match parse_head(&mut conn.buf) {
@@ -133,12 +135,11 @@ pub(crate) async fn exchange(
                 Ok(None) => {}
                 Err(e) => return Err(ExchangeError::new(e, false)),
             }
-            let received = conn.buf.len();
             conn.buf.reserve(READ_SIZE);
             match tokio_util::io::read_buf(&mut conn.io, &mut conn.buf).await {
-                Ok(0) => return Err(ExchangeError::new("upstream closed the connection", received == 0)),
-                Ok(_) => {}
-                Err(e) => return Err(ExchangeError::new(e, received == 0)),
+                Ok(0) => return Err(ExchangeError::new("upstream closed the connection", !received)),
+                Ok(_) => received = true,
+                Err(e) => return Err(ExchangeError::new(e, !received)),
             }
         };
         let (response, reusable_head) = parsed;
