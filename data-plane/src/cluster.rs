@@ -21,7 +21,7 @@ use crate::balancer::{Balancer, PickContext, Picked};
 use crate::duration_or;
 use crate::health::{Checker, EndpointHealth, Outlier};
 use crate::metrics::ClusterStats;
-use crate::pool::{self, Http1Pool, Lease, SendError};
+use crate::pool::{Http1Pool, Lease, SendError};
 use crate::proxy::UpstreamBody;
 use crate::sticky::Sticky;
 use crate::tls::{self, UpstreamTls};
@@ -204,7 +204,7 @@ impl Cluster {
         if h2 && self.client_h2.is_some() { http::Version::HTTP_2 } else { http::Version::HTTP_11 }
     }
 
-    /// Sends `req` (absolute URI, as [`crate::proxy::upstream_request`] builds it) to
+    /// Sends `req` (its URI as [`crate::proxy::upstream_request`] builds it) to
     /// endpoint `index` over the HTTP version the request carries. A bodiless HTTP/1.1
     /// request is exchanged inline ([`crate::h1`]); one with a body or an upgrade goes
     /// through hyper and comes back with the lease of its connection, to release once the
@@ -223,7 +223,6 @@ impl Cluster {
             };
         }
         *req.version_mut() = http::Version::HTTP_11;
-        pool::origin_form(&mut req);
         if req.body().is_end_stream() && !req.headers().contains_key(http::header::UPGRADE) {
             let response = self.http1.exchange(index, req, now).await?;
             return Ok((response.map(Either::Right), None));

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, Uri, header};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
@@ -278,20 +278,6 @@ impl Http1Pool {
     }
 }
 
-/// Turns an absolute request URI into origin form (what HTTP/1.1 sends), and gives the
-/// request a `Host` (the endpoint's authority) when it has none.
-pub(crate) fn origin_form(req: &mut Request<UpstreamBody>) {
-    if !req.headers().contains_key(header::HOST)
-        && let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        req.headers_mut().insert(header::HOST, host);
-    }
-    if req.uri().scheme().is_some() && req.method() != http::Method::CONNECT {
-        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(path);
-    }
-}
-
 /// Closes connections that idled past `timeout`, every `timeout / 2`, until the pool goes.
 async fn sweep(pool: Weak<Http1Pool>, timeout: Duration) {
     let period = (timeout / 2).max(Duration::from_secs(1));
@@ -322,6 +308,7 @@ mod tests {
     use super::*;
     use crate::proxy::Counting;
     use bytes::Bytes;
+    use http::{HeaderValue, header};
     use http_body_util::{BodyExt, Full};
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -364,8 +351,8 @@ mod tests {
 
     fn get(path: &str) -> Request<UpstreamBody> {
         let mut req = Request::new(Counting::empty());
-        *req.uri_mut() = format!("http://upstream{path}").parse().unwrap();
-        origin_form(&mut req);
+        *req.uri_mut() = path.parse().unwrap();
+        req.headers_mut().insert(header::HOST, HeaderValue::from_static("upstream"));
         req
     }
 
@@ -426,7 +413,6 @@ mod tests {
     async fn inline(pool: &Arc<Http1Pool>, method: http::Method, path: &str) -> (Response<()>, String) {
         let mut req = get(path);
         *req.method_mut() = method;
-        req.headers_mut().insert(header::HOST, HeaderValue::from_static("upstream"));
         let (parts, body) = pool.exchange(0, req, Instant::now()).await.unwrap().into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
         (Response::from_parts(parts, ()), String::from_utf8(bytes.to_vec()).unwrap())

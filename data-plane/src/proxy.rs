@@ -404,16 +404,7 @@ fn mirror(shadow: Arc<Cluster>, req: &Request<UpstreamBody>, timeout: Duration) 
     *copy.method_mut() = req.method().clone();
     *copy.version_mut() = Version::HTTP_11;
     *copy.headers_mut() = req.headers().clone();
-    let Ok(uri) = Uri::builder()
-        .scheme(shadow.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(
-            req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        )
-        .build()
-    else {
-        return;
-    };
+    let Some(uri) = upstream_uri(&shadow, &endpoint.authority, Version::HTTP_11, req.uri()) else { return };
     *copy.uri_mut() = uri;
     if let Some(host) = req.headers().get(header::HOST).and_then(|h| h.to_str().ok())
         && let Ok(v) = HeaderValue::from_str(&format!("{host}-shadow"))
@@ -803,16 +794,9 @@ async fn forward(
         set_cookie = cluster.set_cookie_for(next_picked.index).or(set_cookie);
         picked = next_picked;
         let mut parts = t.clone().into_parts().0;
-        parts.uri = match Uri::builder()
-            .scheme(cluster.scheme.clone())
-            .authority(next.authority.clone())
-            .path_and_query(
-                t.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-            )
-            .build()
-        {
-            Ok(uri) => uri,
-            Err(_) => break (result, sent),
+        parts.uri = match upstream_uri(cluster, &next.authority, t.version(), t.uri()) {
+            Some(uri) => uri,
+            None => break (result, sent),
         };
         endpoint = next.authority.clone();
         upstream = Request::from_parts(parts, Counting::empty());
@@ -888,20 +872,7 @@ pub(crate) fn upstream_request<B>(
         .get(header::HOST)
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    let path_and_query =
-        parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    parts.uri = if version == Version::HTTP_2 {
-        // hyper's HTTP/2 client takes the scheme and authority from the URI.
-        Uri::builder()
-            .scheme(cluster.scheme.clone())
-            .authority(endpoint.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .ok()?
-    } else {
-        // HTTP/1.1 sends the origin form; the endpoint is picked by index, not by URI.
-        Uri::from(path_and_query)
-    };
+    parts.uri = upstream_uri(cluster, &endpoint.authority, version, &parts.uri)?;
     parts.version = version;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -924,6 +895,22 @@ pub(crate) fn upstream_request<B>(
         headers.insert(X_REQUEST_ID.clone(), request_id());
     }
     Some((Request::from_parts(parts, body), endpoint.authority.clone(), picked, set_cookie))
+}
+
+/// The URI a request goes upstream with: absolute for HTTP/2 (hyper's client takes the
+/// scheme and authority from it), the origin form for HTTP/1.1 (the endpoint is picked by
+/// index, not by URI).
+fn upstream_uri(cluster: &Cluster, endpoint: &Authority, version: Version, from: &Uri) -> Option<Uri> {
+    let path_and_query = from.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    if version != Version::HTTP_2 {
+        return Some(Uri::from(path_and_query));
+    }
+    Uri::builder()
+        .scheme(cluster.scheme.clone())
+        .authority(endpoint.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
 }
 
 /// `X-Forwarded-For/-Proto/-Host`, `Forwarded` (RFC 7239) and `Via`. From a trusted proxy
