@@ -26,6 +26,7 @@ mod pool;
 mod proxy;
 mod router;
 mod runtime;
+mod server;
 mod sticky;
 mod tls;
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -26,6 +26,7 @@ use vane_proto::config;
 
 use crate::metrics::ListenerStats;
 use crate::proxy;
+use crate::server::{Serve, stopped};
 use crate::tls::TlsInfo;
 use crate::{NodeShared, duration_or};
 
@@ -236,10 +237,6 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Completes once the stop flag is set (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
 
 async fn accept_loop(
     listener: TcpListener,
@@ -282,16 +279,22 @@ async fn accept_loop(
         let span = info_span!("conn", %peer);
         tokio::spawn(
             async move {
+                let timeout = Duration::from_millis(ms);
                 match tls {
-                    None => serve(&builder, TokioIo::new(stream), conn, stop).await,
+                    None => {
+                        let serve = Serve { builder: &builder, conn, header_timeout: timeout, stop, h2: false };
+                        serve.run(stream).await;
+                    }
                     Some(tls) => {
                         let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
                         // The handshake shares the header-read deadline (slowloris guard).
-                        match tokio::time::timeout(Duration::from_millis(ms), accept).await {
+                        match tokio::time::timeout(timeout, accept).await {
                             Ok(Ok(stream)) => {
                                 stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
                                 conn.tls = Some(Arc::new(TlsInfo::of(stream.get_ref().1)));
-                                serve(&builder, TokioIo::new(stream), conn, stop).await;
+                                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                                let serve = Serve { builder: &builder, conn, header_timeout: timeout, stop, h2 };
+                                serve.run(stream).await;
                             }
                             Ok(Err(error)) => {
                                 stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
@@ -310,30 +313,4 @@ async fn accept_loop(
         );
     }
     debug!("accept loop stopped");
-}
-
-/// Serves one connection (plain or TLS) until it ends or the listener stops.
-async fn serve<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    conn: proxy::Connection,
-    mut stop: watch::Receiver<bool>,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    // Boxed: the request future is a few KB, and hyper moves the service future (per
-    // request into the connection, per stream into a spawned task): a pointer moves cheaper.
-    let service = hyper::service::service_fn(move |req| Box::pin(conn.clone().handle(req)));
-    let served = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(served);
-    let result = tokio::select! {
-        result = served.as_mut() => result,
-        () = stopped(&mut stop) => {
-            served.as_mut().graceful_shutdown();
-            served.await
-        }
-    };
-    if let Err(error) = result {
-        debug!(%error, "connection ended with an error");
-    }
 }

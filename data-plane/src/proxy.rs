@@ -35,6 +35,12 @@ use crate::pool::{Lease, SendError};
 use crate::router::{Found, Route, RouteAction};
 use crate::tls::TlsInfo;
 
+/// A request body read by hyper, streamed upstream as received (unless a policy transform
+/// replaces it).
+pub(crate) fn streamed(body: Incoming) -> InnerBody {
+    Either::Left(Either::Left(body))
+}
+
 /// What an upstream answer or a local answer streams as.
 pub(crate) type InnerBody = Either<crate::cluster::UpstreamResponseBody, Full<Bytes>>;
 /// Response bodies, counted and finished (metrics, access log) when done.
@@ -75,10 +81,9 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    /// Answers one request (its body as [`streamed`] makes it, or empty).
+    pub(crate) async fn handle(self, mut req: Request<InnerBody>) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
-        // Streamed as received, unless a policy transform replaces it.
-        let mut req = req.map(|body| Either::Left(Either::Left(body)));
         let runtime = self.shared.runtime.load_full();
         let Some(router) = runtime.as_ref().and_then(|rt| rt.listeners.get(&self.slot)) else {
             // No config yet, or a request on a listener that is being removed.

@@ -248,3 +248,38 @@ async fn an_unread_request_body_is_never_parsed_as_the_next_request() {
     assert!(!answer.contains("GET /smuggled"), "the body was taken for a request:\n{answer}");
     assert!(e1.received() <= 1, "at most the real follow-up request reached the upstream");
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_across_the_handoff_to_hyper() {
+    // Bodiless requests are served inline; the first one with a body hands the connection
+    // to hyper with the bytes already read, and hyper serves the rest of it.
+    init_logs();
+    let Serving { cp: _cp, node: _node, echo: e1, web } = Serving::echo_all().await;
+    let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    stream
+        .write_all(
+            b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nHEAD /two HTTP/1.1\r\nHost: a\r\n\r\nGET /three HTTP/1.1\r\nHost: a\r\n\r\n\
+              POST /four HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+              GET /five HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let answers: Vec<&str> = answer.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 5, "{answer}");
+    assert!(answers[0].contains("GET /one HTTP/1.1"), "{}", answers[0]);
+    assert!(answers[1].ends_with("\r\n\r\n") && !answers[1].contains("HEAD /two"), "HEAD has no body: {}", answers[1]);
+    assert!(answers[1].contains("content-length: "), "HEAD keeps the length: {}", answers[1]);
+    assert!(answers[2].contains("GET /three HTTP/1.1"), "{}", answers[2]);
+    assert!(answers[3].contains("POST /four HTTP/1.1") && answers[3].contains("body-bytes: 5\n"), "{}", answers[3]);
+    assert!(answers[4].contains("GET /five HTTP/1.1"), "{}", answers[4]);
+    for a in &answers {
+        assert!(a.contains("\r\ndate: ") || a.starts_with("date: "), "every answer is dated: {a}");
+    }
+    assert_eq!(e1.received(), 5);
+}

@@ -1,0 +1,711 @@
+//! Downstream HTTP/1.1, served inline for requests without a body; everything else is
+//! handed to hyper on the same connection.
+//!
+//! Why not hyper's server for every request: its HTTP/1 dispatcher keeps a 16 KiB read
+//! buffer and an 8 KiB write buffer per connection and stores the request future in the
+//! connection, and its state machine (dispatch, message encoders, buffered writes) was
+//! the largest user-space cost left per proxied request. Here a connection is its socket,
+//! a 4 KiB read buffer and a small write buffer; a request's head is parsed with
+//! `httparse` (as hyper does), its header values share the read buffer's bytes, and a
+//! small response goes out in one write (head and body together, a `writev` for a large
+//! body).
+//!
+//! What is served here: HTTP/1.1 requests that announce no body (no `Content-Length`, no
+//! `Transfer-Encoding`), no upgrade and no `Expect`. At the first request that is anything
+//! else (a body, a WebSocket upgrade, HTTP/1.0), and for HTTP/2 (the prior-knowledge
+//! preface, or `h2` negotiated by TLS), the connection and the bytes read so far go to
+//! hyper's server for the rest of its life, so framing of request bodies, `100 Continue`,
+//! upgrades and HTTP/1.0 keep-alive rules stay hyper's.
+//!
+//! Limits: the head must arrive within the listener's header deadline (from the accept
+//! for the first request, from its first byte for later ones); a connection idle between
+//! requests is closed after [`IDLE_TIMEOUT`]; heads over 64 KiB or 100 header lines get
+//! 431, malformed ones 400, and the connection is closed after either. Response trailers
+//! are not sent over HTTP/1.1 (hyper's server does not send them either).
+
+use std::io::{IoSlice, Write as _};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Body;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::proxy;
+
+/// Most header lines in one request.
+const MAX_HEADERS: usize = 100;
+/// Largest request head.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// What a read asks the socket for at least.
+const READ_SIZE: usize = 4 * 1024;
+/// A keep-alive connection with no request in progress is closed after this long.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Body chunks up to this size are copied behind the head (one write); larger ones go out
+/// with it in a `writev`.
+const COPY_LIMIT: usize = 2 * 1024;
+/// What an HTTP/2 prior-knowledge connection starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How one connection is served.
+#[derive(Debug)]
+pub(crate) struct Serve<'a> {
+    /// hyper's server, for what is not served inline.
+    pub(crate) builder: &'a auto::Builder<TokioExecutor>,
+    pub(crate) conn: proxy::Connection,
+    pub(crate) header_timeout: Duration,
+    /// Set when the listener stops: finish the request in progress, then close.
+    pub(crate) stop: watch::Receiver<bool>,
+    /// TLS negotiated `h2`: straight to hyper.
+    pub(crate) h2: bool,
+}
+
+/// What reading the next request head came to.
+enum Next {
+    Request(Request<proxy::InnerBody>, bool),
+    /// Not for this server: hyper takes the connection, with what was read.
+    Handoff,
+    /// Answer with this status, then close.
+    Refuse(StatusCode),
+    /// End of stream, timeout or stop between requests: close without a word.
+    Close,
+}
+
+impl Serve<'_> {
+    /// Serves a connection until it closes, it fails, or the listener stops.
+    pub(crate) async fn run<I>(mut self, mut io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut buf = BytesMut::new();
+        if !self.h2 {
+            let mut out = Vec::new();
+            let mut spans = Vec::new();
+            let mut first = true;
+            loop {
+                let next = self.next_request(&mut io, &mut buf, &mut spans, first).await;
+                first = false;
+                let (req, client_close) = match next {
+                    Next::Request(req, close) => (req, close),
+                    Next::Handoff => break,
+                    Next::Refuse(status) => {
+                        let _ = refuse(&mut io, &mut out, status).await;
+                        return;
+                    }
+                    Next::Close => return,
+                };
+                let head_request = req.method() == Method::HEAD;
+                // Boxed: the request future is a few KB, and it would otherwise live in
+                // every connection's task, idle ones included.
+                let response = match Box::pin(self.conn.clone().handle(req)).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                let close = client_close || *self.stop.borrow();
+                match write_response(&mut io, &mut out, response, head_request, close).await {
+                    Ok(true) if !*self.stop.borrow() => {}
+                    Ok(_) => return,
+                    Err(error) => {
+                        debug!(%error, "response not sent whole");
+                        return;
+                    }
+                }
+                if out.capacity() > 8 * READ_SIZE {
+                    out = Vec::new();
+                }
+            }
+        }
+        self.handoff(io, buf.freeze()).await;
+    }
+
+    /// Reads until a whole request head is buffered, and decides who serves it.
+    async fn next_request<I>(
+        &mut self,
+        io: &mut I,
+        buf: &mut BytesMut,
+        spans: &mut Vec<Span>,
+        first: bool,
+    ) -> Next
+    where
+        I: AsyncRead + Unpin,
+    {
+        let now = tokio::time::Instant::now();
+        // The first head has the header deadline from the accept; later ones are idle
+        // until their first byte.
+        let mut deadline = if first || !buf.is_empty() { now + self.header_timeout } else { now + IDLE_TIMEOUT };
+        let mut idle = !first && buf.is_empty();
+        loop {
+            if !buf.is_empty() {
+                if first && buf.starts_with(H2_PREFACE) {
+                    return Next::Handoff;
+                }
+                if !(first && H2_PREFACE.starts_with(buf)) {
+                    match parse_request(buf, spans) {
+                        Parsed::Complete(req, close) => return Next::Request(req, close),
+                        Parsed::Handoff => return Next::Handoff,
+                        Parsed::Partial if buf.len() >= MAX_HEAD_BYTES => {
+                            return Next::Refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                        }
+                        Parsed::Partial => {}
+                        Parsed::Invalid(status) => return Next::Refuse(status),
+                    }
+                }
+            }
+            if buf.capacity() - buf.len() < READ_SIZE / 2 {
+                buf.reserve(READ_SIZE);
+            }
+            // Between requests a stopping listener closes at once; a head already begun
+            // is read and answered.
+            let between = buf.is_empty();
+            let read = tokio::select! {
+                biased;
+                read = tokio_util::io::read_buf(io, buf) => read,
+                () = tokio::time::sleep_until(deadline) => return Next::Close,
+                () = stopped(&mut self.stop), if between => return Next::Close,
+            };
+            match read {
+                Ok(0) | Err(_) => return Next::Close,
+                Ok(_) if idle => {
+                    idle = false;
+                    deadline = tokio::time::Instant::now() + self.header_timeout;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Gives the connection to hyper's server, replaying what was read but not served.
+    async fn handoff<I>(mut self, io: I, read: Bytes)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = self.conn;
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            Box::pin(conn.clone().handle(req.map(proxy::streamed)))
+        });
+        let served = self.builder.serve_connection_with_upgrades(TokioIo::new(Rewind { read, io }), service);
+        tokio::pin!(served);
+        let result = tokio::select! {
+            result = served.as_mut() => result,
+            () = stopped(&mut self.stop) => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        };
+        if let Err(error) = result {
+            debug!(%error, "connection ended with an error");
+        }
+    }
+}
+
+/// Completes once the stop flag is set (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Where a header's name and value lie in the head.
+type Span = (HeaderName, usize, usize);
+
+enum Parsed {
+    Complete(Request<proxy::InnerBody>, bool),
+    Partial,
+    Handoff,
+    Invalid(StatusCode),
+}
+
+/// Parses the head at the front of `buf`; a complete head served here is taken off it.
+fn parse_request(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parsed {
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(_) => return Parsed::Invalid(StatusCode::BAD_REQUEST),
+    };
+    if parsed.version != Some(1) {
+        // HTTP/1.0 keep-alive rules and close-delimited answers: hyper's.
+        return Parsed::Handoff;
+    }
+    let Some(method) = parsed.method.and_then(|m| Method::from_bytes(m.as_bytes()).ok()) else {
+        return Parsed::Invalid(StatusCode::BAD_REQUEST);
+    };
+    let base = buf.as_ptr() as usize;
+    let Some(path) = parsed.path else { return Parsed::Invalid(StatusCode::BAD_REQUEST) };
+    let path_at = path.as_ptr() as usize - base;
+    let path_len = path.len();
+    let mut close = false;
+    spans.clear();
+    for h in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Parsed::Invalid(StatusCode::BAD_REQUEST);
+        };
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::EXPECT
+        {
+            return Parsed::Handoff;
+        }
+        if name == header::CONNECTION {
+            for token in h.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::Handoff;
+                }
+            }
+        }
+        spans.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let Some(target) = head.get(path_at..path_at + path_len) else { return Parsed::Invalid(StatusCode::BAD_REQUEST) };
+    let Ok(uri) = Uri::from_maybe_shared(head.slice_ref(target)) else {
+        return Parsed::Invalid(StatusCode::BAD_REQUEST);
+    };
+    let mut req = Request::new(Either::Right(Full::default()));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    headers.reserve(spans.len());
+    for (name, at, len) in spans.drain(..) {
+        let Some(value) = head.get(at..at + len) else { return Parsed::Invalid(StatusCode::BAD_REQUEST) };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(value)) else {
+            return Parsed::Invalid(StatusCode::BAD_REQUEST);
+        };
+        headers.append(name, value);
+    }
+    Parsed::Complete(req, close)
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Clone, Copy)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes a response; `Ok(true)` when the connection can take another request.
+async fn write_response<I, B>(
+    io: &mut I,
+    out: &mut Vec<u8>,
+    response: Response<B>,
+    head_request: bool,
+    close: bool,
+) -> std::io::Result<bool>
+where
+    I: AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let headers = &parts.headers;
+    let mut close = close
+        || headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")));
+    let bodiless_status = status.is_informational() || status == StatusCode::NO_CONTENT;
+    let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let hint = body.size_hint().exact();
+    let (framing, add_length) = if bodiless_status || status == StatusCode::NOT_MODIFIED {
+        (Framing::None, None)
+    } else if head_request {
+        (Framing::None, if announced.is_none() { hint.filter(|n| *n > 0) } else { None })
+    } else if let Some(n) = announced {
+        (Framing::Length(n), None)
+    } else if let Some(n) = hint {
+        (Framing::Length(n), Some(n))
+    } else {
+        (Framing::Chunked, None)
+    };
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        // Framing is this connection's own: a length is written only when it frames
+        // the body, and transfer codings never pass.
+        if name == header::TRANSFER_ENCODING
+            || (name == header::CONTENT_LENGTH && (announced.is_none() || bodiless_status))
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = add_length {
+        let _ = write!(out, "content-length: {n}\r\n");
+    }
+    if matches!(framing, Framing::Chunked) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if close && !headers.contains_key(header::CONNECTION) {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    if !matches!(framing, Framing::None) && !body.is_end_stream() {
+        let mut body = Pin::new(&mut body);
+        loop {
+            // A frame that is not ready yet must not hold back what is buffered (the head
+            // of a streamed answer, earlier chunks).
+            let polled = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+            let frame = match polled {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    if !out.is_empty() {
+                        io.write_all(out).await?;
+                        out.clear();
+                    }
+                    io.flush().await?;
+                    std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(error)) => return Err(std::io::Error::other(error)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    // Trailers: not sent over HTTP/1.1.
+                    Err(_) => continue,
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            match framing {
+                Framing::Length(_) => {
+                    let Some(rest) = left.checked_sub(data.len() as u64) else {
+                        return Err(std::io::Error::other("response body longer than its Content-Length"));
+                    };
+                    left = rest;
+                    send(io, out, &data, b"").await?;
+                }
+                Framing::Chunked => {
+                    let _ = write!(out, "{:x}\r\n", data.len());
+                    send(io, out, &data, b"\r\n").await?;
+                }
+                Framing::None => {}
+            }
+            if body.is_end_stream() {
+                break;
+            }
+        }
+    }
+    if matches!(framing, Framing::Chunked) {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if left > 0 {
+        // The client waits for bytes that will not come: only a close tells it.
+        close = true;
+        debug!(missing = left, "response body shorter than its Content-Length");
+    }
+    if !out.is_empty() {
+        io.write_all(out).await?;
+        out.clear();
+    }
+    io.flush().await?;
+    drop(body);
+    Ok(!close)
+}
+
+/// Queues `data` (and `tail`) behind what `out` holds: copied when small, else written
+/// with it in one vectored write.
+async fn send<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>, data: &Bytes, tail: &[u8]) -> std::io::Result<()> {
+    if data.len() <= COPY_LIMIT {
+        out.extend_from_slice(data);
+        out.extend_from_slice(tail);
+        return Ok(());
+    }
+    let mut slices = [IoSlice::new(out), IoSlice::new(data), IoSlice::new(tail)];
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let n = io.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    out.clear();
+    Ok(())
+}
+
+/// The answer to a head that cannot be served; the connection closes after it.
+async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>, status: StatusCode) -> std::io::Result<()> {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\ndate: ");
+    http_date(out);
+    out.extend_from_slice(b"\r\n\r\n");
+    io.write_all(out).await?;
+    io.shutdown().await
+}
+
+/// Appends the current time as an HTTP date; formatted once a second per thread.
+fn http_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            let formatted = httpdate::fmt_http_date(now);
+            if let Ok(bytes) = <[u8; 29]>::try_from(formatted.as_bytes()) {
+                *cached = (secs, bytes);
+            }
+        }
+        out.extend_from_slice(&cached.1);
+    });
+}
+
+/// A connection with bytes already read from it in front: what hyper reads first.
+struct Rewind<I> {
+    read: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            let taken = self.read.split_to(n);
+            buf.put_slice(&taken);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use hyper::body::{Frame, SizeHint};
+
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> (Parsed, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        let parsed = parse_request(&mut buf, &mut Vec::new());
+        (parsed, buf)
+    }
+
+    #[test]
+    fn a_bodiless_request_is_parsed_and_a_pipelined_one_left_in_the_buffer() {
+        let (parsed, rest) =
+            parse(b"GET /a?b=c HTTP/1.1\r\nHost: example.com\r\nX-Two: 1\r\nX-Two: 2\r\n\r\nGET /next HTTP/1.1\r\n");
+        let Parsed::Complete(req, close) = parsed else { panic!("not complete") };
+        assert!(!close);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), "/a?b=c");
+        assert_eq!(req.version(), Version::HTTP_11);
+        assert_eq!(req.headers()["host"], "example.com");
+        assert_eq!(req.headers().get_all("x-two").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert!(req.body().is_end_stream());
+        assert_eq!(&rest[..], b"GET /next HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn connection_close_is_noted() {
+        let (parsed, _) = parse(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n");
+        assert!(matches!(parsed, Parsed::Complete(_, true)));
+    }
+
+    #[test]
+    fn bodies_upgrades_expectations_and_http_1_0_go_to_hyper_with_nothing_consumed() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+        ] {
+            let (parsed, rest) = parse(head);
+            assert!(matches!(parsed, Parsed::Handoff), "{}", String::from_utf8_lossy(head));
+            assert_eq!(&rest[..], head, "the head stays for hyper to read");
+        }
+    }
+
+    #[test]
+    fn malformed_and_oversized_heads_are_refused() {
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", (0..150).map(|i| format!("X-{i}: v\r\n")).collect::<String>());
+        let cases: [(&[u8], StatusCode); 5] = [
+            (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", StatusCode::BAD_REQUEST),
+            (many.as_bytes(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        ];
+        for (head, status) in cases {
+            let (parsed, _) = parse(head);
+            assert!(matches!(parsed, Parsed::Invalid(s) if s == status), "{}", String::from_utf8_lossy(head));
+        }
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").0, Parsed::Partial));
+    }
+
+    /// A body of the given chunks, of unknown length unless `exact`.
+    struct Chunks {
+        chunks: VecDeque<Bytes>,
+        exact: Option<u64>,
+    }
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.chunks.is_empty()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.exact.map_or_else(SizeHint::default, SizeHint::with_exact)
+        }
+    }
+
+    fn chunks(parts: &[&[u8]], exact: bool) -> Chunks {
+        let chunks: VecDeque<Bytes> = parts.iter().map(|p| Bytes::copy_from_slice(p)).collect();
+        let total = chunks.iter().map(|c| c.len() as u64).sum();
+        Chunks { chunks, exact: exact.then_some(total) }
+    }
+
+    async fn written<B>(response: Response<B>, head: bool, close: bool) -> (String, bool)
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut wire = Vec::new();
+        let keep = write_response(&mut wire, &mut Vec::new(), response, head, close).await.unwrap();
+        (String::from_utf8(wire).unwrap(), keep)
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_gets_a_content_length_and_a_date() {
+        let (wire, keep) = written(Response::new(chunks(&[b"hello"], true)), false, false).await;
+        assert!(keep);
+        assert!(wire.starts_with("HTTP/1.1 200 OK\r\n"), "{wire}");
+        assert!(wire.contains("\r\ncontent-length: 5\r\n"), "{wire}");
+        assert!(wire.contains("\r\ndate: ") && wire.contains(" GMT\r\n"), "{wire}");
+        assert!(wire.ends_with("\r\n\r\nhello"), "{wire}");
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_is_chunked() {
+        let big = vec![b'x'; COPY_LIMIT + 10];
+        let (wire, keep) = written(Response::new(chunks(&[b"hello", b"", &big, b"!"], false)), false, false).await;
+        assert!(keep);
+        assert!(wire.contains("\r\ntransfer-encoding: chunked\r\n"), "{wire}");
+        let body = wire.split_once("\r\n\r\n").unwrap().1;
+        let expected = format!("5\r\nhello\r\n{:x}\r\n{}\r\n1\r\n!\r\n0\r\n\r\n", big.len(), "x".repeat(big.len()));
+        assert_eq!(body, expected);
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_answers_carry_no_body() {
+        let (wire, _) = written(Response::new(chunks(&[b"hello"], true)), true, false).await;
+        assert!(wire.contains("content-length: 5\r\n") && wire.ends_with("\r\n\r\n"), "HEAD: {wire}");
+        let mut no_content = Response::new(chunks(&[], true));
+        *no_content.status_mut() = StatusCode::NO_CONTENT;
+        no_content.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let (wire, keep) = written(no_content, false, false).await;
+        assert!(keep && !wire.contains("content-length") && wire.ends_with("\r\n\r\n"), "204: {wire}");
+        let mut not_modified = Response::new(chunks(&[], true));
+        *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+        not_modified.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("42"));
+        let (wire, _) = written(not_modified, false, false).await;
+        assert!(wire.contains("content-length: 42\r\n") && wire.ends_with("\r\n\r\n"), "304: {wire}");
+    }
+
+    #[tokio::test]
+    async fn a_short_body_or_a_close_ends_the_connection_and_a_long_one_is_an_error() {
+        let mut short = Response::new(chunks(&[b"hello"], false));
+        short.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        let (wire, keep) = written(short, false, false).await;
+        assert!(!keep && wire.contains("content-length: 10\r\n") && wire.ends_with("hello"), "{wire}");
+
+        let (wire, keep) = written(Response::new(chunks(&[b"hi"], true)), false, true).await;
+        assert!(!keep && wire.contains("\r\nconnection: close\r\n"), "{wire}");
+        let mut refused = Response::new(chunks(&[b"no"], true));
+        refused.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        assert!(!written(refused, false, false).await.1);
+
+        let mut long = Response::new(chunks(&[b"hello", b"world"], false));
+        long.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let mut wire = Vec::new();
+        assert!(write_response(&mut wire, &mut Vec::new(), long, false, false).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn rewind_replays_what_was_read_before_the_socket() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let mut rewound = Rewind { read: Bytes::from_static(b"hello"), io: server };
+        let mut all = String::new();
+        rewound.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "hello world");
+    }
+}
