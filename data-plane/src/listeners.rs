@@ -237,7 +237,6 @@ impl Drop for OpenConnection {
     }
 }
 
-
 async fn accept_loop(
     listener: TcpListener,
     slot: u64,

@@ -90,8 +90,11 @@ impl Serve<'_> {
             let mut out = Vec::new();
             let mut spans = Vec::new();
             let mut first = true;
+            // One timer per connection, moved only when a deadline comes earlier than it:
+            // arming a timer per request costs more than an early wake-up now and then.
+            let mut timer = Box::pin(tokio::time::sleep(self.header_timeout));
             loop {
-                let next = self.next_request(&mut io, &mut buf, &mut spans, first).await;
+                let next = self.next_request(&mut io, &mut buf, &mut spans, &mut timer, first).await;
                 first = false;
                 let (req, client_close) = match next {
                     Next::Request(req, close) => (req, close),
@@ -132,6 +135,7 @@ impl Serve<'_> {
         io: &mut I,
         buf: &mut BytesMut,
         spans: &mut Vec<Span>,
+        timer: &mut Pin<Box<tokio::time::Sleep>>,
         first: bool,
     ) -> Next
     where
@@ -165,10 +169,19 @@ impl Serve<'_> {
             // Between requests a stopping listener closes at once; a head already begun
             // is read and answered.
             let between = buf.is_empty();
+            if timer.deadline() > deadline {
+                timer.as_mut().reset(deadline);
+            }
             let read = tokio::select! {
                 biased;
                 read = tokio_util::io::read_buf(io, buf) => read,
-                () = tokio::time::sleep_until(deadline) => return Next::Close,
+                () = timer.as_mut() => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Next::Close;
+                    }
+                    timer.as_mut().reset(deadline);
+                    continue;
+                }
                 () = stopped(&mut self.stop), if between => return Next::Close,
             };
             match read {
@@ -612,7 +625,10 @@ mod tests {
         type Data = Bytes;
         type Error = std::io::Error;
 
-        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
             Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
         }
 
