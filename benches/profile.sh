@@ -6,6 +6,7 @@
 # grouped by crate. No hardware counters are needed (cpu-clock is a software event).
 #
 #   benches/profile.sh            # VANE=target/release/vane, DURATION=15s, TOP=40
+#   H2=1 benches/profile.sh       # h2c instead: h2load -c50 -m10 (apt-get install -y nghttp2-client)
 #
 # Loopback only; everything started here is stopped on exit.
 set -euo pipefail
@@ -33,13 +34,17 @@ for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/" && break
 NODE=$(pgrep -f -- "--control-plane http://127.0.0.1:18603 --node-id" | head -1)
 [ -n "$NODE" ] || { echo "the node did not start" >&2; cat "$TMP/sut.log" >&2; exit 1; }
 
-taskset -c 0 wrk -t1 -c50 -d2s "http://127.0.0.1:$PORT/" >/dev/null   # warm-up
-taskset -c 0 wrk -t1 -c50 -d"$DURATION" "http://127.0.0.1:$PORT/" >"$TMP/wrk.txt" &
+load() {
+  if [ "${H2:-0}" = 1 ]; then taskset -c 0 h2load -c50 -m10 -D "${1%s}" "http://127.0.0.1:$PORT/"
+  else taskset -c 0 wrk -t1 -c50 -d"$1" "http://127.0.0.1:$PORT/"; fi
+}
+load 2s >/dev/null   # warm-up
+load "$DURATION" >"$TMP/wrk.txt" &
 WRK=$!
 perf record -q -e cpu-clock -F 2999 -p "$NODE" -o "$TMP/perf.data" -- sleep "${DURATION%s}" 2>/dev/null
 wait "$WRK"
 cp "$TMP/perf.data" "${KEEP:-/tmp/vane-profile.data}"
-grep -E "Requests/sec|Latency" "$TMP/wrk.txt"
+grep -E "Requests/sec|Latency|finished in|requests:" "$TMP/wrk.txt"
 echo
 echo "## hottest symbols (self time, % of the node's samples)"
 perf report -i "$TMP/perf.data" --stdio --no-children --sort symbol 2>/dev/null | grep -E '^ +[0-9.]+%' \

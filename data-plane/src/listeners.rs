@@ -32,6 +32,8 @@ use crate::{NodeShared, duration_or};
 
 /// Time a client has to send a request's headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// An HTTP/1.1 connection with no request in progress is closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most header lines in one request.
 const MAX_HEADERS: usize = 100;
 /// Largest request head (HTTP/1 buffer, HTTP/2 header list).
@@ -51,8 +53,22 @@ struct Slot {
     local: SocketAddr,
     stop: watch::Sender<bool>,
     stats: Arc<ListenerStats>,
-    /// The listener's header-read deadline in ms; a snapshot may change it in place.
-    header_timeout_ms: Arc<AtomicU64>,
+    /// The listener's deadlines; a snapshot may change them in place.
+    timeouts: Arc<Timeouts>,
+}
+
+/// A listener's connection deadlines, in milliseconds.
+#[derive(Debug, Default)]
+struct Timeouts {
+    header_ms: AtomicU64,
+    idle_ms: AtomicU64,
+}
+
+impl Timeouts {
+    fn set(&self, (header_ms, idle_ms): (u64, u64)) {
+        self.header_ms.store(header_ms, Ordering::Relaxed);
+        self.idle_ms.store(idle_ms, Ordering::Relaxed);
+    }
 }
 
 /// The bound listeners of a node.
@@ -67,8 +83,8 @@ pub(crate) struct Listeners {
 pub(crate) struct Prepared {
     /// Slot id for each listener of the snapshot, by name.
     pub(crate) ids: HashMap<String, u64>,
-    /// Header-read deadline (ms) of each listener, by slot id.
-    header_timeouts: HashMap<u64, u64>,
+    /// Header-read and idle deadlines (ms) of each listener, by slot id.
+    timeouts: HashMap<u64, (u64, u64)>,
     fresh: Vec<(u64, config::Listener, std::net::TcpListener, SocketAddr)>,
 }
 
@@ -107,25 +123,28 @@ impl Listeners {
                 }),
             }
         }
-        let header_timeouts = wanted
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let timeouts = wanted
             .iter()
             .filter_map(|l| {
-                let ms = duration_or(l.request_headers_timeout.as_ref(), HEADER_READ_TIMEOUT).as_millis();
-                Some((*ids.get(&l.name)?, u64::try_from(ms).unwrap_or(u64::MAX)))
+                let header = duration_or(l.request_headers_timeout.as_ref(), HEADER_READ_TIMEOUT);
+                let idle = duration_or(l.idle_timeout.as_ref(), IDLE_TIMEOUT);
+                Some((*ids.get(&l.name)?, (ms(header), ms(idle))))
             })
             .collect();
-        if errors.is_empty() { Ok(Prepared { ids, header_timeouts, fresh }) } else { Err(errors) }
+        if errors.is_empty() { Ok(Prepared { ids, timeouts, fresh }) } else { Err(errors) }
     }
 
     /// Starts the fresh listeners and stops those `prepared` did not keep.
     pub(crate) fn commit(&mut self, prepared: Prepared, shared: &Arc<NodeShared>) {
-        let Prepared { ids, header_timeouts, fresh } = prepared;
+        let Prepared { ids, timeouts, fresh } = prepared;
         let kept: HashMap<u64, &String> = ids.iter().map(|(name, id)| (*id, name)).collect();
-        let timeout_of = |id: u64| header_timeouts.get(&id).copied().unwrap_or(HEADER_READ_TIMEOUT.as_secs() * 1000);
+        let defaults = (HEADER_READ_TIMEOUT.as_secs() * 1000, IDLE_TIMEOUT.as_secs() * 1000);
+        let timeouts_of = |id: u64| timeouts.get(&id).copied().unwrap_or(defaults);
         self.slots.retain_mut(|slot| match kept.get(&slot.id) {
             Some(name) => {
                 slot.name = (*name).clone();
-                slot.header_timeout_ms.store(timeout_of(slot.id), Ordering::Relaxed);
+                slot.timeouts.set(timeouts_of(slot.id));
                 true
             }
             None => {
@@ -137,18 +156,18 @@ impl Listeners {
         for (id, spec, socket, local) in fresh {
             let (stop, stopped) = watch::channel(false);
             let stats = Arc::new(ListenerStats::default());
-            let header_timeout_ms = Arc::new(AtomicU64::new(timeout_of(id)));
+            let timeouts = Arc::new(Timeouts::default());
+            timeouts.set(timeouts_of(id));
             match TcpListener::from_std(socket) {
                 Ok(listener) => {
                     info!(listener = %spec.name, address = %local, "listener started");
                     let span = info_span!("listener", name = %spec.name, address = %local);
-                    let task =
-                        accept_loop(listener, id, shared.clone(), stopped, stats.clone(), header_timeout_ms.clone());
+                    let task = accept_loop(listener, id, shared.clone(), stopped, stats.clone(), timeouts.clone());
                     tokio::spawn(task.instrument(span));
                 }
                 Err(error) => warn!(listener = %spec.name, %error, "listener could not be registered"),
             }
-            self.slots.push(Slot { id, name: spec.name, address: spec.address, local, stop, stats, header_timeout_ms });
+            self.slots.push(Slot { id, name: spec.name, address: spec.address, local, stop, stats, timeouts });
         }
     }
 
@@ -243,9 +262,9 @@ async fn accept_loop(
     shared: Arc<NodeShared>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<ListenerStats>,
-    header_timeout_ms: Arc<AtomicU64>,
+    timeouts: Arc<Timeouts>,
 ) {
-    let mut current_ms = header_timeout_ms.load(Ordering::Relaxed);
+    let mut current_ms = timeouts.header_ms.load(Ordering::Relaxed);
     let mut builder = Arc::new(connection_builder(current_ms));
     loop {
         let accepted = tokio::select! {
@@ -262,7 +281,8 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let ms = header_timeout_ms.load(Ordering::Relaxed);
+        let ms = timeouts.header_ms.load(Ordering::Relaxed);
+        let idle_timeout = Duration::from_millis(timeouts.idle_ms.load(Ordering::Relaxed));
         if ms != current_ms {
             current_ms = ms;
             builder = Arc::new(connection_builder(ms));
@@ -281,7 +301,8 @@ async fn accept_loop(
                 let timeout = Duration::from_millis(ms);
                 match tls {
                     None => {
-                        let serve = Serve { builder: &builder, conn, header_timeout: timeout, stop, h2: false };
+                        let serve =
+                            Serve { builder: &builder, conn, header_timeout: timeout, idle_timeout, stop, h2: false };
                         serve.run(stream).await;
                     }
                     Some(tls) => {
@@ -292,7 +313,8 @@ async fn accept_loop(
                                 stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
                                 conn.tls = Some(Arc::new(TlsInfo::of(stream.get_ref().1)));
                                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                                let serve = Serve { builder: &builder, conn, header_timeout: timeout, stop, h2 };
+                                let serve =
+                                    Serve { builder: &builder, conn, header_timeout: timeout, idle_timeout, stop, h2 };
                                 serve.run(stream).await;
                             }
                             Ok(Err(error)) => {

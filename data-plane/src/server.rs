@@ -19,7 +19,7 @@
 //!
 //! Limits: the head must arrive within the listener's header deadline (from the accept
 //! for the first request, from its first byte for later ones); a connection idle between
-//! requests is closed after [`IDLE_TIMEOUT`]; heads over 64 KiB or 100 header lines get
+//! requests is closed after the listener's idle timeout; heads over 64 KiB or 100 header lines get
 //! 431, malformed ones 400, and the connection is closed after either. Response trailers
 //! are not sent over HTTP/1.1 (hyper's server does not send them either).
 
@@ -35,7 +35,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tracing::debug;
 
@@ -47,11 +47,11 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// What a read asks the socket for at least.
 const READ_SIZE: usize = 4 * 1024;
-/// A keep-alive connection with no request in progress is closed after this long.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Body chunks up to this size are copied behind the head (one write); larger ones go out
-/// with it in a `writev`.
+/// Body chunks up to this size are copied behind the head; larger ones go out with it in
+/// a `writev`.
 const COPY_LIMIT: usize = 2 * 1024;
+/// Ready body chunks are gathered into one write up to this much.
+const MAX_QUEUED: usize = 256 * 1024;
 /// What an HTTP/2 prior-knowledge connection starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -62,6 +62,8 @@ pub(crate) struct Serve<'a> {
     pub(crate) builder: &'a auto::Builder<TokioExecutor>,
     pub(crate) conn: proxy::Connection,
     pub(crate) header_timeout: Duration,
+    /// Between requests.
+    pub(crate) idle_timeout: Duration,
     /// Set when the listener stops: finish the request in progress, then close.
     pub(crate) stop: watch::Receiver<bool>,
     /// TLS negotiated `h2`: straight to hyper.
@@ -100,7 +102,9 @@ impl Serve<'_> {
                     Next::Request(req, close) => (req, close),
                     Next::Handoff => break,
                     Next::Refuse(status) => {
-                        let _ = refuse(&mut io, &mut out, status).await;
+                        if refuse(&mut io, &mut out, status).await.is_ok() {
+                            linger(&mut io).await;
+                        }
                         return;
                     }
                     Next::Close => return,
@@ -115,7 +119,12 @@ impl Serve<'_> {
                 let close = client_close || *self.stop.borrow();
                 match write_response(&mut io, &mut out, response, head_request, close).await {
                     Ok(true) if !*self.stop.borrow() => {}
-                    Ok(_) => return,
+                    Ok(_) => {
+                        if io.shutdown().await.is_ok() {
+                            linger(&mut io).await;
+                        }
+                        return;
+                    }
                     Err(error) => {
                         debug!(%error, "response not sent whole");
                         return;
@@ -144,7 +153,7 @@ impl Serve<'_> {
         let now = tokio::time::Instant::now();
         // The first head has the header deadline from the accept; later ones are idle
         // until their first byte.
-        let mut deadline = if first || !buf.is_empty() { now + self.header_timeout } else { now + IDLE_TIMEOUT };
+        let mut deadline = if first || !buf.is_empty() { now + self.header_timeout } else { now + self.idle_timeout };
         let mut idle = !first && buf.is_empty();
         loop {
             if !buf.is_empty() {
@@ -384,19 +393,17 @@ where
         Framing::Length(n) => n,
         _ => 0,
     };
+    let mut queue = Queue { out, segments: Vec::new(), own_from: 0, data_len: 0 };
     if !matches!(framing, Framing::None) && !body.is_end_stream() {
         let mut body = Pin::new(&mut body);
         loop {
-            // A frame that is not ready yet must not hold back what is buffered (the head
-            // of a streamed answer, earlier chunks).
+            // Frames that are ready go out together; one that is not ready yet must not
+            // hold back what is queued (the head of a streamed answer, earlier chunks).
             let polled = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
             let frame = match polled {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
-                    if !out.is_empty() {
-                        io.write_all(out).await?;
-                        out.clear();
-                    }
+                    queue.write(io).await?;
                     io.flush().await?;
                     std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
                 }
@@ -419,13 +426,17 @@ where
                         return Err(std::io::Error::other("response body longer than its Content-Length"));
                     };
                     left = rest;
-                    send(io, out, &data, b"").await?;
+                    queue.data(data);
                 }
                 Framing::Chunked => {
-                    let _ = write!(out, "{:x}\r\n", data.len());
-                    send(io, out, &data, b"\r\n").await?;
+                    let _ = write!(queue.out, "{:x}\r\n", data.len());
+                    queue.data(data);
+                    queue.out.extend_from_slice(b"\r\n");
                 }
                 Framing::None => {}
+            }
+            if queue.len() >= MAX_QUEUED {
+                queue.write(io).await?;
             }
             if body.is_end_stream() {
                 break;
@@ -433,41 +444,85 @@ where
         }
     }
     if matches!(framing, Framing::Chunked) {
-        out.extend_from_slice(b"0\r\n\r\n");
+        queue.out.extend_from_slice(b"0\r\n\r\n");
     }
     if left > 0 {
         // The client waits for bytes that will not come: only a close tells it.
         close = true;
         debug!(missing = left, "response body shorter than its Content-Length");
     }
-    if !out.is_empty() {
-        io.write_all(out).await?;
-        out.clear();
-    }
+    queue.write(io).await?;
     io.flush().await?;
     drop(body);
     Ok(!close)
 }
 
-/// Queues `data` (and `tail`) behind what `out` holds: copied when small, else written
-/// with it in one vectored write.
-async fn send<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>, data: &Bytes, tail: &[u8]) -> std::io::Result<()> {
-    if data.len() <= COPY_LIMIT {
-        out.extend_from_slice(data);
-        out.extend_from_slice(tail);
-        return Ok(());
-    }
-    let mut slices = [IoSlice::new(out), IoSlice::new(data), IoSlice::new(tail)];
-    let mut slices = &mut slices[..];
-    while !slices.is_empty() {
-        let n = io.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+/// What is ready for the client and not written yet: the bytes of `out` (heads, chunk
+/// lines, small bodies copied) and large body chunks, in order, written with one `writev`.
+struct Queue<'a> {
+    out: &'a mut Vec<u8>,
+    segments: Vec<Segment>,
+    /// Where the part of `out` that no segment covers yet starts.
+    own_from: usize,
+    data_len: usize,
+}
+
+enum Segment {
+    /// A range of `out`.
+    Own(usize, usize),
+    Data(Bytes),
+}
+
+impl Queue<'_> {
+    /// Queues a body chunk: copied into `out` when small, else kept as it is.
+    fn data(&mut self, data: Bytes) {
+        if data.len() <= COPY_LIMIT {
+            self.out.extend_from_slice(&data);
+            return;
         }
-        IoSlice::advance_slices(&mut slices, n);
+        if self.out.len() > self.own_from {
+            self.segments.push(Segment::Own(self.own_from, self.out.len()));
+            self.own_from = self.out.len();
+        }
+        self.data_len += data.len();
+        self.segments.push(Segment::Data(data));
     }
-    out.clear();
-    Ok(())
+
+    fn len(&self) -> usize {
+        self.out.len() + self.data_len
+    }
+
+    /// Writes everything queued.
+    async fn write<I: AsyncWrite + Unpin>(&mut self, io: &mut I) -> std::io::Result<()> {
+        if self.segments.is_empty() {
+            if !self.out.is_empty() {
+                io.write_all(self.out).await?;
+            }
+        } else {
+            let mut slices: Vec<IoSlice<'_>> = self
+                .segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Own(from, to) => IoSlice::new(self.out.get(*from..*to).unwrap_or_default()),
+                    Segment::Data(data) => IoSlice::new(data),
+                })
+                .collect();
+            slices.push(IoSlice::new(self.out.get(self.own_from..).unwrap_or_default()));
+            let mut slices = &mut slices[..];
+            while !slices.is_empty() {
+                let n = io.write_vectored(slices).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                IoSlice::advance_slices(&mut slices, n);
+            }
+        }
+        self.out.clear();
+        self.segments.clear();
+        self.own_from = 0;
+        self.data_len = 0;
+        Ok(())
+    }
 }
 
 /// The answer to a head that cannot be served; the connection closes after it.
@@ -482,6 +537,26 @@ async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>, status: St
     out.extend_from_slice(b"\r\n\r\n");
     io.write_all(out).await?;
     io.shutdown().await
+}
+
+/// After the last answer of a connection and the end of its write side: reads what the
+/// client may still be sending (pipelined requests, the rest of an oversized head), a
+/// bounded amount for a bounded time, so that closing with unread bytes does not reset
+/// the connection before the client has read the answer (nginx's lingering close).
+async fn linger<I: AsyncRead + Unpin>(io: &mut I) {
+    const MAX_BYTES: usize = 256 * 1024;
+    const MAX_TIME: Duration = Duration::from_secs(1);
+    let drain = async {
+        let mut sink = [0u8; 2048];
+        let mut total = 0;
+        while total < MAX_BYTES {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(MAX_TIME, drain).await;
 }
 
 /// Appends the current time as an HTTP date; formatted once a second per thread.
@@ -715,7 +790,6 @@ mod tests {
 
     #[tokio::test]
     async fn rewind_replays_what_was_read_before_the_socket() {
-        use tokio::io::AsyncReadExt;
         let (mut client, server) = tokio::io::duplex(64);
         client.write_all(b" world").await.unwrap();
         drop(client);

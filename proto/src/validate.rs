@@ -84,6 +84,7 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
             Ok(_) => {}
         }
         v.duration("listener", &name, "request_headers_timeout", l.request_headers_timeout.as_ref());
+        v.duration("listener", &name, "idle_timeout", l.idle_timeout.as_ref());
         for (j, cidr) in l.trusted_proxies.iter().enumerate() {
             if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
                 v.err(

@@ -283,3 +283,30 @@ async fn pipelined_requests_are_answered_in_order_across_the_handoff_to_hyper() 
     }
     assert_eq!(e1.received(), 5);
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_listeners_idle_timeout() {
+    init_logs();
+    let Serving { cp: _cp, node: _node, echo: _e1, web } = Serving::start(|e| {
+        config_yaml(&[("echo", &[e])], &[("all", "/", "echo")]).replacen(
+            "    address: 127.0.0.1:0\n",
+            "    address: 127.0.0.1:0\n    idle_timeout: 0.4s\n",
+            1,
+        )
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    stream.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&answer).contains("body-bytes: 0\n") {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await.expect("an answer in time").unwrap();
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let idle_since = tokio::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("closed in time").unwrap();
+    assert_eq!(n, 0, "nothing more is sent: the connection is closed");
+    assert!(idle_since.elapsed() >= Duration::from_millis(300), "kept open while within the idle timeout");
+}
