@@ -71,6 +71,9 @@ pub(crate) struct Serve<'a> {
 }
 
 /// What reading the next request head came to.
+// Built once per request and taken apart at once: boxing the request would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 enum Next {
     Request(Request<proxy::InnerBody>, bool),
     /// Not for this server: hyper takes the connection, with what was read.
@@ -236,6 +239,7 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Where a header's name and value lie in the head.
 type Span = (HeaderName, usize, usize);
 
+#[allow(clippy::large_enum_variant)] // as for `Next`
 enum Parsed {
     Complete(Request<proxy::InnerBody>, bool),
     Partial,
