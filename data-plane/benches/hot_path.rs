@@ -1,5 +1,6 @@
 //! The per-request work of the data plane, without sockets: route lookup as the route
-//! count grows, the round-robin pick, and the upstream request rewrite.
+//! count grows, the round-robin pick, the upstream request rewrite, policy chains, and the
+//! inline HTTP/1.1 server's request parsing and response encoding.
 //!
 //! `cargo bench -p vane-data-plane --bench hot_path`
 
@@ -138,5 +139,28 @@ fn policy_chain(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, route_lookup, balance_and_rewrite, policy_chain);
+fn inline_server(c: &mut Criterion) {
+    use vane_data_plane::bench::{parse_request_head, write_response};
+    let head = b"GET /api/v1/orders?id=42 HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: wrk/4.1\r\n\
+                 Accept: */*\r\nAccept-Encoding: gzip, br\r\nX-Request-Id: 7f3c2a9e-51b4-4c1e-9b0a-6d2f8e4a1c35\r\n\r\n";
+    c.bench_function("server/parse_request_head", |b| {
+        b.iter(|| assert_eq!(parse_request_head(black_box(head)), Some(5)))
+    });
+    let (mut wire, mut out) = (Vec::with_capacity(32 * 1024), Vec::with_capacity(1024));
+    for (name, body) in [("64b", bytes::Bytes::from(vec![b'x'; 64])), ("16k", bytes::Bytes::from(vec![b'x'; 16 * 1024]))] {
+        c.bench_function(&format!("server/write_response/{name}"), |b| {
+            b.iter(|| {
+                let mut response = http::Response::new(http_body_util::Full::new(body.clone()));
+                let headers = response.headers_mut();
+                headers.insert("content-type", http::HeaderValue::from_static("text/plain"));
+                headers.insert("x-request-id", http::HeaderValue::from_static("7f3c2a9e-51b4-4c1e-9b0a-6d2f8e4a1c35"));
+                wire.clear();
+                assert!(write_response(response, &mut wire, &mut out));
+                black_box(wire.len())
+            })
+        });
+    }
+}
+
+criterion_group!(benches, route_lookup, balance_and_rewrite, policy_chain, inline_server);
 criterion_main!(benches);

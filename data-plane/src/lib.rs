@@ -471,6 +471,22 @@ pub mod bench {
         }
     }
 
+    /// Parses a request head as the inline HTTP/1.1 server does (into a fresh buffer); the
+    /// number of its headers, or `None` when it is not served inline.
+    pub fn parse_request_head(head: &[u8]) -> Option<usize> {
+        crate::server::bench_parse(head)
+    }
+
+    /// Encodes a response as the inline HTTP/1.1 server writes it, into `wire` (`out` is
+    /// the connection's reusable head buffer); true when the connection stays open.
+    pub fn write_response(
+        response: http::Response<http_body_util::Full<bytes::Bytes>>,
+        wire: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        crate::server::bench_write(response, wire, out)
+    }
+
     /// A compiled cluster, for endpoint picks and request rewrites.
     #[derive(Debug)]
     pub struct CompiledCluster(Arc<Cluster>);

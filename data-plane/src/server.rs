@@ -626,6 +626,21 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     }
 }
 
+/// For the criterion benches: the number of headers of a head served inline.
+pub(crate) fn bench_parse(head: &[u8]) -> Option<usize> {
+    match parse_request(&mut BytesMut::from(head), &mut Vec::new()) {
+        Parsed::Complete(req, _) => Some(req.headers().len()),
+        _ => None,
+    }
+}
+
+/// For the criterion benches: writes `response` into `wire` as a keep-alive answer.
+pub(crate) fn bench_write(response: Response<Full<Bytes>>, wire: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
+    let written = std::pin::pin!(write_response(wire, out, response, false, false));
+    // Writing into a Vec never waits: one poll finishes it.
+    matches!(written.poll(&mut Context::from_waker(std::task::Waker::noop())), Poll::Ready(Ok(true)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
