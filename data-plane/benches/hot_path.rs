@@ -147,7 +147,9 @@ fn inline_server(c: &mut Criterion) {
         b.iter(|| assert_eq!(parse_request_head(black_box(head)), Some(5)))
     });
     let (mut wire, mut out) = (Vec::with_capacity(32 * 1024), Vec::with_capacity(1024));
-    for (name, body) in [("64b", bytes::Bytes::from(vec![b'x'; 64])), ("16k", bytes::Bytes::from(vec![b'x'; 16 * 1024]))] {
+    for (name, body) in
+        [("64b", bytes::Bytes::from(vec![b'x'; 64])), ("16k", bytes::Bytes::from(vec![b'x'; 16 * 1024]))]
+    {
         c.bench_function(&format!("server/write_response/{name}"), |b| {
             b.iter(|| {
                 let mut response = http::Response::new(http_body_util::Full::new(body.clone()));
