@@ -6,6 +6,7 @@
 #
 #   VANES="before=/tmp/vane-old after=target/release/vane" benches/ab.sh
 #   P=/big CONNS="50 256" REPS="1 2 3 4 5" D=6 VANES=... benches/ab.sh
+#   POST=512 VANES=... benches/ab.sh     # POST requests with a 512-byte body (a wrk script)
 #
 # Prints one line per run and, at the end, the medians per target. A build's node runs as
 # `vane-node` when one sits next to its `vane` binary (VANE_NODE is not used here).
@@ -57,15 +58,20 @@ for v in $VANES; do
   TARGETS="$TARGETS $name:$node:$port"
   i=$((i + 1))
 done
+WRK_SCRIPT=()
+if [ -n "${POST:-}" ]; then
+  python3 -c "import sys; print('wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", %d)\nwrk.headers[\"Content-Type\"] = \"application/octet-stream\"' % int(sys.argv[1]))" "$POST" >"$TMP/post.lua"
+  WRK_SCRIPT=(-s "$TMP/post.lua")
+fi
 cpu() { awk '{print $14, $15}' "/proc/$1/stat"; }
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 for rep in ${REPS:-1 2 3}; do
   for c in ${CONNS:-50}; do
     for t in $TARGETS; do
       IFS=: read -r name pid port <<<"$t"
-      [ "$rep" = "${REPS%% *}" ] && taskset -c 0 wrk -t1 -c"$c" -d2s "http://127.0.0.1:$port${P:-/}" >/dev/null
+      [ "$rep" = "${REPS%% *}" ] && taskset -c 0 wrk -t1 -c"$c" -d2s "${WRK_SCRIPT[@]}" "http://127.0.0.1:$port${P:-/}" >/dev/null
       read -r u0 s0 < <(cpu "$pid")
-      taskset -c 0 wrk -t1 -c"$c" -d"${D}s" --latency "http://127.0.0.1:$port${P:-/}" >"$TMP/wrk.txt" &
+      taskset -c 0 wrk -t1 -c"$c" -d"${D}s" --latency "${WRK_SCRIPT[@]}" "http://127.0.0.1:$port${P:-/}" >"$TMP/wrk.txt" &
       w=$!
       sleep $((D / 2))
       kb=$(rss "$pid")

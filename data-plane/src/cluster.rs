@@ -205,8 +205,9 @@ impl Cluster {
     }
 
     /// Sends `req` (its URI as [`crate::proxy::upstream_request`] builds it) to
-    /// endpoint `index` over the HTTP version the request carries. A bodiless HTTP/1.1
-    /// request is exchanged inline ([`crate::h1`]); one with a body or an upgrade goes
+    /// endpoint `index` over the HTTP version the request carries. An HTTP/1.1 request
+    /// without a body or with one held whole in memory is exchanged inline
+    /// ([`crate::h1`]); one with a streamed body or an upgrade goes
     /// through hyper and comes back with the lease of its connection, to release once the
     /// response has been read whole. `now` is the caller's clock reading.
     pub(crate) async fn send(
@@ -223,7 +224,9 @@ impl Cluster {
             };
         }
         *req.version_mut() = http::Version::HTTP_11;
-        if req.body().is_end_stream() && !req.headers().contains_key(http::header::UPGRADE) {
+        if (req.body().is_end_stream() || req.body().is_buffered())
+            && !req.headers().contains_key(http::header::UPGRADE)
+        {
             let response = self.http1.exchange(index, req, now).await?;
             return Ok((response.map(Either::Right), None));
         }

@@ -37,6 +37,9 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// What a read asks the socket for at least.
 const READ_SIZE: usize = 8 * 1024;
+/// A request body up to this size is copied behind the head (one write); a larger one
+/// goes with it in a vectored write.
+const COPY_LIMIT: usize = 4 * 1024;
 /// The most a body read asks for at once.
 const MAX_BODY_READ: usize = 64 * 1024;
 /// A chunk-size line (extensions included) and the trailer section are bounded too.
@@ -112,14 +115,24 @@ enum Chunked {
     Trailers(usize),
 }
 
-/// Sends a bodiless request (origin-form URI, `Host` set) and reads the response head.
-/// The body is left on the connection, for [`ResponseBody`] to read.
+/// Sends a request (origin-form URI, `Host` set) with its body, if any, and reads the
+/// response head. The response body is left on the connection, for [`ResponseBody`] to
+/// read.
 pub(crate) async fn exchange(
     conn: &mut Conn,
     parts: &http::request::Parts,
+    body: Option<&[u8]>,
 ) -> Result<(Response<()>, BodyShape), ExchangeError> {
-    encode_head(&mut conn.head, parts);
-    if let Err(e) = conn.io.write_all(&conn.head).await {
+    encode_head(&mut conn.head, parts, body.map(<[u8]>::len));
+    let written = match body {
+        Some(body) if body.len() > COPY_LIMIT => write_two(&mut conn.io, &conn.head, body).await,
+        Some(body) => {
+            conn.head.extend_from_slice(body);
+            conn.io.write_all(&conn.head).await
+        }
+        None => conn.io.write_all(&conn.head).await,
+    };
+    if let Err(e) = written {
         return Err(ExchangeError::new(e, true));
     }
     let head_request = parts.method == Method::HEAD;
@@ -164,23 +177,50 @@ pub(crate) struct BodyShape {
     reusable: bool,
 }
 
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts) {
+/// Writes `head` then `body` with vectored writes (one system call when the socket takes
+/// both).
+async fn write_two(io: &mut Io, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+    let mut slices = [std::io::IoSlice::new(head), std::io::IoSlice::new(body)];
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let n = io.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// The request head; `body_len` is the length of a body sent with it, framed by a
+/// `Content-Length` of this connection's own.
+fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body_len: Option<usize>) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
+        if body_len.is_some() && name == header::CONTENT_LENGTH {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    // Servers may refuse a POST, PUT or PATCH without a length (411).
-    if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
-        && !parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        out.extend_from_slice(b"content-length: 0\r\n");
+    match body_len {
+        Some(n) => {
+            use std::io::Write as _;
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        // Servers may refuse a POST, PUT or PATCH without a length (411).
+        None if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+            && !parts.headers.contains_key(header::CONTENT_LENGTH) =>
+        {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        None => {}
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -598,7 +638,11 @@ mod tests {
         parts.method = Method::POST;
         parts.uri = "/a?b=1".parse().unwrap();
         parts.headers.insert(header::HOST, HeaderValue::from_static("up"));
-        encode_head(&mut out, &parts);
+        encode_head(&mut out, &parts, None);
         assert_eq!(out, b"POST /a?b=1 HTTP/1.1\r\nhost: up\r\ncontent-length: 0\r\n\r\n");
+        // A body sent with the head is framed by its own length, whatever the header said.
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        encode_head(&mut out, &parts, Some(5));
+        assert_eq!(out, b"POST /a?b=1 HTTP/1.1\r\nhost: up\r\ncontent-length: 5\r\n\r\n");
     }
 }

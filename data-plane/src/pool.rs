@@ -197,8 +197,8 @@ impl Http1Pool {
         }
     }
 
-    /// Exchanges a bodiless request (origin-form URI, `Host` set) with endpoint `index`
-    /// inline, on an idle socket or a new one. The response body reads from the socket
+    /// Exchanges a request (origin-form URI, `Host` set) without a body or with one held
+    /// whole in memory with endpoint `index` inline, on an idle socket or a new one. The response body reads from the socket
     /// and gives it back when done.
     pub(crate) async fn exchange(
         self: &Arc<Self>,
@@ -206,7 +206,9 @@ impl Http1Pool {
         req: Request<UpstreamBody>,
         now: Instant,
     ) -> Result<Response<ResponseBody>, SendError> {
-        let (parts, _empty) = req.into_parts();
+        let (parts, mut body) = req.into_parts();
+        // Empty, or held whole in memory: sent with the head.
+        let body = body.take_buffered();
         let idempotent = matches!(
             parts.method,
             http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE
@@ -217,7 +219,7 @@ impl Http1Pool {
                 // Boxed: connecting (TCP, TLS) is rare and its future large.
                 None => (Conn::new(TokioIo::new(Box::pin(self.connect_io(index)).await?)), false),
             };
-            match h1::exchange(&mut conn, &parts).await {
+            match h1::exchange(&mut conn, &parts, body.as_deref()).await {
                 Ok((head, shape)) => {
                     let home = Home { pool: self.clone(), index, since: now };
                     return Ok(head.map(|()| ResponseBody::new(conn, shape, home)));

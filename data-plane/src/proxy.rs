@@ -643,6 +643,37 @@ impl<B> Counting<B> {
     }
 }
 
+impl Counting<InnerBody> {
+    /// Whether the body is held whole in memory (read whole by the inline server, or set
+    /// by a policy transform) and within the route's limit: it can be sent with the head.
+    pub(crate) fn is_buffered(&self) -> bool {
+        match &self.inner {
+            Some(Either::Right(full)) => full.size_hint().exact().is_some_and(|n| self.limit == 0 || n <= self.limit),
+            _ => false,
+        }
+    }
+
+    /// Takes the bytes of a body [`Self::is_buffered`] says is held whole, counted as
+    /// sent; `None` (the body left as it was) for any other.
+    pub(crate) fn take_buffered(&mut self) -> Option<Bytes> {
+        if !self.is_buffered() {
+            return None;
+        }
+        let Some(Either::Right(full)) = self.inner.as_mut() else { return None };
+        // A whole body in memory is one frame, ready at once.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let data = match Pin::new(full).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+            _ => Bytes::new(),
+        };
+        if let Some(counter) = &self.counter {
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        self.inner = None;
+        Some(data)
+    }
+}
+
 impl<B> Body for Counting<B>
 where
     B: Body<Data = Bytes> + Unpin,

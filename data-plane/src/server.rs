@@ -1,5 +1,5 @@
-//! Downstream HTTP/1.1, served inline for requests without a body; everything else is
-//! handed to hyper on the same connection.
+//! Downstream HTTP/1.1, served inline for requests without a body or with a small one;
+//! everything else is handed to hyper on the same connection.
 //!
 //! Why not hyper's server for every request: its HTTP/1 dispatcher keeps a 16 KiB read
 //! buffer and an 8 KiB write buffer per connection and stores the request future in the
@@ -10,12 +10,14 @@
 //! small response goes out in one write (head and body together, a `writev` for a large
 //! body).
 //!
-//! What is served here: HTTP/1.1 requests that announce no body (no `Content-Length`, no
-//! `Transfer-Encoding`), no upgrade and no `Expect`. At the first request that is anything
-//! else (a body, a WebSocket upgrade, HTTP/1.0), and for HTTP/2 (the prior-knowledge
-//! preface, or `h2` negotiated by TLS), the connection and the bytes read so far go to
-//! hyper's server for the rest of its life, so framing of request bodies, `100 Continue`,
-//! upgrades and HTTP/1.0 keep-alive rules stay hyper's.
+//! What is served here: HTTP/1.1 requests without a body or with a `Content-Length` body
+//! of up to 64 KiB (read whole before the request is served, as nginx buffers request
+//! bodies), without upgrade or `Expect`. At the first request that is anything else (a
+//! chunked or larger body, a repeated or invalid length, a WebSocket upgrade, HTTP/1.0),
+//! and for HTTP/2 (the prior-knowledge preface, or `h2` negotiated by TLS), the connection
+//! and the bytes read so far go to hyper's server for the rest of its life, so streamed
+//! request bodies, their framing errors, `100 Continue`, upgrades and HTTP/1.0 keep-alive
+//! rules stay hyper's.
 //!
 //! Measured against hyper's server for the same requests (`benches/ab.sh`, BENCHMARKS.md):
 //! 69.0k -> 73.7k req/s at 50 connections, 14.4 -> 13.4 us of CPU per request, and node
@@ -55,6 +57,9 @@ const READ_SIZE: usize = 4 * 1024;
 /// Body chunks up to this size are copied behind the head; larger ones go out with it in
 /// a `writev`.
 const COPY_LIMIT: usize = 2 * 1024;
+/// A request body up to this size (announced by `Content-Length`) is read whole before the
+/// request is served, as nginx buffers request bodies; a larger one is streamed by hyper.
+const MAX_INLINE_BODY: usize = 64 * 1024;
 /// Ready body chunks are gathered into one write up to this much.
 const MAX_QUEUED: usize = 256 * 1024;
 /// What an HTTP/2 prior-knowledge connection starts with.
@@ -167,9 +172,12 @@ impl Serve<'_> {
         // once a new line has arrived, so a client trickling a large head byte by byte
         // costs one parse per line, not one per byte.
         let mut parsed_up_to = 0;
+        // A whole head whose body is still arriving: the bytes that head and body need.
+        let mut wanted = 0;
         loop {
             let new_line = buf.get(parsed_up_to..).is_some_and(|fresh| fresh.contains(&b'\n'));
-            if !buf.is_empty() && (parsed_up_to == 0 || new_line) {
+            let ready = if wanted > 0 { buf.len() >= wanted } else { parsed_up_to == 0 || new_line };
+            if !buf.is_empty() && ready {
                 if first && buf.starts_with(H2_PREFACE) {
                     return Next::Handoff;
                 }
@@ -179,15 +187,18 @@ impl Serve<'_> {
                         Parsed::Complete(req, close) => return Next::Request(req, close),
                         Parsed::Handoff => return Next::Handoff,
                         Parsed::Partial => {}
+                        Parsed::Body(bytes) => wanted = bytes,
                         Parsed::Invalid(status) => return Next::Refuse(status),
                     }
                 }
             }
-            if buf.len() >= MAX_HEAD_BYTES {
+            if wanted == 0 && buf.len() >= MAX_HEAD_BYTES {
                 return Next::Refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             }
-            if buf.capacity() - buf.len() < READ_SIZE / 2 {
-                buf.reserve(READ_SIZE);
+            // Room for the rest of a body being waited for, else for a read of a head.
+            let room = wanted.saturating_sub(buf.len()).max(READ_SIZE / 2);
+            if buf.capacity() - buf.len() < room {
+                buf.reserve(room.max(READ_SIZE));
             }
             // Between requests a stopping listener closes at once; a head already begun
             // is read and answered.
@@ -254,11 +265,22 @@ type Span = (HeaderName, usize, usize);
 enum Parsed {
     Complete(Request<proxy::InnerBody>, bool),
     Partial,
+    /// The head is whole; its body is not: wait until this many bytes are buffered.
+    Body(usize),
     Handoff,
     Invalid(StatusCode),
 }
 
-/// Parses the head at the front of `buf`; a complete head served here is taken off it.
+/// A `Content-Length` value that a request body may have to be buffered and served here.
+fn inline_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 6 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok().filter(|n| *n <= MAX_INLINE_BODY)
+}
+
+/// Parses the head at the front of `buf`; a request served here is taken off it whole
+/// (head and body).
 fn parse_request(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parsed {
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
@@ -283,17 +305,22 @@ fn parse_request(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parsed {
     let path_at = path.as_ptr() as usize - base;
     let path_len = path.len();
     let mut close = false;
+    let mut body_len: Option<usize> = None;
     spans.clear();
     for h in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return Parsed::Invalid(StatusCode::BAD_REQUEST);
         };
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::UPGRADE
-            || name == header::EXPECT
-        {
+        if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
             return Parsed::Handoff;
+        }
+        if name == header::CONTENT_LENGTH {
+            // One plain length, small enough to buffer; anything else (repeated, invalid,
+            // large) is hyper's to refuse or stream.
+            match (body_len, inline_length(h.value)) {
+                (None, Some(n)) => body_len = Some(n),
+                _ => return Parsed::Handoff,
+            }
         }
         if name == header::CONNECTION {
             for token in h.value.split(|b| *b == b',') {
@@ -307,12 +334,17 @@ fn parse_request(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parsed {
         }
         spans.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
+    let body_len = body_len.unwrap_or(0);
+    if buf.len() - len < body_len {
+        return Parsed::Body(len + body_len);
+    }
     let head = buf.split_to(len).freeze();
+    let body = if body_len == 0 { Full::default() } else { Full::new(buf.split_to(body_len).freeze()) };
     let Some(target) = head.get(path_at..path_at + path_len) else { return Parsed::Invalid(StatusCode::BAD_REQUEST) };
     let Ok(uri) = Uri::from_maybe_shared(head.slice_ref(target)) else {
         return Parsed::Invalid(StatusCode::BAD_REQUEST);
     };
-    let mut req = Request::new(Either::Right(Full::default()));
+    let mut req = Request::new(Either::Right(body));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
@@ -685,15 +717,51 @@ mod tests {
     }
 
     #[test]
+    fn a_small_body_is_read_whole_before_the_request_is_served() {
+        let (parsed, rest) = parse(b"POST /orders HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello");
+        let Parsed::Body(wanted) = parsed else { panic!("the body is awaited") };
+        assert_eq!(wanted, 45 + 11, "head and body");
+        assert_eq!(rest.len(), 45 + 5, "nothing consumed while the body is incomplete");
+
+        let (parsed, rest) =
+            parse(b"POST /orders HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello worldGET /next HTTP/1.1\r\n");
+        let Parsed::Complete(req, _) = parsed else { panic!("not complete") };
+        assert_eq!(req.headers()["content-length"], "11");
+        let mut body = req.into_body();
+        let frame = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)));
+        let Poll::Ready(Some(Ok(frame))) = futures_lite_poll(frame) else { panic!("the body is buffered") };
+        assert_eq!(frame.into_data().unwrap(), "hello world");
+        assert_eq!(&rest[..], b"GET /next HTTP/1.1\r\n", "the next request stays");
+
+        let (parsed, rest) = parse(b"DELETE /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert!(matches!(parsed, Parsed::Complete(ref req, _) if req.body().is_end_stream()));
+        assert!(rest.is_empty());
+    }
+
+    /// Polls a future that is ready at once.
+    fn futures_lite_poll<F: std::future::Future>(future: F) -> F::Output {
+        match std::pin::pin!(future).poll(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(output) => output,
+            Poll::Pending => panic!("not ready"),
+        }
+    }
+
+    #[test]
     fn connection_close_is_noted() {
         let (parsed, _) = parse(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n");
         assert!(matches!(parsed, Parsed::Complete(_, true)));
     }
 
     #[test]
-    fn bodies_upgrades_expectations_and_http_1_0_go_to_hyper_with_nothing_consumed() {
+    fn streamed_bodies_upgrades_expectations_and_http_1_0_go_to_hyper_with_nothing_consumed() {
+        let large = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_INLINE_BODY + 1);
         for head in [
-            &b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"[..],
+            large.as_bytes(),
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: 5x\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",

@@ -310,3 +310,36 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_listeners_idle_timeou
     assert_eq!(n, 0, "nothing more is sent: the connection is closed");
     assert!(idle_since.elapsed() >= Duration::from_millis(300), "kept open while within the idle timeout");
 }
+
+#[tokio::test]
+async fn small_request_bodies_are_buffered_whole_and_sent_upstream_with_their_length() {
+    init_logs();
+    let Serving { cp: _cp, node: _node, echo: e1, web } = Serving::echo_all().await;
+    let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    // The head, then the body in two more writes: the request waits for all of it.
+    stream.write_all(b"POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhel").await.unwrap();
+    stream.flush().await.unwrap();
+    stream.write_all(b"lo ").await.unwrap();
+    stream.flush().await.unwrap();
+    let big = "b".repeat(20_000);
+    let rest = format!(
+        "world\
+         PUT /two HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{big}\
+         DELETE /three HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        big.len()
+    );
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let answers: Vec<&str> = answer.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{answer}");
+    assert!(answers[0].contains("POST /one HTTP/1.1") && answers[0].contains("body-bytes: 11\n"), "{}", answers[0]);
+    assert!(answers[0].contains("content-length: 11\n"), "the upstream got the length: {}", answers[0]);
+    assert!(answers[1].contains("PUT /two HTTP/1.1") && answers[1].contains("body-bytes: 20000\n"), "{}", answers[1]);
+    assert!(answers[2].contains("DELETE /three HTTP/1.1") && answers[2].contains("body-bytes: 0\n"), "{}", answers[2]);
+    assert_eq!(e1.received(), 3);
+}
