@@ -198,8 +198,8 @@ impl Http1Pool {
     }
 
     /// Exchanges a request (origin-form URI, `Host` set) without a body or with one held
-    /// whole in memory with endpoint `index` inline, on an idle socket or a new one. The response body reads from the socket
-    /// and gives it back when done.
+    /// whole in memory with endpoint `index` inline, on an idle socket or a new one. The
+    /// response body reads from the socket and gives it back when done.
     pub(crate) async fn exchange(
         self: &Arc<Self>,
         index: usize,

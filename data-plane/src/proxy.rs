@@ -81,7 +81,7 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Answers one request (its body as [`streamed`] makes it, or empty).
+    /// Answers one request (its body as [`streamed`] makes it, or held whole in memory).
     pub(crate) async fn handle(self, mut req: Request<InnerBody>) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         let runtime = self.shared.runtime.load_full();
@@ -190,12 +190,12 @@ fn to_https<B>(req: &Request<B>, port: u16) -> Response<InnerBody> {
     }
 }
 
-/// Requests refused before routing. hyper has already answered malformed heads (400),
-/// oversized ones (431), bad or conflicting `Content-Length` and transfer codings other
-/// than a final `chunked` (400); a request with both `Content-Length` and
-/// `Transfer-Encoding` it frames by chunks alone and closes the connection after (RFC 9112
-/// §6.3). Left here: CONNECT, and targets that are not paths. The connection is closed
-/// after the answer.
+/// Requests refused before routing. The HTTP/1 server (`server`, or hyper's for what it
+/// hands over) has already answered malformed heads (400), oversized ones (431), bad or
+/// conflicting `Content-Length` and transfer codings other than a final `chunked` (400);
+/// a request with both `Content-Length` and `Transfer-Encoding` hyper frames by chunks
+/// alone and closes the connection after (RFC 9112 §6.3). Left here: CONNECT, and targets
+/// that are not paths. The connection is closed after the answer.
 fn refuse<B>(req: &Request<B>) -> Option<Response<InnerBody>> {
     let (status, why) = if req.method() == http::Method::CONNECT {
         (StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served here\n")
