@@ -415,6 +415,7 @@ where
         // the body, and transfer codings never pass.
         if name == header::TRANSFER_ENCODING
             || (name == header::CONTENT_LENGTH && (announced.is_none() || bodiless_status))
+            || (name == header::CONNECTION && close)
         {
             continue;
         }
@@ -434,7 +435,7 @@ where
         http_date(out);
         out.extend_from_slice(b"\r\n");
     }
-    if close && !headers.contains_key(header::CONNECTION) {
+    if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
