@@ -40,6 +40,8 @@ const READ_SIZE: usize = 8 * 1024;
 /// A request body up to this size is copied behind the head (one write); a larger one
 /// goes with it in a vectored write.
 const COPY_LIMIT: usize = 4 * 1024;
+/// A head read goes into what is left of the buffer when at least this much is left.
+const MIN_READ: usize = 1024;
 /// The most a body read asks for at once.
 const MAX_BODY_READ: usize = 64 * 1024;
 /// A chunk-size line (extensions included) and the trailer section are bounded too.
@@ -148,7 +150,13 @@ pub(crate) async fn exchange(
                 Ok(None) => {}
                 Err(e) => return Err(ExchangeError::new(e, false)),
             }
-            conn.buf.reserve(READ_SIZE);
+            // Heads are read into what is left of the buffer while there is room for one:
+            // the previous response's head and body may still hold the buffer (HTTP/2
+            // clients' frames wait in the connection's queue), and a new 8 KiB block per
+            // response costs the allocator more than it saves.
+            if conn.buf.capacity() - conn.buf.len() < MIN_READ {
+                conn.buf.reserve(READ_SIZE);
+            }
             match tokio_util::io::read_buf(&mut conn.io, &mut conn.buf).await {
                 Ok(0) => return Err(ExchangeError::new("upstream closed the connection", !received)),
                 Ok(_) => received = true,
