@@ -32,7 +32,7 @@ use crate::{NodeShared, duration_or};
 
 /// Time a client has to send a request's headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// An HTTP/1.1 connection with no request in progress is closed after this long.
+/// A connection with no request in progress is closed after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most header lines in one request.
 const MAX_HEADERS: usize = 100;

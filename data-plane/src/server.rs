@@ -32,6 +32,8 @@
 
 use std::io::{IoSlice, Write as _};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -230,26 +232,119 @@ impl Serve<'_> {
     }
 
     /// Gives the connection to hyper's server, replaying what was read but not served.
+    /// A connection with no request in progress for the idle timeout (HTTP/2 included,
+    /// where hyper has no such limit) is shut down gracefully.
     async fn handoff<I>(mut self, io: I, read: Bytes)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let conn = self.conn;
+        let activity = Arc::new(Activity::new());
+        let tracker = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            Box::pin(conn.clone().handle(req.map(proxy::streamed)))
+            let guard = InFlight::new(tracker.clone());
+            let answer = conn.clone().handle(req.map(proxy::streamed));
+            Box::pin(async move {
+                let response = answer.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|inner| Tracked { inner, _guard: guard }))
+            })
         });
         let served = self.builder.serve_connection_with_upgrades(TokioIo::new(Rewind { read, io }), service);
         tokio::pin!(served);
-        let result = tokio::select! {
-            result = served.as_mut() => result,
-            () = stopped(&mut self.stop) => {
-                served.as_mut().graceful_shutdown();
-                served.await
+        let idle = self.idle_timeout;
+        let mut check = tokio::time::Instant::now() + idle;
+        let result = loop {
+            tokio::select! {
+                result = served.as_mut() => break result,
+                () = stopped(&mut self.stop) => {
+                    served.as_mut().graceful_shutdown();
+                    break served.await;
+                }
+                () = tokio::time::sleep_until(check) => {
+                    let quiet = activity.quiet();
+                    match quiet {
+                        Some(quiet) if quiet >= idle => {
+                            served.as_mut().graceful_shutdown();
+                            break served.await;
+                        }
+                        Some(quiet) => check = tokio::time::Instant::now() + (idle - quiet),
+                        None => check = tokio::time::Instant::now() + idle,
+                    }
+                }
             }
         };
         if let Err(error) = result {
             debug!(%error, "connection ended with an error");
         }
+    }
+}
+
+/// Requests in progress on a connection served by hyper, and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds from `base` to the end of the last request (or the hand-off).
+    last_end_ms: AtomicU64,
+    base: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { in_flight: AtomicUsize::new(0), last_end_ms: AtomicU64::new(0), base: tokio::time::Instant::now() }
+    }
+
+    /// How long the connection has had no request in progress; `None` while one is.
+    fn quiet(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = self.base + Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
+        Some(tokio::time::Instant::now().saturating_duration_since(last))
+    }
+}
+
+/// One request in progress, until its response body is done (or dropped).
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let since = self.0.base.elapsed().as_millis();
+        self.0.last_end_ms.store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in progress.
+struct Tracked<B> {
+    inner: B,
+    _guard: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -343,3 +343,33 @@ async fn small_request_bodies_are_buffered_whole_and_sent_upstream_with_their_le
     assert!(answers[2].contains("DELETE /three HTTP/1.1") && answers[2].contains("body-bytes: 0\n"), "{}", answers[2]);
     assert_eq!(e1.received(), 3);
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_listeners_idle_timeout() {
+    init_logs();
+    let Serving { cp: _cp, node: _node, echo: _e1, web } = Serving::start(|e| {
+        config_yaml(&[("echo", &[e])], &[("all", "/", "echo")]).replacen(
+            "    address: 127.0.0.1:0\n",
+            "    address: 127.0.0.1:0\n    idle_timeout: 0.4s\n",
+            1,
+        )
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request =
+        http::Request::get(format!("http://{web}/h2")).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    let idle_since = tokio::time::Instant::now();
+    // The server says goodbye (GOAWAY, then close): the client's connection task ends.
+    tokio::time::timeout(Duration::from_secs(5), connection).await.expect("closed in time").unwrap().unwrap();
+    assert!(idle_since.elapsed() >= Duration::from_millis(300), "kept open while within the idle timeout");
+}
