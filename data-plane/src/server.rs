@@ -242,12 +242,10 @@ impl Serve<'_> {
         let activity = Arc::new(Activity::new());
         let tracker = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let guard = InFlight::new(tracker.clone());
-            let answer = conn.clone().handle(req.map(proxy::streamed));
-            Box::pin(async move {
-                let response = answer.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|inner| Tracked { inner, _guard: guard }))
-            })
+            // Boxed: the request future is a few KB, and hyper moves the service future
+            // (per request into the connection, per stream into a spawned task).
+            let answer = Box::pin(conn.clone().handle(req.map(proxy::streamed)));
+            Guarded { answer, guard: Some(InFlight::new(tracker.clone())) }
         });
         let served = self.builder.serve_connection_with_upgrades(TokioIo::new(Rewind { read, io }), service);
         tokio::pin!(served);
@@ -255,6 +253,7 @@ impl Serve<'_> {
         let mut check = tokio::time::Instant::now() + idle;
         let result = loop {
             tokio::select! {
+                biased;
                 result = served.as_mut() => break result,
                 () = stopped(&mut self.stop) => {
                     served.as_mut().graceful_shutdown();
@@ -319,6 +318,32 @@ impl Drop for InFlight {
         let since = self.0.base.elapsed().as_millis();
         self.0.last_end_ms.store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request's answer, whose body keeps the request counted as in progress.
+struct Guarded<F> {
+    answer: Pin<Box<F>>,
+    guard: Option<InFlight>,
+}
+
+impl<F, B> std::future::Future for Guarded<F>
+where
+    F: std::future::Future<Output = Result<Response<B>, std::convert::Infallible>>,
+{
+    type Output = Result<Response<Tracked<B>>, std::convert::Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match this.answer.as_mut().poll(cx) {
+            Poll::Ready(Ok(response)) => match this.guard.take() {
+                Some(guard) => Poll::Ready(Ok(response.map(|inner| Tracked { inner, _guard: guard }))),
+                // Polled again after its answer: a contract breach; never answer twice.
+                None => Poll::Pending,
+            },
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
