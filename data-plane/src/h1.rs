@@ -150,11 +150,11 @@ pub(crate) async fn exchange(
                 Ok(None) => {}
                 Err(e) => return Err(ExchangeError::new(e, false)),
             }
-            // Heads are read into what is left of the buffer while there is room for one:
-            // the previous response's head and body may still hold the buffer (HTTP/2
-            // clients' frames wait in the connection's queue), and a new 8 KiB block per
-            // response costs the allocator more than it saves.
-            if conn.buf.capacity() - conn.buf.len() < MIN_READ {
+            // The whole buffer again when nothing else holds it (the usual case); when the
+            // previous response still does (HTTP/2 clients' frames wait in the connection's
+            // queue), what is left of it while a head fits, rather than a new 8 KiB block
+            // per response.
+            if !conn.buf.try_reclaim(READ_SIZE) && conn.buf.capacity() - conn.buf.len() < MIN_READ {
                 conn.buf.reserve(READ_SIZE);
             }
             match tokio_util::io::read_buf(&mut conn.io, &mut conn.buf).await {
