@@ -28,7 +28,8 @@
 //! requests is closed after the listener's idle timeout; heads over 64 KiB or 100 header
 //! lines get 431, malformed ones 400. The connection is closed after those, after a
 //! `Connection: close` and when the listener stops, with a lingering close. Response
-//! trailers are not sent over HTTP/1.1 (hyper's server does not send them either).
+//! trailers are not sent over HTTP/1.1 (hyper's server does not send them either). A
+//! client that takes no bytes of an answer for 60 s is cut off (nginx's `send_timeout`).
 
 use std::io::{IoSlice, Write as _};
 use std::pin::Pin;
@@ -64,6 +65,8 @@ const COPY_LIMIT: usize = 2 * 1024;
 const MAX_INLINE_BODY: usize = 64 * 1024;
 /// Ready body chunks are gathered into one write up to this much.
 const MAX_QUEUED: usize = 256 * 1024;
+/// A client has this long to take the part of an answer written at once (up to 256 KiB).
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// What an HTTP/2 prior-knowledge connection starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -574,8 +577,8 @@ where
             let frame = match polled {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
-                    queue.write(io).await?;
-                    io.flush().await?;
+                    bounded(queue.write(io)).await?;
+                    bounded(io.flush()).await?;
                     std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
                 }
             };
@@ -607,7 +610,7 @@ where
                 Framing::None => {}
             }
             if queue.len() >= MAX_QUEUED {
-                queue.write(io).await?;
+                bounded(queue.write(io)).await?;
             }
             if body.is_end_stream() {
                 break;
@@ -622,10 +625,24 @@ where
         close = true;
         debug!(missing = left, "response body shorter than its Content-Length");
     }
-    queue.write(io).await?;
-    io.flush().await?;
+    bounded(queue.write(io)).await?;
+    bounded(io.flush()).await?;
     drop(body);
     Ok(!close)
+}
+
+/// A write to the client that cannot finish at once gets [`SEND_TIMEOUT`] (nginx's
+/// `send_timeout`): a client that stops reading is cut off instead of holding its
+/// connection, and the upstream's, forever. Writes that finish at once arm no timer.
+async fn bounded<T>(write: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    let mut write = std::pin::pin!(write);
+    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return done;
+    }
+    match tokio::time::timeout(SEND_TIMEOUT, write).await {
+        Ok(done) => done,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client took no bytes of the answer in time")),
+    }
 }
 
 /// What is ready for the client and not written yet: the bytes of `out` (heads, chunk
@@ -1011,6 +1028,32 @@ mod tests {
         long.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         let mut wire = Vec::new();
         assert!(write_response(&mut wire, &mut Vec::new(), long, false, false).await.is_err());
+    }
+
+    /// A client that never takes a byte.
+    struct Stalled;
+
+    impl AsyncWrite for Stalled {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+        let started = tokio::time::Instant::now();
+        let response = Response::new(chunks(&[b"hello"], true));
+        let error = write_response(&mut Stalled, &mut Vec::new(), response, false, false).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), SEND_TIMEOUT);
     }
 
     #[tokio::test]
