@@ -34,6 +34,8 @@ use crate::{NodeShared, duration_or};
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection with no request in progress is closed after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An HTTP/1.1 client has this long to take what is written to it at once.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most header lines in one request.
 const MAX_HEADERS: usize = 100;
 /// Largest request head (HTTP/1 buffer, HTTP/2 header list).
@@ -62,12 +64,14 @@ struct Slot {
 struct Timeouts {
     header_ms: AtomicU64,
     idle_ms: AtomicU64,
+    send_ms: AtomicU64,
 }
 
 impl Timeouts {
-    fn set(&self, (header_ms, idle_ms): (u64, u64)) {
+    fn set(&self, (header_ms, idle_ms, send_ms): (u64, u64, u64)) {
         self.header_ms.store(header_ms, Ordering::Relaxed);
         self.idle_ms.store(idle_ms, Ordering::Relaxed);
+        self.send_ms.store(send_ms, Ordering::Relaxed);
     }
 }
 
@@ -83,8 +87,8 @@ pub(crate) struct Listeners {
 pub(crate) struct Prepared {
     /// Slot id for each listener of the snapshot, by name.
     pub(crate) ids: HashMap<String, u64>,
-    /// Header-read and idle deadlines (ms) of each listener, by slot id.
-    timeouts: HashMap<u64, (u64, u64)>,
+    /// Header-read, idle and send deadlines (ms) of each listener, by slot id.
+    timeouts: HashMap<u64, (u64, u64, u64)>,
     fresh: Vec<(u64, config::Listener, std::net::TcpListener, SocketAddr)>,
 }
 
@@ -129,7 +133,8 @@ impl Listeners {
             .filter_map(|l| {
                 let header = duration_or(l.request_headers_timeout.as_ref(), HEADER_READ_TIMEOUT);
                 let idle = duration_or(l.idle_timeout.as_ref(), IDLE_TIMEOUT);
-                Some((*ids.get(&l.name)?, (ms(header), ms(idle))))
+                let send = duration_or(l.send_timeout.as_ref(), SEND_TIMEOUT);
+                Some((*ids.get(&l.name)?, (ms(header), ms(idle), ms(send))))
             })
             .collect();
         if errors.is_empty() { Ok(Prepared { ids, timeouts, fresh }) } else { Err(errors) }
@@ -139,7 +144,8 @@ impl Listeners {
     pub(crate) fn commit(&mut self, prepared: Prepared, shared: &Arc<NodeShared>) {
         let Prepared { ids, timeouts, fresh } = prepared;
         let kept: HashMap<u64, &String> = ids.iter().map(|(name, id)| (*id, name)).collect();
-        let defaults = (HEADER_READ_TIMEOUT.as_secs() * 1000, IDLE_TIMEOUT.as_secs() * 1000);
+        let defaults =
+            (HEADER_READ_TIMEOUT.as_secs() * 1000, IDLE_TIMEOUT.as_secs() * 1000, SEND_TIMEOUT.as_secs() * 1000);
         let timeouts_of = |id: u64| timeouts.get(&id).copied().unwrap_or(defaults);
         self.slots.retain_mut(|slot| match kept.get(&slot.id) {
             Some(name) => {
@@ -283,6 +289,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let ms = timeouts.header_ms.load(Ordering::Relaxed);
         let idle_timeout = Duration::from_millis(timeouts.idle_ms.load(Ordering::Relaxed));
+        let send_timeout = Duration::from_millis(timeouts.send_ms.load(Ordering::Relaxed));
         if ms != current_ms {
             current_ms = ms;
             builder = Arc::new(connection_builder(ms));
@@ -301,8 +308,15 @@ async fn accept_loop(
                 let timeout = Duration::from_millis(ms);
                 match tls {
                     None => {
-                        let serve =
-                            Serve { builder: &builder, conn, header_timeout: timeout, idle_timeout, stop, h2: false };
+                        let serve = Serve {
+                            builder: &builder,
+                            conn,
+                            header_timeout: timeout,
+                            idle_timeout,
+                            send_timeout,
+                            stop,
+                            h2: false,
+                        };
                         serve.run(stream).await;
                     }
                     Some(tls) => {
@@ -313,8 +327,15 @@ async fn accept_loop(
                                 stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
                                 conn.tls = Some(Arc::new(TlsInfo::of(stream.get_ref().1)));
                                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                                let serve =
-                                    Serve { builder: &builder, conn, header_timeout: timeout, idle_timeout, stop, h2 };
+                                let serve = Serve {
+                                    builder: &builder,
+                                    conn,
+                                    header_timeout: timeout,
+                                    idle_timeout,
+                                    send_timeout,
+                                    stop,
+                                    h2,
+                                };
                                 serve.run(stream).await;
                             }
                             Ok(Err(error)) => {

@@ -29,7 +29,8 @@
 //! lines get 431, malformed ones 400. The connection is closed after those, after a
 //! `Connection: close` and when the listener stops, with a lingering close. Response
 //! trailers are not sent over HTTP/1.1 (hyper's server does not send them either). A
-//! client that takes no bytes of an answer for 60 s is cut off (nginx's `send_timeout`).
+//! client that takes no bytes of an answer within the listener's `send_timeout` (60 s by
+//! default, as nginx's) is cut off.
 
 use std::io::{IoSlice, Write as _};
 use std::pin::Pin;
@@ -65,8 +66,6 @@ const COPY_LIMIT: usize = 2 * 1024;
 const MAX_INLINE_BODY: usize = 64 * 1024;
 /// Ready body chunks are gathered into one write up to this much.
 const MAX_QUEUED: usize = 256 * 1024;
-/// A client has this long to take the part of an answer written at once (up to 256 KiB).
-const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// What an HTTP/2 prior-knowledge connection starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -79,6 +78,8 @@ pub(crate) struct Serve<'a> {
     pub(crate) header_timeout: Duration,
     /// Between requests.
     pub(crate) idle_timeout: Duration,
+    /// For a client to take the part of an answer written at once (up to 256 KiB).
+    pub(crate) send_timeout: Duration,
     /// Set when the listener stops: finish the request in progress, then close.
     pub(crate) stop: watch::Receiver<bool>,
     /// TLS negotiated `h2`: straight to hyper.
@@ -135,7 +136,8 @@ impl Serve<'_> {
                     Err(never) => match never {},
                 };
                 let close = client_close || *self.stop.borrow();
-                match write_response(&mut io, &mut out, response, head_request, close).await {
+                let answer = Answer { head_request, close, send_timeout: self.send_timeout };
+                match write_response(&mut io, &mut out, response, answer).await {
                     Ok(true) if !*self.stop.borrow() => {}
                     Ok(_) => {
                         if io.shutdown().await.is_ok() {
@@ -491,19 +493,29 @@ enum Framing {
     Chunked,
 }
 
+/// How an answer is written.
+#[derive(Clone, Copy, Debug)]
+struct Answer {
+    /// It answers a HEAD request: no body.
+    head_request: bool,
+    /// The connection closes after it.
+    close: bool,
+    send_timeout: Duration,
+}
+
 /// Writes a response; `Ok(true)` when the connection can take another request.
 async fn write_response<I, B>(
     io: &mut I,
     out: &mut Vec<u8>,
     response: Response<B>,
-    head_request: bool,
-    close: bool,
+    answer: Answer,
 ) -> std::io::Result<bool>
 where
     I: AsyncWrite + Unpin,
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Answer { head_request, close, send_timeout: limit } = answer;
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let headers = &parts.headers;
@@ -577,8 +589,8 @@ where
             let frame = match polled {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
-                    bounded(queue.write(io)).await?;
-                    bounded(io.flush()).await?;
+                    bounded(limit, queue.write(io)).await?;
+                    bounded(limit, io.flush()).await?;
                     std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
                 }
             };
@@ -610,7 +622,7 @@ where
                 Framing::None => {}
             }
             if queue.len() >= MAX_QUEUED {
-                bounded(queue.write(io)).await?;
+                bounded(limit, queue.write(io)).await?;
             }
             if body.is_end_stream() {
                 break;
@@ -625,21 +637,24 @@ where
         close = true;
         debug!(missing = left, "response body shorter than its Content-Length");
     }
-    bounded(queue.write(io)).await?;
-    bounded(io.flush()).await?;
+    bounded(limit, queue.write(io)).await?;
+    bounded(limit, io.flush()).await?;
     drop(body);
     Ok(!close)
 }
 
-/// A write to the client that cannot finish at once gets [`SEND_TIMEOUT`] (nginx's
-/// `send_timeout`): a client that stops reading is cut off instead of holding its
-/// connection, and the upstream's, forever. Writes that finish at once arm no timer.
-async fn bounded<T>(write: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+/// A write to the client that cannot finish at once gets `limit` (the listener's
+/// `send_timeout`, as nginx's): a client that stops reading is cut off instead of holding
+/// its connection, and the upstream's, forever. Writes that finish at once arm no timer.
+async fn bounded<T>(
+    limit: Duration,
+    write: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
     let mut write = std::pin::pin!(write);
     if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
         return done;
     }
-    match tokio::time::timeout(SEND_TIMEOUT, write).await {
+    match tokio::time::timeout(limit, write).await {
         Ok(done) => done,
         Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client took no bytes of the answer in time")),
     }
@@ -820,7 +835,8 @@ pub(crate) fn bench_parse(head: &[u8]) -> Option<usize> {
 
 /// For the criterion benches: writes `response` into `wire` as a keep-alive answer.
 pub(crate) fn bench_write(response: Response<Full<Bytes>>, wire: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
-    let written = std::pin::pin!(write_response(wire, out, response, false, false));
+    let answer = Answer { head_request: false, close: false, send_timeout: Duration::from_secs(60) };
+    let written = std::pin::pin!(write_response(wire, out, response, answer));
     // Writing into a Vec never waits: one poll finishes it.
     matches!(written.poll(&mut Context::from_waker(std::task::Waker::noop())), Poll::Ready(Ok(true)))
 }
@@ -832,6 +848,8 @@ mod tests {
     use hyper::body::{Frame, SizeHint};
 
     use super::*;
+
+    const SEND: Duration = Duration::from_secs(60);
 
     fn parse(bytes: &[u8]) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(bytes);
@@ -970,7 +988,8 @@ mod tests {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let mut wire = Vec::new();
-        let keep = write_response(&mut wire, &mut Vec::new(), response, head, close).await.unwrap();
+        let answer = Answer { head_request: head, close, send_timeout: SEND };
+        let keep = write_response(&mut wire, &mut Vec::new(), response, answer).await.unwrap();
         (String::from_utf8(wire).unwrap(), keep)
     }
 
@@ -1027,7 +1046,8 @@ mod tests {
         let mut long = Response::new(chunks(&[b"hello", b"world"], false));
         long.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         let mut wire = Vec::new();
-        assert!(write_response(&mut wire, &mut Vec::new(), long, false, false).await.is_err());
+        let answer = Answer { head_request: false, close: false, send_timeout: SEND };
+        assert!(write_response(&mut wire, &mut Vec::new(), long, answer).await.is_err());
     }
 
     /// A client that never takes a byte.
@@ -1051,9 +1071,10 @@ mod tests {
     async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
         let started = tokio::time::Instant::now();
         let response = Response::new(chunks(&[b"hello"], true));
-        let error = write_response(&mut Stalled, &mut Vec::new(), response, false, false).await.unwrap_err();
+        let answer = Answer { head_request: false, close: false, send_timeout: SEND };
+        let error = write_response(&mut Stalled, &mut Vec::new(), response, answer).await.unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
-        assert_eq!(started.elapsed(), SEND_TIMEOUT);
+        assert_eq!(started.elapsed(), SEND);
     }
 
     #[tokio::test]

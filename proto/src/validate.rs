@@ -85,6 +85,7 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
         }
         v.duration("listener", &name, "request_headers_timeout", l.request_headers_timeout.as_ref());
         v.duration("listener", &name, "idle_timeout", l.idle_timeout.as_ref());
+        v.duration("listener", &name, "send_timeout", l.send_timeout.as_ref());
         for (j, cidr) in l.trusted_proxies.iter().enumerate() {
             if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
                 v.err(
@@ -622,6 +623,18 @@ pub(crate) mod tests {
             "{BASE}routes:\n  - name: r\n    match: {{prefix: /}}\n    forward: {{clusters: [{{name: nope}}]}}\n"
         ));
         assert_eq!(errs, vec!["route 'r': forward.clusters[0].name: unknown cluster 'nope'"]);
+    }
+
+    #[test]
+    fn listener_timeouts_must_be_positive() {
+        let errs = errors(
+            "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    idle_timeout: 0s\n    send_timeout: -1s\n    \
+             request_headers_timeout: 5s\n",
+        );
+        assert_eq!(
+            errs,
+            vec!["listener 'web': idle_timeout: must be positive", "listener 'web': send_timeout: must be positive"]
+        );
     }
 
     #[test]
