@@ -121,7 +121,7 @@ impl Serve<'_> {
                     Next::Request(req, close) => (req, close),
                     Next::Handoff => break,
                     Next::Refuse(status) => {
-                        if refuse(&mut io, &mut out, status).await.is_ok() {
+                        if bounded(self.send_timeout, refuse(&mut io, &mut out, status)).await.is_ok() {
                             linger(&mut io).await;
                         }
                         return;
@@ -140,7 +140,7 @@ impl Serve<'_> {
                 match write_response(&mut io, &mut out, response, answer).await {
                     Ok(true) if !*self.stop.borrow() => {}
                     Ok(_) => {
-                        if io.shutdown().await.is_ok() {
+                        if bounded(self.send_timeout, io.shutdown()).await.is_ok() {
                             linger(&mut io).await;
                         }
                         return;
