@@ -296,7 +296,7 @@ async fn accept_loop(
         }
         stats.total.fetch_add(1, Ordering::Relaxed);
         let open = OpenConnection::new(stats.clone());
-        let mut conn = proxy::Connection { shared: shared.clone(), slot, peer, tls: None };
+        let conn = proxy::Connection { shared: shared.clone(), slot, peer, tls: None };
         // TLS or not is what the runtime current now says of this slot.
         let tls = shared.runtime.load().as_ref().and_then(|rt| rt.tls.get(&slot).cloned());
         let builder = builder.clone();
@@ -306,36 +306,26 @@ async fn accept_loop(
         tokio::spawn(
             async move {
                 let timeout = Duration::from_millis(ms);
+                let mut serve = Serve {
+                    builder: &builder,
+                    conn,
+                    header_timeout: timeout,
+                    idle_timeout,
+                    send_timeout,
+                    stop,
+                    h2: false,
+                };
                 match tls {
-                    None => {
-                        let serve = Serve {
-                            builder: &builder,
-                            conn,
-                            header_timeout: timeout,
-                            idle_timeout,
-                            send_timeout,
-                            stop,
-                            h2: false,
-                        };
-                        serve.run(stream).await;
-                    }
+                    None => serve.run(stream).await,
                     Some(tls) => {
                         let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
                         // The handshake shares the header-read deadline (slowloris guard).
                         match tokio::time::timeout(timeout, accept).await {
                             Ok(Ok(stream)) => {
                                 stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
-                                conn.tls = Some(Arc::new(TlsInfo::of(stream.get_ref().1)));
-                                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                                let serve = Serve {
-                                    builder: &builder,
-                                    conn,
-                                    header_timeout: timeout,
-                                    idle_timeout,
-                                    send_timeout,
-                                    stop,
-                                    h2,
-                                };
+                                let session = stream.get_ref().1;
+                                serve.conn.tls = Some(Arc::new(TlsInfo::of(session)));
+                                serve.h2 = session.alpn_protocol() == Some(b"h2");
                                 serve.run(stream).await;
                             }
                             Ok(Err(error)) => {

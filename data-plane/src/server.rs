@@ -539,12 +539,7 @@ where
         (Framing::Chunked, None)
     };
 
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    status_line(out, status);
     for (name, value) in headers {
         // Framing is this connection's own: a length is written only when it frames
         // the body, and transfer codings never pass.
@@ -728,14 +723,20 @@ impl Queue<'_> {
     }
 }
 
-/// The answer to a head that cannot be served; the connection closes after it.
-async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>, status: StatusCode) -> std::io::Result<()> {
+/// Starts `out` afresh with the status line of `status`.
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\ndate: ");
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The answer to a head that cannot be served; the connection closes after it.
+async fn refuse<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>, status: StatusCode) -> std::io::Result<()> {
+    status_line(out, status);
+    out.extend_from_slice(b"content-length: 0\r\nconnection: close\r\ndate: ");
     http_date(out);
     out.extend_from_slice(b"\r\n\r\n");
     io.write_all(out).await?;

@@ -25,6 +25,28 @@ async fn raw_status(addr: SocketAddr, bytes: &[u8]) -> u16 {
     line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {line:?}"))
 }
 
+/// Everything the proxy sends until it closes the connection (bounded), as text.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// One echo route behind a listener whose idle connections close after 0.4 s.
+async fn serving_with_idle_timeout() -> Serving {
+    Serving::start(|e| {
+        config_yaml(&[("echo", &[e])], &[("all", "/", "echo")]).replacen(
+            "    address: 127.0.0.1:0\n",
+            "    address: 127.0.0.1:0\n    idle_timeout: 0.4s\n",
+            1,
+        )
+    })
+    .await
+}
+
 #[tokio::test]
 async fn malformed_and_ambiguous_requests_are_refused_and_never_forwarded() {
     init_logs();
@@ -83,12 +105,7 @@ async fn content_length_with_transfer_encoding_is_framed_by_chunks_alone_and_the
         )
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .expect("closed in time")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_until_closed(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("body-bytes: 5\n"), "chunked framing won:\n{answer}");
     assert!(!answer.to_ascii_lowercase().contains("content-length: 100"), "{answer}");
@@ -238,12 +255,7 @@ async fn an_unread_request_body_is_never_parsed_as_the_next_request() {
     bytes.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
     stream.write_all(&bytes).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .expect("closed in time")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_until_closed(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(!answer.contains("GET /smuggled"), "the body was taken for a request:\n{answer}");
     assert!(e1.received() <= 1, "at most the real follow-up request reached the upstream");
@@ -264,12 +276,7 @@ async fn pipelined_requests_are_answered_in_order_across_the_handoff_to_hyper() 
         )
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .expect("closed in time")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_until_closed(&mut stream).await;
     let answers: Vec<&str> = answer.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
     assert_eq!(answers.len(), 5, "{answer}");
     assert!(answers[0].contains("GET /one HTTP/1.1"), "{}", answers[0]);
@@ -287,14 +294,7 @@ async fn pipelined_requests_are_answered_in_order_across_the_handoff_to_hyper() 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_listeners_idle_timeout() {
     init_logs();
-    let Serving { cp: _cp, node: _node, echo: _e1, web } = Serving::start(|e| {
-        config_yaml(&[("echo", &[e])], &[("all", "/", "echo")]).replacen(
-            "    address: 127.0.0.1:0\n",
-            "    address: 127.0.0.1:0\n    idle_timeout: 0.4s\n",
-            1,
-        )
-    })
-    .await;
+    let Serving { cp: _cp, node: _node, echo: _e1, web } = serving_with_idle_timeout().await;
     let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
     stream.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
@@ -329,12 +329,7 @@ async fn small_request_bodies_are_buffered_whole_and_sent_upstream_with_their_le
         big.len()
     );
     stream.write_all(rest.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-        .await
-        .expect("closed in time")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = read_until_closed(&mut stream).await;
     let answers: Vec<&str> = answer.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
     assert_eq!(answers.len(), 3, "{answer}");
     assert!(answers[0].contains("POST /one HTTP/1.1") && answers[0].contains("body-bytes: 11\n"), "{}", answers[0]);
@@ -347,14 +342,7 @@ async fn small_request_bodies_are_buffered_whole_and_sent_upstream_with_their_le
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_the_listeners_idle_timeout() {
     init_logs();
-    let Serving { cp: _cp, node: _node, echo: _e1, web } = Serving::start(|e| {
-        config_yaml(&[("echo", &[e])], &[("all", "/", "echo")]).replacen(
-            "    address: 127.0.0.1:0\n",
-            "    address: 127.0.0.1:0\n    idle_timeout: 0.4s\n",
-            1,
-        )
-    })
-    .await;
+    let Serving { cp: _cp, node: _node, echo: _e1, web } = serving_with_idle_timeout().await;
     let stream = tokio::net::TcpStream::connect(web).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
