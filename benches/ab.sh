@@ -7,7 +7,9 @@
 #   VANES="before=/tmp/vane-old after=target/release/vane" benches/ab.sh
 #   P=/big CONNS="50 256" REPS="1 2 3 4 5" D=6 VANES=... benches/ab.sh
 #   POST=512 VANES=... benches/ab.sh     # POST requests with a 512-byte body (a wrk script)
+#   H2=1 VANES=... benches/ab.sh          # h2c: h2load -c$CONNS -m10 (apt-get install -y nghttp2-client)
 #
+# HAProxy (1 thread, the peer-bench config) runs beside nginx on core 1 when it is installed.
 # Prints one line per run and, at the end, the medians per target. A build's node runs as
 # `vane-node` when one sits next to its `vane` binary (VANE_NODE is not used here).
 # Needs nginx and wrk (apt-get install -y nginx wrk) and the peer-bench backend
@@ -18,7 +20,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BACKEND_BIN=${BACKEND_BIN:-/tmp/vane-bench-target/release/peer-backend}
 D=${D:-6}
 : "${VANES:?VANES=\"name=/path/to/vane ...\"}"
-for tool in nginx wrk taskset curl python3; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
+for tool in nginx wrk taskset curl python3 ${H2:+h2load}; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
 [ -x "$BACKEND_BIN" ] || { echo "no backend at $BACKEND_BIN" >&2; exit 1; }
 TMP=$(mktemp -d /tmp/vane-ab.XXXXXX)
 PIDS=()
@@ -36,7 +38,7 @@ http { access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_tim
  client_body_temp_path $TMP/ng/tmp/b; proxy_temp_path $TMP/ng/tmp/p; fastcgi_temp_path $TMP/ng/tmp/f;
  uwsgi_temp_path $TMP/ng/tmp/u; scgi_temp_path $TMP/ng/tmp/s;
  upstream backends { server 127.0.0.1:18701; server 127.0.0.1:18702; keepalive 512; keepalive_requests 100000; }
- server { listen 127.0.0.1:18710 backlog=4096 reuseport;
+ server { listen 127.0.0.1:18710 backlog=4096 reuseport; listen 127.0.0.1:18711 http2;
   location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host;
    proxy_set_header X-Real-IP \$remote_addr; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
    proxy_set_header X-Forwarded-Proto \$scheme; proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 8 16k; } } }
@@ -44,7 +46,37 @@ NG
 setsid taskset -c 1 nginx -p "$TMP/ng" -c "$TMP/ng/nginx.conf" -e "$TMP/ng/err.log" & PIDS+=($!)
 wait_up() { for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "nothing on :$1" >&2; exit 1; }
 wait_up 18710
-TARGETS="nginx:$(pgrep -f 'nginx: worker' | head -1):18710"
+# Targets are name:pid:port:h2port (Vane serves h2c on its HTTP/1.1 port).
+TARGETS="nginx:$(pgrep -f 'nginx: worker' | head -1):18710:18711"
+if command -v haproxy >/dev/null; then
+  cat >"$TMP/haproxy.cfg" <<HA
+global
+    nbthread 1
+    maxconn 8000
+    tune.bufsize 16384
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse safe
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+frontend fe_http
+    bind 127.0.0.1:18715
+    bind 127.0.0.1:18716 proto h2
+    default_backend be_pool
+backend be_pool
+    balance roundrobin
+    server b1 127.0.0.1:18701
+    server b2 127.0.0.1:18702
+HA
+  setsid taskset -c 1 haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 & PIDS+=($!)
+  wait_up 18715
+  TARGETS="$TARGETS haproxy:$(pgrep -f "haproxy -db -f $TMP/haproxy.cfg" | head -1):18715:18716"
+fi
 i=0
 for v in $VANES; do
   name=${v%%=*} bin=${v#*=}
@@ -55,7 +87,7 @@ for v in $VANES; do
   wait_up "$port"
   node=$(pgrep -f -- "--control-plane http://127.0.0.1:$((port + 3)) --node-id" | head -1)
   taskset -a -p -c 0 "$(pgrep -f -- "--listen 127.0.0.1:$((port + 3))" | head -1)" >/dev/null
-  TARGETS="$TARGETS $name:$node:$port"
+  TARGETS="$TARGETS $name:$node:$port:$port"
   i=$((i + 1))
 done
 WRK_SCRIPT=()
@@ -68,20 +100,34 @@ rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 for rep in ${REPS:-1 2 3}; do
   for c in ${CONNS:-50}; do
     for t in $TARGETS; do
-      IFS=: read -r name pid port <<<"$t"
-      [ "$rep" = "${REPS%% *}" ] && taskset -c 0 wrk -t1 -c"$c" -d2s "${WRK_SCRIPT[@]}" "http://127.0.0.1:$port${P:-/}" >/dev/null
-      read -r u0 s0 < <(cpu "$pid")
-      taskset -c 0 wrk -t1 -c"$c" -d"${D}s" --latency "${WRK_SCRIPT[@]}" "http://127.0.0.1:$port${P:-/}" >"$TMP/wrk.txt" &
+      IFS=: read -r name pid port h2port <<<"$t"
+      if [ -n "${H2:-}" ]; then
+        [ "$rep" = "${REPS%% *}" ] && taskset -c 0 h2load -c"$c" -m10 -D 2 "http://127.0.0.1:$h2port${P:-/}" >/dev/null
+        read -r u0 s0 < <(cpu "$pid")
+        taskset -c 0 h2load -c"$c" -m10 -D "$D" "http://127.0.0.1:$h2port${P:-/}" >"$TMP/h2load.txt" &
+      else
+        [ "$rep" = "${REPS%% *}" ] && taskset -c 0 wrk -t1 -c"$c" -d2s "${WRK_SCRIPT[@]}" "http://127.0.0.1:$port${P:-/}" >/dev/null
+        read -r u0 s0 < <(cpu "$pid")
+        taskset -c 0 wrk -t1 -c"$c" -d"${D}s" --latency "${WRK_SCRIPT[@]}" "http://127.0.0.1:$port${P:-/}" >"$TMP/wrk.txt" &
+      fi
       w=$!
       sleep $((D / 2))
       kb=$(rss "$pid")
       [ "$name" = nginx ] && kb=$((kb + $(rss "$(cat "$TMP/ng/nginx.pid")")))
       wait "$w"
       read -r u1 s1 < <(cpu "$pid")
-      reqs=$(awk '/requests in/{print $1}' "$TMP/wrk.txt")
-      rps=$(awk '/Requests\/sec/{print $2}' "$TMP/wrk.txt")
-      p99=$(awk '$1 == "99%" {print $2}' "$TMP/wrk.txt")
-      errors=$(grep -cE "Non-2xx|Socket errors" "$TMP/wrk.txt" || true)
+      if [ -n "${H2:-}" ]; then
+        # h2load: "requests: N total, N started, N done, N succeeded, F failed, E errored, ..."
+        reqs=$(awk '/^requests:/{print $8}' "$TMP/h2load.txt")
+        rps=$(awk '/finished in/{print $4}' "$TMP/h2load.txt")
+        p99=-
+        errors=$(awk '/^requests:/{print $10 + $12}' "$TMP/h2load.txt")
+      else
+        reqs=$(awk '/requests in/{print $1}' "$TMP/wrk.txt")
+        rps=$(awk '/Requests\/sec/{print $2}' "$TMP/wrk.txt")
+        p99=$(awk '$1 == "99%" {print $2}' "$TMP/wrk.txt")
+        errors=$(grep -cE "Non-2xx|Socket errors" "$TMP/wrk.txt" || true)
+      fi
       # utime/stime are in clock ticks (100 per second): ticks * 1e4 / requests = us/request.
       awk -v c="$c" -v rep="$rep" -v name="$name" -v rps="$rps" -v p99="$p99" -v r="$reqs" -v u=$((u1 - u0)) \
         -v s=$((s1 - s0)) -v kb="$kb" -v e="$errors" 'BEGIN {

@@ -503,7 +503,8 @@ pub mod bench {
 
         /// Rewrites a downstream request as the proxy does before sending it upstream.
         pub fn rewrite<B>(&self, req: http::Request<B>, peer: SocketAddr) -> Option<http::Request<B>> {
-            crate::proxy::upstream_request(req, &self.0, peer, Default::default()).map(|(r, _, _, _)| r)
+            let ip = crate::proxy::ip_value(peer);
+            crate::proxy::upstream_request(req, &self.0, (peer, &ip), Default::default()).map(|(r, _, _, _)| r)
         }
     }
 }

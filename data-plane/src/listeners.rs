@@ -296,7 +296,7 @@ async fn accept_loop(
         }
         stats.total.fetch_add(1, Ordering::Relaxed);
         let open = OpenConnection::new(stats.clone());
-        let conn = proxy::Connection { shared: shared.clone(), slot, peer, tls: None };
+        let conn = proxy::Connection::new(shared.clone(), slot, peer);
         // TLS or not is what the runtime current now says of this slot.
         let tls = shared.runtime.load().as_ref().and_then(|rt| rt.tls.get(&slot).cloned());
         let builder = builder.clone();

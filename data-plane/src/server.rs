@@ -474,7 +474,7 @@ fn parse_request(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parsed {
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
-    headers.reserve(spans.len());
+    headers.reserve(spans.len() + proxy::FORWARDING_HEADROOM);
     for (name, at, len) in spans.drain(..) {
         let Some(value) = head.get(at..at + len) else { return Parsed::Invalid(StatusCode::BAD_REQUEST) };
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(value)) else {
