@@ -210,7 +210,33 @@ impl Cluster {
     /// ([`crate::h1`]); one with a streamed body or an upgrade goes
     /// through hyper and comes back with the lease of its connection, to release once the
     /// response has been read whole. `now` is the caller's clock reading.
-    pub(crate) async fn send(
+    ///
+    /// Not an `async fn`: those keep each argument twice in their future (as passed, and
+    /// moved into the body), and a request is 300 bytes; every request's future carries
+    /// this one.
+    pub(crate) fn send(
+        &self,
+        index: usize,
+        req: Request<UpstreamBody>,
+        now: std::time::Instant,
+    ) -> impl Future<Output = Result<(Response<UpstreamResponseBody>, Option<Lease>), SendError>> + Send + '_ {
+        let h2 = self.client_h2.is_some() && req.version() == http::Version::HTTP_2;
+        let inline = !h2
+            && (req.body().is_end_stream() || req.body().is_buffered())
+            && !req.headers().contains_key(http::header::UPGRADE);
+        async move {
+            if inline {
+                // `h1::exchange` writes HTTP/1.1 whatever the request's version says.
+                let response = self.http1.exchange(index, req, now).await?;
+                return Ok((response.map(Either::Right), None));
+            }
+            // Boxed: HTTP/2 upstreams, streamed bodies and upgrades have larger futures,
+            // which would otherwise make the common case's larger too.
+            Box::pin(self.send_through_hyper(index, req, now)).await
+        }
+    }
+
+    async fn send_through_hyper(
         &self,
         index: usize,
         mut req: Request<UpstreamBody>,
@@ -224,12 +250,6 @@ impl Cluster {
             };
         }
         *req.version_mut() = http::Version::HTTP_11;
-        if (req.body().is_end_stream() || req.body().is_buffered())
-            && !req.headers().contains_key(http::header::UPGRADE)
-        {
-            let response = self.http1.exchange(index, req, now).await?;
-            return Ok((response.map(Either::Right), None));
-        }
         let (response, lease) = self.http1.send(index, req, now).await?;
         Ok((response.map(Either::Left), Some(lease)))
     }

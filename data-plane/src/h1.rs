@@ -217,15 +217,18 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body_len: Option
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    let sends_content = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
     match body_len {
+        // No content on a method that does not expect any: no length either (RFC 9110
+        // section 8.6), as a client would send it.
+        Some(0) if !sends_content => {}
         Some(n) => {
-            use std::io::Write as _;
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         // Servers may refuse a POST, PUT or PATCH without a length (411).
-        None if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
-            && !parts.headers.contains_key(header::CONTENT_LENGTH) =>
-        {
+        None if sends_content && !parts.headers.contains_key(header::CONTENT_LENGTH) => {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         None => {}
@@ -652,5 +655,11 @@ mod tests {
         parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
         encode_head(&mut out, &parts, Some(5));
         assert_eq!(out, b"POST /a?b=1 HTTP/1.1\r\nhost: up\r\ncontent-length: 5\r\n\r\n");
+        // An empty body: a POST still says so, a GET says nothing of a length.
+        encode_head(&mut out, &parts, Some(0));
+        assert_eq!(out, b"POST /a?b=1 HTTP/1.1\r\nhost: up\r\ncontent-length: 0\r\n\r\n");
+        parts.method = Method::GET;
+        encode_head(&mut out, &parts, Some(0));
+        assert_eq!(out, b"GET /a?b=1 HTTP/1.1\r\nhost: up\r\n\r\n");
     }
 }

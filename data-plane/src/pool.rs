@@ -200,12 +200,14 @@ impl Http1Pool {
     /// Exchanges a request (origin-form URI, `Host` set) without a body or with one held
     /// whole in memory with endpoint `index` inline, on an idle socket or a new one. The
     /// response body reads from the socket and gives it back when done.
-    pub(crate) async fn exchange(
+    ///
+    /// Not an `async fn`, which would keep the request in its future beside its parts.
+    pub(crate) fn exchange(
         self: &Arc<Self>,
         index: usize,
         req: Request<UpstreamBody>,
         now: Instant,
-    ) -> Result<Response<ResponseBody>, SendError> {
+    ) -> impl Future<Output = Result<Response<ResponseBody>, SendError>> + Send + '_ {
         let (parts, mut body) = req.into_parts();
         // Empty, or held whole in memory: sent with the head.
         let body = body.take_buffered();
@@ -213,21 +215,23 @@ impl Http1Pool {
             parts.method,
             http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE
         );
-        loop {
-            let (mut conn, reused) = match self.checkout_socket(index, now) {
-                Some(conn) => (conn, true),
-                // Boxed: connecting (TCP, TLS) is rare and its future large.
-                None => (Conn::new(TokioIo::new(Box::pin(self.connect_io(index)).await?)), false),
-            };
-            match h1::exchange(&mut conn, &parts, body.as_deref()).await {
-                Ok((head, shape)) => {
-                    let home = Home { pool: self.clone(), index, since: now };
-                    return Ok(head.map(|()| ResponseBody::new(conn, shape, home)));
+        async move {
+            loop {
+                let (mut conn, reused) = match self.checkout_socket(index, now) {
+                    Some(conn) => (conn, true),
+                    // Boxed: connecting (TCP, TLS) is rare and its future large.
+                    None => (Conn::new(TokioIo::new(Box::pin(self.connect_io(index)).await?)), false),
+                };
+                match h1::exchange(&mut conn, &parts, body.as_deref()).await {
+                    Ok((head, shape)) => {
+                        let home = Home { pool: self.clone(), index, since: now };
+                        return Ok(head.map(|()| ResponseBody::new(conn, shape, home)));
+                    }
+                    Err(e) if reused && e.nothing_received && idempotent => {
+                        debug!(endpoint = index, error = %e.error, "pooled connection closed; retrying");
+                    }
+                    Err(e) => return Err(SendError::Exchange(e.error)),
                 }
-                Err(e) if reused && e.nothing_received && idempotent => {
-                    debug!(endpoint = index, error = %e.error, "pooled connection closed; retrying");
-                }
-                Err(e) => return Err(SendError::Exchange(e.error)),
             }
         }
     }

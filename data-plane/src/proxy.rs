@@ -772,14 +772,15 @@ async fn forward(
         }
     };
     let policy = route.retry.as_ref().filter(|_| upgrade.is_none());
-    // What a retry is rebuilt from: only bodiless requests can be sent again.
+    // What a retry is rebuilt from: only bodiless requests can be sent again. Boxed, so
+    // that routes without retries do not carry its room in every request's future.
     let template = policy.filter(|_| upstream.body().is_end_stream()).map(|_| {
         let mut again = Request::new(());
         *again.method_mut() = upstream.method().clone();
         *again.uri_mut() = upstream.uri().clone();
         *again.version_mut() = upstream.version();
         *again.headers_mut() = upstream.headers().clone();
-        again
+        Box::new(again)
     });
     let idempotent = matches!(
         *upstream.method(),
@@ -836,7 +837,7 @@ async fn forward(
         // A retry moved the request: the affinity cookie should name where it went.
         set_cookie = cluster.set_cookie_for(next_picked.index).or(set_cookie);
         picked = next_picked;
-        let mut parts = t.clone().into_parts().0;
+        let mut parts = Request::clone(t).into_parts().0;
         parts.uri = match upstream_uri(cluster, &next.authority, t.version(), t.uri()) {
             Some(uri) => uri,
             None => break (result, sent),

@@ -555,7 +555,9 @@ where
         out.extend_from_slice(b"\r\n");
     }
     if let Some(n) = add_length {
-        let _ = write!(out, "content-length: {n}\r\n");
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if matches!(framing, Framing::Chunked) {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");

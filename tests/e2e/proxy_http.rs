@@ -67,6 +67,7 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_removed() {
     assert!(body.contains("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n"), "{body}");
     assert!(body.contains("tracestate: vendor=1\n"), "{body}");
     assert!(!body.contains("x-private"), "headers named by Connection are removed:\n{body}");
+    assert!(!body.contains("content-length"), "a GET without content goes without a length:\n{body}");
     let id = body.lines().find_map(|l| l.strip_prefix("x-request-id: ")).expect("a request id is generated");
     assert_eq!(id.len(), 36);
 
