@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
@@ -260,7 +260,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
         spans.push((name, h.name.len(), value, h.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = crate::spare::take(spans.len());
     let mut close = version == Version::HTTP_10;
     for (name_at, name_len, value_at, value_len) in spans {
         let name = head.get(name_at..name_at + name_len).ok_or("invalid header name")?;

@@ -27,6 +27,7 @@ mod proxy;
 mod router;
 mod runtime;
 mod server;
+mod spare;
 mod sticky;
 mod tls;
 

@@ -208,7 +208,7 @@ impl Http1Pool {
         req: Request<UpstreamBody>,
         now: Instant,
     ) -> impl Future<Output = Result<Response<ResponseBody>, SendError>> + Send + '_ {
-        let (parts, mut body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
         // Empty, or held whole in memory: sent with the head.
         let body = body.take_buffered();
         let idempotent = matches!(
@@ -224,6 +224,8 @@ impl Http1Pool {
                 };
                 match h1::exchange(&mut conn, &parts, body.as_deref()).await {
                     Ok((head, shape)) => {
+                        // The request's head is written: its header map can serve another.
+                        crate::spare::give(std::mem::take(&mut parts.headers));
                         let home = Home { pool: self.clone(), index, since: now };
                         return Ok(head.map(|()| ResponseBody::new(conn, shape, home)));
                     }

@@ -50,7 +50,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::proxy;
+use crate::{proxy, spare};
 
 /// Most header lines in one request.
 const MAX_HEADERS: usize = 100;
@@ -473,8 +473,8 @@ fn parse_request(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parsed {
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = spare::take(spans.len() + proxy::FORWARDING_HEADROOM);
     let headers = req.headers_mut();
-    headers.reserve(spans.len() + proxy::FORWARDING_HEADROOM);
     for (name, at, len) in spans.drain(..) {
         let Some(value) = head.get(at..at + len) else { return Parsed::Invalid(StatusCode::BAD_REQUEST) };
         let Ok(value) = HeaderValue::from_maybe_shared(head.slice_ref(value)) else {
@@ -571,6 +571,7 @@ where
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    spare::give(parts.headers);
 
     let mut left = match framing {
         Framing::Length(n) => n,
