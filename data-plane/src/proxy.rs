@@ -913,11 +913,10 @@ pub(crate) fn upstream_request<B>(
     // gRPC over HTTP/2 announces trailer support; it is the one TE value that may pass.
     let te_trailers = version == Version::HTTP_2
         && parts.headers.get_all(header::TE).iter().any(|v| v.to_str().is_ok_and(|t| t.contains("trailers")));
-    let original_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host_header = parts.headers.get(header::HOST).cloned();
+    let has_host_header = host_header.is_some();
+    let original_host =
+        host_header.or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     parts.uri = upstream_uri(cluster, &endpoint.authority, version, &parts.uri)?;
     parts.version = version;
     let headers = &mut parts.headers;
@@ -927,6 +926,8 @@ pub(crate) fn upstream_request<B>(
     }
     forwarding_headers(headers, peer, peer_ip, original_host.as_ref(), downstream);
     match original_host {
+        // Already the request's own Host header: nothing to set.
+        Some(_) if has_host_header => {}
         Some(host) => {
             headers.insert(header::HOST, host);
         }
@@ -937,9 +938,7 @@ pub(crate) fn upstream_request<B>(
         }
         None => {}
     }
-    if !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), request_id());
-    }
+    headers.entry(&X_REQUEST_ID).or_insert_with(request_id);
     Some((Request::from_parts(parts, body), endpoint.authority.clone(), picked, set_cookie))
 }
 
@@ -1038,12 +1037,21 @@ fn forwarding_headers(
             headers.insert(FORWARDED.clone(), v);
         }
     }
-    if headers.contains_key(header::VIA) {
-        if let Some(v) = joined(headers, &header::VIA, "1.1 vane") {
-            headers.insert(header::VIA, v);
+    match headers.entry(header::VIA) {
+        header::Entry::Occupied(mut via) => {
+            let mut chain = String::new();
+            for v in via.iter().filter_map(|v| v.to_str().ok()) {
+                chain.push_str(v);
+                chain.push_str(", ");
+            }
+            chain.push_str("1.1 vane");
+            if let Some(v) = value(chain) {
+                via.insert(v);
+            }
         }
-    } else {
-        headers.insert(header::VIA, HeaderValue::from_static("1.1 vane"));
+        header::Entry::Vacant(via) => {
+            via.insert(HeaderValue::from_static("1.1 vane"));
+        }
     }
 }
 
@@ -1113,6 +1121,29 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_quote_ipv6_peers_and_strip_quotes_from_hosts() {
+        let peer: SocketAddr = "[2001:db8::7]:4000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert(header::VIA, HeaderValue::from_static("1.1 edge"));
+        let host = HeaderValue::from_static("shop\"x.example");
+        forwarding_headers(&mut h, peer, &ip_value(peer), Some(&host), Downstream { trusted_proxy: false, tls: true });
+        assert_eq!(h["x-forwarded-for"], "2001:db8::7", "the peer replaces an untrusted claim");
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::7]\";proto=https;host=\"shopx.example\"");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h[header::VIA], "1.1 edge, 1.1 vane");
+
+        // From a trusted proxy the chains it sent are extended.
+        let peer: SocketAddr = "10.0.0.2:4000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        forwarding_headers(&mut h, peer, &ip_value(peer), None, Downstream { trusted_proxy: true, tls: false });
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.2");
+        assert_eq!(h["forwarded"], "for=10.0.0.2;proto=http");
+        assert_eq!(h[header::VIA], "1.1 vane");
     }
 
     #[test]
