@@ -503,9 +503,18 @@ pub mod bench {
         }
 
         /// Rewrites a downstream request as the proxy does before sending it upstream.
-        pub fn rewrite<B>(&self, req: http::Request<B>, peer: SocketAddr) -> Option<http::Request<B>> {
-            let ip = crate::proxy::ip_value(peer);
-            crate::proxy::upstream_request(req, &self.0, (peer, &ip), Default::default()).map(|(r, _, _, _)| r)
+        pub fn rewrite<B>(&self, req: http::Request<B>, peer: &Peer) -> Option<http::Request<B>> {
+            crate::proxy::upstream_request(req, &self.0, (peer.0, &peer.1), Default::default()).map(|(r, _, _, _)| r)
+        }
+    }
+
+    /// A downstream peer as a connection holds it: the address rendered once.
+    #[derive(Debug)]
+    pub struct Peer(SocketAddr, http::HeaderValue);
+
+    impl Peer {
+        pub fn new(addr: SocketAddr) -> Peer {
+            Peer(addr, crate::proxy::ip_value(addr))
         }
     }
 }
