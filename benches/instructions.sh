@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# instructions.sh: user-space instructions per proxied request, counted by valgrind's
+# callgrind: repeatable to well under 1% for the same binary, where wall-clock A/B runs on
+# a shared 2-core machine drift by 10-15%. Each build's node runs as benches/vane-sut.sh
+# runs it (real control plane, real gRPC), under callgrind with instrumentation switched
+# on only after a warm-up; h2load then sends a fixed number of requests over 50
+# connections. The kernel's share is not counted (use benches/ab.sh for that).
+#
+#   VANES="before=/tmp/old/vane after=target/release/vane" benches/instructions.sh
+#   H2=1 VANES=... benches/instructions.sh      # h2c, 10 streams per connection
+#   PEERS=1 VANES=... benches/instructions.sh   # nginx and HAProxy too (1 worker/thread)
+#   N=20000 KEEP=/tmp/cg benches/instructions.sh  # requests counted; keep callgrind files
+#
+# A build's node is its `vane-node` when one sits next to its `vane`, else `vane proxy`.
+# Needs valgrind and h2load (apt-get install -y valgrind nghttp2-client), nginx and
+# haproxy for PEERS=1, and the peer-bench backend (BACKEND_BIN). Loopback only;
+# everything started here is stopped on exit.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BACKEND_BIN=${BACKEND_BIN:-/tmp/vane-bench-target/release/peer-backend}
+N=${N:-20000}
+: "${VANES:?VANES=\"name=/path/to/vane ...\"}"
+for tool in valgrind callgrind_control callgrind_annotate h2load taskset curl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+done
+[ -x "$BACKEND_BIN" ] || { echo "no backend at $BACKEND_BIN" >&2; exit 1; }
+TMP=$(mktemp -d /tmp/vane-instr.XXXXXX)
+OUT=${KEEP:-$TMP}
+mkdir -p "$OUT"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT INT TERM
+
+setsid taskset -c 0 "$BACKEND_BIN" 18901 1 >/dev/null 2>&1 & PIDS+=($!)
+setsid taskset -c 0 "$BACKEND_BIN" 18902 1 >/dev/null 2>&1 & PIDS+=($!)
+wait_up() { for _ in $(seq 300); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.2; done; echo "nothing on :$1" >&2; exit 1; }
+load() {  # load PORT REQUESTS
+  if [ -n "${H2:-}" ]; then taskset -c 0 h2load -c50 -m10 -n "$2" "http://127.0.0.1:$1/"
+  else taskset -c 0 h2load --h1 -c50 -n "$2" "http://127.0.0.1:$1/"; fi
+}
+# count NAME PORT [UP_PORT]: waits for UP_PORT (HTTP/1.1; default PORT), warms up, counts
+# N requests to PORT, prints instructions per request.
+count() {
+  local name=$1 port=$2 pid
+  wait_up "${3:-$port}"
+  load "$port" 5000 >/dev/null
+  pid=$(pgrep -f -- "--callgrind-out-file=$OUT/$name.out" | head -1)
+  callgrind_control -i on "$pid" >/dev/null 2>&1
+  load "$port" "$N" >"$TMP/load.txt"
+  callgrind_control -i off "$pid" >/dev/null 2>&1
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  local done failed total
+  done=$(awk '/^requests:/{print $8}' "$TMP/load.txt")
+  failed=$(awk '/^requests:/{print $10 + $12}' "$TMP/load.txt")
+  for _ in $(seq 50); do [ -s "$OUT/$name.out.1" ] && break; sleep 0.2; done
+  total=$(callgrind_annotate "$OUT/$name.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", "", $1); print $1}')
+  awk -v n="$name" -v t="$total" -v d="$done" -v f="$failed" \
+    'BEGIN { printf "%-10s %9.0f instructions/request  (%d requests, %d failed)\n", n, t / d, d, f }'
+}
+cg() { echo valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$OUT/$1.out"; }
+
+i=0
+for v in $VANES; do
+  name=${v%%=*} bin=${v#*=}
+  port=$((18920 + i * 10))
+  node=$(dirname "$bin")/vane-node
+  wrapper="$TMP/node-$name"
+  if [ -x "$node" ]; then
+    printf '#!/bin/sh\nexec %s %q "$@"\n' "$(cg "$name")" "$node" >"$wrapper"
+  else
+    printf '#!/bin/sh\nexec %s %q proxy "$@"\n' "$(cg "$name")" "$bin" >"$wrapper"
+  fi
+  chmod +x "$wrapper"
+  VANE=$bin VANE_NODE=$wrapper PB_LISTEN=127.0.0.1:$port PB_BACKENDS=127.0.0.1:18901,127.0.0.1:18902 \
+    VANE_BENCH_CP=127.0.0.1:$((port + 3)) VANE_BENCH_ADMIN=127.0.0.1:$((port + 4)) \
+    setsid taskset -c 1 "$HERE/vane-sut.sh" >"$TMP/sut-$name.log" 2>&1 & PIDS+=($!)
+  count "$name" "$port"
+  kill -- "-${PIDS[-1]}" 2>/dev/null || true
+  i=$((i + 1))
+done
+
+if [ -n "${PEERS:-}" ]; then
+  mkdir -p "$TMP/ng/tmp"
+  cat >"$TMP/ng/nginx.conf" <<NG
+worker_processes 1; daemon off; master_process off;
+pid $TMP/ng/nginx.pid; error_log $TMP/ng/err.log warn;
+events { worker_connections 8192; use epoll; }
+http { access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_timeout 65s; keepalive_requests 100000;
+ client_body_temp_path $TMP/ng/tmp/b; proxy_temp_path $TMP/ng/tmp/p; fastcgi_temp_path $TMP/ng/tmp/f;
+ uwsgi_temp_path $TMP/ng/tmp/u; scgi_temp_path $TMP/ng/tmp/s;
+ upstream backends { server 127.0.0.1:18901; server 127.0.0.1:18902; keepalive 512; keepalive_requests 100000; }
+ server { listen 127.0.0.1:18980; listen 127.0.0.1:18981 http2;
+  location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host;
+   proxy_set_header X-Real-IP \$remote_addr; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+   proxy_set_header X-Forwarded-Proto \$scheme; proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 8 16k; } } }
+NG
+  cat >"$TMP/haproxy.cfg" <<HA
+global
+    nbthread 1
+    maxconn 8000
+    tune.bufsize 16384
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse safe
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe_http
+    bind 127.0.0.1:18985
+    bind 127.0.0.1:18986 proto h2
+    default_backend be_pool
+backend be_pool
+    balance roundrobin
+    server b1 127.0.0.1:18901
+    server b2 127.0.0.1:18902
+HA
+  h2=${H2:+1}
+  # shellcheck disable=SC2046
+  setsid taskset -c 1 $(cg nginx) nginx -p "$TMP/ng" -c "$TMP/ng/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
+  count nginx $((18980 + ${h2:-0})) 18980
+  kill -- "-${PIDS[-1]}" 2>/dev/null || true
+  # shellcheck disable=SC2046
+  setsid taskset -c 1 $(cg haproxy) haproxy -db -f "$TMP/haproxy.cfg" >/dev/null 2>&1 & PIDS+=($!)
+  count haproxy $((18985 + ${h2:-0})) 18985
+fi
