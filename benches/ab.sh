@@ -29,50 +29,16 @@ trap cleanup EXIT INT TERM
 
 setsid taskset -c 0 "$BACKEND_BIN" 18701 1 >/dev/null 2>&1 & PIDS+=($!)
 setsid taskset -c 0 "$BACKEND_BIN" 18702 1 >/dev/null 2>&1 & PIDS+=($!)
-mkdir -p "$TMP/ng/tmp"
-cat >"$TMP/ng/nginx.conf" <<NG
-worker_processes 1; daemon off; master_process on; user www-data;
-pid $TMP/ng/nginx.pid; error_log $TMP/ng/err.log warn;
-events { worker_connections 8192; use epoll; multi_accept on; }
-http { access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_timeout 65s; keepalive_requests 100000;
- client_body_temp_path $TMP/ng/tmp/b; proxy_temp_path $TMP/ng/tmp/p; fastcgi_temp_path $TMP/ng/tmp/f;
- uwsgi_temp_path $TMP/ng/tmp/u; scgi_temp_path $TMP/ng/tmp/s;
- upstream backends { server 127.0.0.1:18701; server 127.0.0.1:18702; keepalive 512; keepalive_requests 100000; }
- server { listen 127.0.0.1:18710 backlog=4096 reuseport; listen 127.0.0.1:18711 http2;
-  location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host;
-   proxy_set_header X-Real-IP \$remote_addr; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-   proxy_set_header X-Forwarded-Proto \$scheme; proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 8 16k; } } }
-NG
+# shellcheck source=benches/peer-configs.sh
+. "$HERE/peer-configs.sh"
+write_nginx_conf "$TMP/ng" 18710 18711 127.0.0.1:18701 127.0.0.1:18702 on
 setsid taskset -c 1 nginx -p "$TMP/ng" -c "$TMP/ng/nginx.conf" -e "$TMP/ng/err.log" & PIDS+=($!)
 wait_up() { for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "nothing on :$1" >&2; exit 1; }
 wait_up 18710
 # Targets are name:pid:port:h2port (Vane serves h2c on its HTTP/1.1 port).
 TARGETS="nginx:$(pgrep -f 'nginx: worker' | head -1):18710:18711"
 if command -v haproxy >/dev/null; then
-  cat >"$TMP/haproxy.cfg" <<HA
-global
-    nbthread 1
-    maxconn 8000
-    tune.bufsize 16384
-defaults
-    mode http
-    option http-keep-alive
-    option forwardfor
-    http-reuse safe
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    timeout http-request 10s
-    timeout http-keep-alive 60s
-frontend fe_http
-    bind 127.0.0.1:18715
-    bind 127.0.0.1:18716 proto h2
-    default_backend be_pool
-backend be_pool
-    balance roundrobin
-    server b1 127.0.0.1:18701
-    server b2 127.0.0.1:18702
-HA
+  write_haproxy_cfg "$TMP/haproxy.cfg" 18715 18716 127.0.0.1:18701 127.0.0.1:18702
   setsid taskset -c 1 haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 & PIDS+=($!)
   wait_up 18715
   TARGETS="$TARGETS haproxy:$(pgrep -f "haproxy -db -f $TMP/haproxy.cfg" | head -1):18715:18716"

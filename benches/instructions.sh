@@ -80,42 +80,10 @@ for v in $VANES; do
 done
 
 if [ -n "${PEERS:-}" ]; then
-  mkdir -p "$TMP/ng/tmp"
-  cat >"$TMP/ng/nginx.conf" <<NG
-worker_processes 1; daemon off; master_process off;
-pid $TMP/ng/nginx.pid; error_log $TMP/ng/err.log warn;
-events { worker_connections 8192; use epoll; }
-http { access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_timeout 65s; keepalive_requests 100000;
- client_body_temp_path $TMP/ng/tmp/b; proxy_temp_path $TMP/ng/tmp/p; fastcgi_temp_path $TMP/ng/tmp/f;
- uwsgi_temp_path $TMP/ng/tmp/u; scgi_temp_path $TMP/ng/tmp/s;
- upstream backends { server 127.0.0.1:18901; server 127.0.0.1:18902; keepalive 512; keepalive_requests 100000; }
- server { listen 127.0.0.1:18980; listen 127.0.0.1:18981 http2;
-  location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host \$host;
-   proxy_set_header X-Real-IP \$remote_addr; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-   proxy_set_header X-Forwarded-Proto \$scheme; proxy_buffering on; proxy_buffer_size 16k; proxy_buffers 8 16k; } } }
-NG
-  cat >"$TMP/haproxy.cfg" <<HA
-global
-    nbthread 1
-    maxconn 8000
-    tune.bufsize 16384
-defaults
-    mode http
-    option http-keep-alive
-    option forwardfor
-    http-reuse safe
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend fe_http
-    bind 127.0.0.1:18985
-    bind 127.0.0.1:18986 proto h2
-    default_backend be_pool
-backend be_pool
-    balance roundrobin
-    server b1 127.0.0.1:18901
-    server b2 127.0.0.1:18902
-HA
+  # shellcheck source=benches/peer-configs.sh
+  . "$HERE/peer-configs.sh"
+  write_nginx_conf "$TMP/ng" 18980 18981 127.0.0.1:18901 127.0.0.1:18902 off
+  write_haproxy_cfg "$TMP/haproxy.cfg" 18985 18986 127.0.0.1:18901 127.0.0.1:18902
   h2=${H2:+1}
   # shellcheck disable=SC2046
   setsid taskset -c 1 $(cg nginx) nginx -p "$TMP/ng" -c "$TMP/ng/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
