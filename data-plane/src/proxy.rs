@@ -981,9 +981,10 @@ fn forwarding_headers(
 ) {
     // Owned strings become header values without another copy.
     let value = |s: String| HeaderValue::from_maybe_shared(Bytes::from(s)).ok();
-    let joined = |headers: &HeaderMap, name: &HeaderName, add: &str| -> Option<HeaderValue> {
+    // A chain of values sent before ("a, b"), extended by `add`.
+    let extended = |sent: header::ValueIter<'_, HeaderValue>, add: &str| -> Option<HeaderValue> {
         let mut out = String::new();
-        for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        for v in sent.filter_map(|v| v.to_str().ok()) {
             out.push_str(v);
             out.push_str(", ");
         }
@@ -1014,10 +1015,10 @@ fn forwarding_headers(
         forwarded.push('"');
     }
     if downstream.trusted_proxy {
-        if let Some(v) = joined(headers, &X_FORWARDED_FOR, ip) {
+        if let Some(v) = extended(headers.get_all(&X_FORWARDED_FOR).iter(), ip) {
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        if let Some(v) = joined(headers, &FORWARDED, &forwarded) {
+        if let Some(v) = extended(headers.get_all(&FORWARDED).iter(), &forwarded) {
             headers.insert(FORWARDED.clone(), v);
         }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -1039,13 +1040,7 @@ fn forwarding_headers(
     }
     match headers.entry(header::VIA) {
         header::Entry::Occupied(mut via) => {
-            let mut chain = String::new();
-            for v in via.iter().filter_map(|v| v.to_str().ok()) {
-                chain.push_str(v);
-                chain.push_str(", ");
-            }
-            chain.push_str("1.1 vane");
-            if let Some(v) = value(chain) {
+            if let Some(v) = extended(via.iter(), "1.1 vane") {
                 via.insert(v);
             }
         }
