@@ -19,7 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(FILES, ["proto"])?;
     std::fs::write(out.join("vane_descriptor.bin"), fds.encode_to_vec())?;
 
+    // Maps as BTreeMap: their protobuf encoding is then in key order, the same in every
+    // process, so the sha256 of a snapshot's encoding (its identity, which a node checks)
+    // does not depend on a HashMap's random seed (a consumer with two metadata entries
+    // was NACKed by every node before).
     tonic_prost_build::configure()
+        .btree_map(".")
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(fds.clone())?;
@@ -28,6 +33,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in &fds.file {
         json.register_file_descriptor(file.clone());
     }
-    json.preserve_proto_field_names().build(&[".vane"])?;
+    json.preserve_proto_field_names().btree_map(["."]).build(&[".vane"])?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Long-running commands: `dev`, `control-plane`, `proxy`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -224,7 +224,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         control_plane: server.clone(),
         cache_dir: Some(args.data_dir.join("node")),
         admin: Some(args.admin),
-        labels: HashMap::from([("mode".to_owned(), "dev".to_owned())]),
+        labels: BTreeMap::from([("mode".to_owned(), "dev".to_owned())]),
         token: None,
         tls: None,
         otlp_endpoint: None,

@@ -4,7 +4,7 @@
 //! A node that reconnects gets a new session id; only its newest session may mark it
 //! disconnected, so a late-closing old stream never hides a live one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ impl Fleet {
         &self,
         session: u64,
         node_id: &str,
-        labels: HashMap<String, String>,
+        labels: BTreeMap<String, String>,
         address: String,
         version_held: u64,
     ) {
@@ -140,9 +140,9 @@ mod tests {
     #[test]
     fn disconnected_nodes_are_purged_and_a_stale_session_cannot_disconnect_a_new_one() {
         let fleet = Fleet::default();
-        fleet.connected(1, "a", HashMap::new(), "x".into(), 0);
-        fleet.connected(2, "b", HashMap::new(), "y".into(), 0);
-        fleet.connected(3, "b", HashMap::new(), "y".into(), 0);
+        fleet.connected(1, "a", BTreeMap::new(), "x".into(), 0);
+        fleet.connected(2, "b", BTreeMap::new(), "y".into(), 0);
+        fleet.connected(3, "b", BTreeMap::new(), "y".into(), 0);
         fleet.disconnected(2, "b");
         assert!(fleet.list()[1].connected, "the older session of b ending leaves b connected");
         fleet.disconnected(1, "a");

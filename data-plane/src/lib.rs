@@ -31,7 +31,7 @@ mod spare;
 mod sticky;
 mod tls;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,7 +58,7 @@ pub struct NodeConfig {
     /// Admin endpoint (`/ready`, `/config`); `None`: not served.
     pub admin: Option<SocketAddr>,
     /// Free-form labels reported to the control plane.
-    pub labels: HashMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     /// Bearer token (role `node`) for the discovery stream, when the control plane wants one.
     pub token: Option<String>,
     /// TLS towards the control plane (trusted CA, client certificate for mTLS); required

@@ -157,4 +157,14 @@ routes:
         assert_ne!(config_sha256(&a), config_sha256(&b));
         assert_eq!(config_sha256(&a), config_sha256(&a.clone()));
     }
+
+    #[test]
+    fn sha_of_a_config_with_maps_survives_a_round_trip_through_the_wire() {
+        let text = "consumers:\n  - name: c\n    metadata: { z: '1', a: '2', m: '3', b: '4', y: '5', c: '6' }\n";
+        let config = load(text, Format::Yaml).unwrap();
+        let decoded = Config::decode(config.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(config_sha256(&config), config_sha256(&decoded));
+        let keys: Vec<&str> = decoded.consumers[0].metadata.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["a", "b", "c", "m", "y", "z"], "maps encode in key order");
+    }
 }

@@ -93,7 +93,10 @@ async fn api_keys_authenticate_consumers_who_are_passed_upstream_and_keys_are_st
     init_logs();
     let policies = json!([{ "name": "keys", "auth": { "api_key": { "header": "x-api-key", "query": "apikey" } } }]);
     let consumers = json!([
-        { "name": "alice", "api_keys": [{ "key": "alice-key-0001" }], "metadata": { "tier": "gold" } },
+        // Several metadata entries: a map whose encoding order once differed between the
+        // control plane and the node, so every node NACKed the snapshot's hash.
+        { "name": "alice", "api_keys": [{ "key": "alice-key-0001" }],
+          "metadata": { "tier": "gold", "region": "eu-west", "team": "payments", "plan": "annual", "seats": "40" } },
         { "name": "bob", "api_keys": [{ "key": "bob-key-00002" }] },
     ]);
     let s = Serving::start(|e| gateway(e, policies, &["keys"], consumers)).await;
@@ -101,7 +104,11 @@ async fn api_keys_authenticate_consumers_who_are_passed_upstream_and_keys_are_st
     let ok = get(s.web, "/a", &[("x-api-key", "alice-key-0001"), ("x-consumer", "mallory")]).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert!(ok.body.contains("x-consumer: alice\n"), "{}", ok.body);
-    assert!(ok.body.contains("x-consumer-tier: gold"), "{}", ok.body);
+    for header in
+        ["x-consumer-tier: gold", "x-consumer-region: eu-west", "x-consumer-team: payments", "x-consumer-seats: 40"]
+    {
+        assert!(ok.body.contains(header), "{header}: {}", ok.body);
+    }
     assert!(!ok.body.contains("mallory"), "a client-sent consumer header never passes: {}", ok.body);
     assert!(!ok.body.contains("alice-key-0001"), "the key is not forwarded: {}", ok.body);
 

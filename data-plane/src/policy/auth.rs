@@ -7,7 +7,7 @@
 //! remembered (by a SHA-256 of the credential), introspection answers are cached until the
 //! token expires (bounded), JWKS keys are fetched in the background (see `jwt`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ pub(crate) struct ConsumerInfo {
 }
 
 impl ConsumerInfo {
-    fn new(name: &str, metadata: &HashMap<String, String>) -> ConsumerInfo {
+    fn new(name: &str, metadata: &BTreeMap<String, String>) -> ConsumerInfo {
         let mut headers = Vec::new();
         if let Ok(v) = HeaderValue::from_str(name) {
             headers.push((HeaderName::from_static("x-consumer"), v));
@@ -102,7 +102,7 @@ impl Consumers {
         if strangers.len() >= CACHE_MAX {
             strangers.clear();
         }
-        let info = Arc::new(ConsumerInfo::new(subject, &HashMap::new()));
+        let info = Arc::new(ConsumerInfo::new(subject, &BTreeMap::new()));
         strangers.insert(subject.to_owned(), info.clone());
         info
     }
