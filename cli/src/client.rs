@@ -27,7 +27,7 @@ pub(crate) struct Admin {
 }
 
 /// Turns a gRPC error into one line a user can act on.
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     match status.code() {
         tonic::Code::Unavailable => anyhow!("control plane unavailable: {}", status.message()),
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
@@ -46,7 +46,7 @@ impl Admin {
         Admin { server, token, tls }
     }
 
-    async fn client(&self) -> anyhow::Result<ConfigServiceClient<Channel>> {
+    pub(crate) async fn client(&self) -> anyhow::Result<ConfigServiceClient<Channel>> {
         // Bounded: an address that accepts but never answers (a wrong port, a TLS
         // mismatch) fails with an error instead of leaving the command hanging.
         let mut endpoint = Channel::from_shared(self.server.clone())
@@ -65,7 +65,7 @@ impl Admin {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
-    fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+    pub(crate) fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
         let mut request = tonic::Request::new(message);
         if let Some(token) = &self.token {
             let value: MetadataValue<_> =

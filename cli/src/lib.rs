@@ -8,6 +8,7 @@ pub mod demo;
 mod edit;
 mod output;
 mod serve;
+mod store_cmd;
 mod tls;
 mod top;
 
@@ -136,6 +137,9 @@ enum Command {
     /// Make admin and node tokens (local: prints, stores nothing).
     #[command(subcommand)]
     Token(edit::TokenCommand),
+    /// Back up the control plane's store, or restore one from a backup.
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
 }
 
 /// `vane-node`: `vane proxy` alone, in a binary that links nothing else (no control plane,
@@ -263,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token(command) => edit::token(command),
         Command::Top(args) => top::top(args).await,
+        Command::Store(command) => store_cmd::run(&admin, command).await,
     }
 }
 

@@ -13,9 +13,10 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use vane_proto::admin::{
-    ApplyRequest, ApplyResponse, DeleteRequest, DiffRequest, DiffResponse, GetRequest, GetResponse, HistoryEntry,
-    HistoryRequest, HistoryResponse, Kind, ListNodesRequest, ListNodesResponse, ListRequest, ListResponse, PutRequest,
-    Resource, RollbackRequest, ValidateRequest, ValidateResponse, config_service_server::ConfigService, resource,
+    ApplyRequest, ApplyResponse, BackupRequest, DeleteRequest, DiffRequest, DiffResponse, GetRequest, GetResponse,
+    HistoryEntry, HistoryRequest, HistoryResponse, Kind, ListNodesRequest, ListNodesResponse, ListRequest,
+    ListResponse, PutRequest, Resource, RollbackRequest, ValidateRequest, ValidateResponse,
+    config_service_server::ConfigService, resource,
 };
 use vane_proto::config::Config;
 use vane_proto::{ValidationErrors, config_sha256, validate};
@@ -391,5 +392,16 @@ impl ConfigService for AdminService {
     async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         self.authorize(&request, Role::Read)?;
         Ok(Response::new(ListNodesResponse { nodes: self.shared.fleet.list() }))
+    }
+
+    type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<vane_proto::store::BackupEntry, Status>>;
+
+    async fn backup(&self, request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        // Configs carry private keys: a backup needs the right to write them.
+        self.authorize(&request, Role::Write)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || crate::backup::produce(&store, &tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 }

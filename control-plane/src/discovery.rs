@@ -5,6 +5,12 @@
 //! newest published version supersedes older ones; pushes after a write are debounced
 //! (see `Debounce`), so a burst of writes costs a node a few swaps; a version a node
 //! NACKed is never sent to it again. The stream needs a `node` token when tokens are on.
+//!
+//! A node may hold a version this store never had, or had with other content: the store
+//! was restored from a backup or replaced, or the node was fed by another control plane.
+//! Version numbers are never given to two contents and a node never goes back to a lower
+//! number: the held number is marked used (`Store::raise_floor`) and the store's newest
+//! config is published again under a higher one, said in the log and in `vane history`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,6 +26,7 @@ use vane_proto::discovery::{
 };
 
 use crate::auth::Role;
+use crate::store::NewVersion;
 use crate::{Published, Shared};
 
 /// How long a new stream may take to say Hello.
@@ -76,6 +83,7 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
     let session_id = shared.counter.fetch_add(1, Ordering::Relaxed);
     shared.fleet.connected(session_id, &node_id, labels, peer, version_held);
     info!(node = %node_id, version_held, "node connected");
+    catch_up(&shared, &node_id, version_held, &hash_held).await;
 
     let mut held = (version_held, hash_held);
     let mut pending: Option<Pending> = None;
@@ -153,4 +161,54 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
     }
     shared.fleet.disconnected(session_id, &node_id);
     info!(node = %node_id, "node disconnected");
+}
+
+/// Handles a node that holds a version ahead of the store (see the module header).
+async fn catch_up(shared: &Arc<Shared>, node_id: &str, held: u64, hash: &str) {
+    let ahead = |latest: Option<&Published>| match latest {
+        None => held > 0,
+        Some(p) => held > p.version || (held == p.version && !hash.is_empty() && hash != p.sha256),
+    };
+    if !ahead(shared.published.borrow().as_deref()) {
+        return;
+    }
+    let _writer = shared.write.lock().await;
+    let latest = shared.published.borrow().clone();
+    if !ahead(latest.as_deref()) {
+        return;
+    }
+    let store_version = latest.as_ref().map_or(0, |p| p.version);
+    warn!(node = %node_id, held, store_version, "node holds a version the store does not have; numbering above it");
+    let store = shared.store.clone();
+    let node = node_id.to_owned();
+    let committed = tokio::task::spawn_blocking(move || {
+        store.raise_floor(held)?;
+        let Some(p) = latest else { return Ok(None) };
+        let summary = format!(
+            "version {} published again: node {node} held version {held}, which this store does not have",
+            p.version
+        );
+        let new = NewVersion {
+            config: p.config.clone(),
+            author: "control-plane".into(),
+            summary,
+            sha256: p.sha256.clone(),
+            created_at_unix_ms: vane_proto::unix_ms_now(),
+        };
+        store.commit(new).map(Some)
+    })
+    .await;
+    match committed {
+        Ok(Ok(Some(record))) => {
+            info!(version = record.version, summary = %record.summary, "version stored");
+            shared.published.send_replace(Some(Arc::new(Published {
+                version: record.version,
+                sha256: record.sha256,
+                config: record.config.unwrap_or_default(),
+            })));
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(error)) => warn!(node = %node_id, %error, "cannot number above the node's version"),
+        Err(error) => warn!(node = %node_id, %error, "cannot number above the node's version"),
+    }
 }

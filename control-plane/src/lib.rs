@@ -9,9 +9,11 @@
 
 mod admin;
 mod auth;
+mod backup;
 mod diff;
 mod discovery;
 mod fleet;
+mod seal;
 mod store;
 
 use std::fmt::Write as _;
@@ -29,6 +31,7 @@ use vane_proto::config::Config;
 use vane_proto::discovery::discovery_service_server::DiscoveryServiceServer;
 
 pub use auth::{AuthError, Role, Tokens, generate_token, hash_token};
+pub use backup::{BACKUP_MAGIC, RestoreError, Restored, restore, write_backup_entry, write_backup_header};
 pub use store::{NewVersion, SledStore, Store, StoreError};
 
 /// Largest gRPC message either service accepts or sends: a config of ~100k routes.

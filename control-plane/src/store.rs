@@ -3,20 +3,33 @@
 //! flushed it to disk, so an acknowledged version survives a SIGKILL.
 //!
 //! Layout (sled trees): `versions`: big-endian u64 → `StoredVersion` with its config;
-//! `history`: the same record without the config (cheap listing); `meta`: `format` marker
-//! and `latest` version.
+//! `history`: the same record without the config (cheap listing); `meta`: `format` marker,
+//! `latest` version and `floor` (numbers up to it are used: the next version is above
+//! both). Beside sled's files, the seal (`seal.rs`) names the newest acknowledged version:
+//! a store that cannot show that version, with that content, refuses to open instead of
+//! serving an older truth.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::Mutex;
+
 use prost::Message;
 use sled::Transactional;
+use tracing::warn;
 use vane_proto::config::Config;
 use vane_proto::store::StoredVersion;
+
+use crate::seal::Seal;
 
 const FORMAT_KEY: &[u8] = b"format";
 const FORMAT: &[u8] = b"vane-store-v1";
 const LATEST_KEY: &[u8] = b"latest";
+const FLOOR_KEY: &[u8] = b"floor";
+
+/// How a damaged store is recovered on purpose, said with every refusal.
+const RECOVER: &str = "restore a backup with `vane store restore --data-dir DIR --from FILE --replace` \
+(the damaged dir is kept beside it), or move the dir away to start an empty store";
 
 /// Failures of the config store.
 #[derive(Debug, thiserror::Error)]
@@ -60,13 +73,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn latest(&self) -> Result<Option<StoredVersion>, StoreError>;
     /// One version with its config.
     fn get(&self, version: u64) -> Result<Option<StoredVersion>, StoreError>;
-    /// Stores `new` as latest + 1; returns once it is durable.
+    /// Stores `new` as the next version (above the latest and the floor); returns once it
+    /// is durable.
     fn commit(&self, new: NewVersion) -> Result<StoredVersion, StoreError>;
+    /// Marks every number up to `version` as used, durably: the next commit takes a larger
+    /// one. Called when a node reports holding a version this store does not have.
+    fn raise_floor(&self, version: u64) -> Result<(), StoreError>;
     /// Versions newest first, without their configs; `limit` 0 means all.
     fn history(&self, limit: usize) -> Result<Vec<StoredVersion>, StoreError>;
     /// Removes the oldest versions so that at most `keep` (at least 1) remain; returns how
     /// many were removed.
     fn prune(&self, keep: usize) -> Result<usize, StoreError>;
+    /// Every number up to this one is used: the next version is above it (and above the
+    /// latest).
+    fn floor(&self) -> Result<u64, StoreError>;
     /// Bytes the store takes on disk (0 when unknown).
     fn size_on_disk(&self) -> u64 {
         0
@@ -76,10 +96,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 /// The embedded default store.
 #[derive(Debug)]
 pub struct SledStore {
+    dir: PathBuf,
     db: sled::Db,
     versions: sled::Tree,
     history: sled::Tree,
     meta: sled::Tree,
+    /// The seal as last written; writers hold the lock while they commit and reseal.
+    seal: Mutex<Seal>,
 }
 
 impl SledStore {
@@ -92,7 +115,11 @@ impl SledStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(StoreError::Open { path: dir.to_owned(), source: sled::Error::Io(e) }),
         };
+        let seal = Seal::read(dir).map_err(|e| damaged(dir, &e.to_string()))?;
         if !fresh && !dir.join("db").is_file() {
+            if seal.is_some() {
+                return Err(damaged(dir, "its sled database file `db` is missing"));
+            }
             return Err(StoreError::Foreign { path: dir.to_owned() });
         }
         std::fs::create_dir_all(dir)
@@ -122,7 +149,102 @@ impl SledStore {
                 db.flush()?;
             }
         }
-        Ok(SledStore { db, versions, history, meta })
+        let store = SledStore { dir: dir.to_owned(), db, versions, history, meta, seal: Mutex::default() };
+        let checked = store.check(seal)?;
+        checked.write(dir).map_err(|e| StoreError::Open { path: dir.to_owned(), source: sled::Error::Io(e) })?;
+        *store.seal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = checked;
+        Ok(store)
+    }
+
+    /// Proves the store holds what its seal says was acknowledged, and that every
+    /// retained record reads back; returns the seal to keep.
+    fn check(&self, seal: Option<Seal>) -> Result<Seal, StoreError> {
+        let dir = &self.dir;
+        let latest = self.meta.get(LATEST_KEY)?.map_or(0, |v| u64_from(&v));
+        let floor = self.meta.get(FLOOR_KEY)?.map_or(0, |v| u64_from(&v));
+        // Every retained record must read back whole: sled checks each one's CRC, prost
+        // its framing. A record lost here is a version a user may roll back to.
+        let mut newest_listed = 0;
+        for item in self.history.iter() {
+            let (key, value) = item?;
+            let version = u64_from(&key);
+            Self::decode(version, &value).map_err(|e| damaged(dir, &e.to_string()))?;
+            match self.versions.get(&key) {
+                Ok(Some(bytes)) => drop(Self::decode(version, &bytes).map_err(|e| damaged(dir, &e.to_string()))?),
+                Ok(None) => return Err(damaged(dir, &format!("version {version} is listed but its record is gone"))),
+                Err(e) => return Err(damaged(dir, &format!("version {version} cannot be read: {e}"))),
+            }
+            newest_listed = version;
+        }
+        if newest_listed != latest {
+            return Err(damaged(
+                dir,
+                &format!("its newest record is version {newest_listed}, its index says {latest}"),
+            ));
+        }
+        let latest_sha = match latest {
+            0 => String::new(),
+            v => self.get(v).map_err(|e| damaged(dir, &e.to_string()))?.map(|r| r.sha256).unwrap_or_default(),
+        };
+        let Some(seal) = seal else {
+            if latest > 0 {
+                // A store written before seals existed: seal what it holds now.
+                warn!(path = %dir.display(), latest, "store has no seal yet; sealing its newest version");
+            }
+            return Ok(Seal { version: latest, sha256: latest_sha, floor: floor.max(latest) });
+        };
+        if latest < seal.version {
+            return Err(damaged(
+                dir,
+                &format!(
+                    "its newest version is {latest}, but version {} was acknowledged (see {}): \
+                     versions {}..={} are lost",
+                    seal.version,
+                    crate::seal::SEAL_FILE,
+                    latest + 1,
+                    seal.version
+                ),
+            ));
+        }
+        if seal.version > 0 {
+            let sealed = self.get(seal.version).map_err(|e| damaged(dir, &e.to_string()))?;
+            if sealed.is_none_or(|r| r.sha256 != seal.sha256) {
+                return Err(damaged(
+                    dir,
+                    &format!("version {} no longer has the content that was acknowledged", seal.version),
+                ));
+            }
+        }
+        // A version above the seal was durable in sled but not yet sealed when the process
+        // stopped: it was never acknowledged, and keeping it loses nothing.
+        Ok(Seal { version: latest, sha256: latest_sha, floor: floor.max(seal.floor).max(latest) })
+    }
+
+    /// Writes `record` as it is (its own number, hash and authorship): how a restore puts
+    /// a backup's versions back. Only on a store being rebuilt, before it serves.
+    pub(crate) fn import(&self, record: &StoredVersion) -> Result<(), StoreError> {
+        let key = record.version.to_be_bytes();
+        let mut listed = record.clone();
+        listed.config = None;
+        let mut seal = self.seal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let latest = self.meta.get(LATEST_KEY)?.map_or(0, |v| u64_from(&v)).max(record.version);
+        (&self.versions, &self.history, &self.meta)
+            .transaction(|(versions, history, meta)| {
+                versions.insert(&key, record.encode_to_vec())?;
+                history.insert(&key, listed.encode_to_vec())?;
+                meta.insert(LATEST_KEY, &latest.to_be_bytes())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<std::convert::Infallible>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Abort(never) => match never {},
+                sled::transaction::TransactionError::Storage(e) => StoreError::Io(e),
+            })?;
+        self.db.flush()?;
+        if record.version >= seal.version {
+            *seal =
+                Seal { version: record.version, sha256: record.sha256.clone(), floor: seal.floor.max(record.version) };
+        }
+        seal.write(&self.dir).map_err(|e| StoreError::Io(sled::Error::Io(e)))
     }
 
     fn decode(version: u64, bytes: &[u8]) -> Result<StoredVersion, StoreError> {
@@ -146,8 +268,11 @@ impl Store for SledStore {
     }
 
     fn commit(&self, new: NewVersion) -> Result<StoredVersion, StoreError> {
+        let mut seal = self.seal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let result = (&self.versions, &self.history, &self.meta).transaction(|(versions, history, meta)| {
-            let version = meta.get(LATEST_KEY)?.map_or(0, |v| u64_from(&v)) + 1;
+            let latest = meta.get(LATEST_KEY)?.map_or(0, |v| u64_from(&v));
+            let floor = meta.get(FLOOR_KEY)?.map_or(0, |v| u64_from(&v));
+            let version = latest.max(floor).max(seal.floor) + 1;
             let mut record = StoredVersion {
                 version,
                 config: None,
@@ -167,7 +292,24 @@ impl Store for SledStore {
             sled::transaction::TransactionError::Storage(e) => StoreError::Io(e),
         })?;
         self.db.flush()?;
+        *seal = Seal { version: record.version, sha256: record.sha256.clone(), floor: record.version };
+        seal.write(&self.dir).map_err(|e| StoreError::Io(sled::Error::Io(e)))?;
         Ok(record)
+    }
+
+    fn floor(&self) -> Result<u64, StoreError> {
+        Ok(self.seal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).floor)
+    }
+
+    fn raise_floor(&self, version: u64) -> Result<(), StoreError> {
+        let mut seal = self.seal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if version <= seal.floor {
+            return Ok(());
+        }
+        self.meta.insert(FLOOR_KEY, &version.to_be_bytes())?;
+        self.db.flush()?;
+        seal.floor = version;
+        seal.write(&self.dir).map_err(|e| StoreError::Io(sled::Error::Io(e)))
     }
 
     fn prune(&self, keep: usize) -> Result<usize, StoreError> {
@@ -235,6 +377,11 @@ impl SledStore {
         }
         Ok(removed)
     }
+}
+
+fn damaged(path: &Path, reason: &str) -> StoreError {
+    let recover = RECOVER.replace("DIR", &path.display().to_string());
+    StoreError::Damaged { path: path.to_owned(), reason: format!("{reason}; {recover}") }
 }
 
 fn u64_from(bytes: &[u8]) -> u64 {
@@ -312,6 +459,43 @@ mod tests {
         std::fs::write(dir.path().join("db"), vec![0xa5u8; 100_000]).unwrap();
         let err = SledStore::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("is damaged"), "{err}");
+    }
+
+    #[test]
+    fn a_store_behind_its_seal_refuses_to_open_and_names_the_lost_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for i in 0..3 {
+                store.commit(new_version(&format!("c{i}"))).unwrap();
+            }
+        }
+        let sealed = Seal::read(dir.path()).unwrap().unwrap();
+        assert_eq!(sealed.version, 3);
+        // As if sled had come back without its last two versions.
+        Seal { version: 5, ..sealed.clone() }.write(dir.path()).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("its newest version is 3, but version 5 was acknowledged"), "{err}");
+        assert!(err.contains("versions 4..=5 are lost"), "{err}");
+        // Same number, other content.
+        Seal { sha256: "00".repeat(32), ..sealed }.write(dir.path()).unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("version 3 no longer has the content that was acknowledged"), "{err}");
+    }
+
+    #[test]
+    fn a_raised_floor_survives_reopen_and_the_next_version_numbers_above_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.commit(new_version("a")).unwrap();
+            store.raise_floor(9).unwrap();
+            store.raise_floor(4).unwrap();
+            assert_eq!(store.floor().unwrap(), 9);
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.commit(new_version("b")).unwrap().version, 10);
+        assert_eq!(store.history(0).unwrap().iter().map(|h| h.version).collect::<Vec<_>>(), vec![10, 1]);
     }
 
     #[test]

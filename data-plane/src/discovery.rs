@@ -1,5 +1,6 @@
 //! The discovery stream, node side: say Hello with the version held, apply each
-//! snapshot, answer ACK (after swap and cache write) or NACK (with every error).
+//! snapshot, answer ACK (after swap and cache write) or NACK (with every error). A
+//! snapshot that would take the node to a lower version number is refused.
 //!
 //! A lost stream is retried with exponential backoff and full jitter, 100 ms doubling to
 //! 30 s, reset once a stream is established; HTTP/2 keepalive detects a dead peer.
@@ -89,6 +90,13 @@ async fn session(
 
 async fn apply(shared: &Arc<NodeShared>, config: &NodeConfig, snapshot: Snapshot) -> NodeMessage {
     let (version, nonce) = (snapshot.version, snapshot.nonce.clone());
+    if let Some(error) = backwards(shared, &snapshot) {
+        warn!(version, error = %error.message, "snapshot rejected");
+        shared.metrics.nacks.fetch_add(1, Ordering::Relaxed);
+        return NodeMessage {
+            message: Some(node_message::Message::Nack(Nack { version, nonce, errors: vec![error] })),
+        };
+    }
     let applied = match shared.resolve(&snapshot).await {
         Ok(()) => shared.apply_snapshot(&snapshot),
         Err(errors) => Err(errors),
@@ -117,4 +125,19 @@ async fn apply(shared: &Arc<NodeShared>, config: &NodeConfig, snapshot: Snapshot
 
 fn cache_error(message: String) -> ValidationError {
     ValidationError { kind: "node".into(), name: String::new(), field: "cache_dir".into(), message }
+}
+
+/// A node never moves to a lower version number than the one it runs, nor to other
+/// content under the same number: either means the control plane's store went back in
+/// time (a control plane numbers above what its nodes hold, so this is the last guard).
+fn backwards(shared: &NodeShared, snapshot: &Snapshot) -> Option<ValidationError> {
+    let (held, held_sha) = shared.held();
+    let message = if held > 0 && snapshot.version < held {
+        format!("version {} is older than version {held}, which this node runs; refused", snapshot.version)
+    } else if held > 0 && snapshot.version == held && snapshot.sha256 != held_sha {
+        format!("version {held} arrived with other content than the version {held} this node runs; refused")
+    } else {
+        return None;
+    };
+    Some(ValidationError { kind: "node".into(), name: String::new(), field: "version".into(), message })
 }

@@ -10,5 +10,6 @@ mod https;
 mod observability;
 mod proxy_http;
 mod restart;
+mod store_integrity;
 mod tls;
 mod tracing;
