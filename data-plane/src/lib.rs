@@ -30,6 +30,7 @@ mod server;
 mod spare;
 mod sticky;
 mod tls;
+mod trim;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -189,8 +190,14 @@ impl NodeShared {
         self.runtime.store(Some(Arc::new(runtime)));
         listeners.commit(prepared, self);
         self.swaps.fetch_add(1, Ordering::Relaxed);
-        *self.held_snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot.clone());
+        let replaced = self.held_snapshot.lock().unwrap_or_else(|p| p.into_inner()).replace(snapshot.clone());
         info!(version = snapshot.version, "snapshot applied");
+        if replaced.as_ref().and_then(|s| s.config.as_ref()).is_some_and(|c| resources(c) >= trim::TRIM_FROM_RESOURCES)
+        {
+            if let Some(previous) = &previous {
+                trim::when_dropped(Arc::downgrade(previous));
+            }
+        }
         Ok(())
     }
 
@@ -397,6 +404,17 @@ pub(crate) fn duration_or(d: Option<&pbjson_types::Duration>, default: Duration)
 
 /// Internals exposed for the criterion benches (`benches/hot_path.rs`) only: not an API.
 #[doc(hidden)]
+/// How many resources a config holds (what its compiled runtime's size follows).
+fn resources(config: &vane_proto::config::Config) -> usize {
+    config.listeners.len()
+        + config.routes.len()
+        + config.clusters.len()
+        + config.clusters.iter().map(|c| c.endpoints.len()).sum::<usize>()
+        + config.policies.len()
+        + config.consumers.len()
+        + config.certificates.len()
+}
+
 pub mod bench {
     use std::collections::HashMap;
     use std::net::SocketAddr;
