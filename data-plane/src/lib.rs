@@ -192,11 +192,12 @@ impl NodeShared {
         self.swaps.fetch_add(1, Ordering::Relaxed);
         let replaced = self.held_snapshot.lock().unwrap_or_else(|p| p.into_inner()).replace(snapshot.clone());
         info!(version = snapshot.version, "snapshot applied");
-        if replaced.as_ref().and_then(|s| s.config.as_ref()).is_some_and(|c| resources(c) >= trim::TRIM_FROM_RESOURCES)
-        {
-            if let Some(previous) = &previous {
-                trim::when_dropped(Arc::downgrade(previous));
-            }
+        let was_large = replaced
+            .as_ref()
+            .and_then(|s| s.config.as_ref())
+            .is_some_and(|c| resources(c) >= trim::TRIM_FROM_RESOURCES);
+        if let (true, Some(previous)) = (was_large, &previous) {
+            trim::when_dropped(Arc::downgrade(previous));
         }
         Ok(())
     }
