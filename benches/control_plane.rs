@@ -62,7 +62,7 @@ async fn apply_and_wait(
     config: Config,
 ) -> Duration {
     let version = admin
-        .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0 })
+        .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0, allow_empty: false })
         .await
         .expect("apply")
         .into_inner()
@@ -168,7 +168,7 @@ async fn memory_per_node() {
     let pid = cp.pid();
     let mut admin = ConfigServiceClient::connect(url.clone()).await.expect("admin");
     admin
-        .apply(ApplyRequest { config: Some(config(100, 0)), dry_run: false, expected_version: 0 })
+        .apply(ApplyRequest { config: Some(config(100, 0)), dry_run: false, expected_version: 0, allow_empty: false })
         .await
         .expect("apply");
     tokio::time::sleep(Duration::from_millis(300)).await;

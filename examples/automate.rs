@@ -65,7 +65,12 @@ async fn main() -> anyhow::Result<()> {
 
         let diff = client.diff(with_token(DiffRequest { config: Some(config.clone()) })?).await?.into_inner();
         println!("against version {}: {}", diff.base_version, diff.summary);
-        let request = ApplyRequest { config: Some(config), dry_run: false, expected_version: current.version };
+        let request = ApplyRequest {
+            config: Some(config),
+            dry_run: false,
+            expected_version: current.version,
+            allow_empty: false,
+        };
         match client.apply(with_token(request)?).await {
             Ok(applied) => {
                 let applied = applied.into_inner();

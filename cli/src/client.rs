@@ -8,16 +8,20 @@ use tonic::transport::Channel;
 use vane_proto::admin::config_service_client::ConfigServiceClient;
 use vane_proto::admin::{
     ApplyRequest, ApplyResponse, DeleteRequest, DiffRequest, GetRequest, HistoryRequest, Kind, ListNodesRequest,
-    ListRequest, PutRequest, Resource, RollbackRequest, ValidateRequest,
+    ListRequest, PutRequest, Resource, RollbackRequest, ValidateRequest, ValidateResponse,
 };
 use vane_proto::config::Config;
+use vane_proto::prost::Message;
+use vane_proto::text::escape_controls;
 use vane_proto::{Format, load};
 
 use crate::Output;
 use crate::output;
 
-/// Largest message the CLI sends or accepts, as the control plane.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Largest message the CLI accepts, and sends (a config past the control plane's limit
+/// is refused here, before it is sent), as the control plane.
+const MAX_MESSAGE_BYTES: usize = vane_control_plane::MAX_MESSAGE_BYTES;
+const MAX_REQUEST_BYTES: usize = vane_control_plane::MAX_REQUEST_BYTES;
 
 #[derive(Debug)]
 pub(crate) struct Admin {
@@ -26,15 +30,49 @@ pub(crate) struct Admin {
     tls: crate::tls::ClientTlsArgs,
 }
 
-/// Turns a gRPC error into one line a user can act on.
+/// Turns a gRPC error into one line a user can act on. A refused config is told from
+/// Vane's own detail in the status (see [`validation_detail`]), else from the message;
+/// control characters are escaped either way (the text may quote a config or a name).
 pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
+    let message = escape_controls(status.message()).into_owned();
     match status.code() {
-        tonic::Code::Unavailable => anyhow!("control plane unavailable: {}", status.message()),
+        tonic::Code::Unavailable => anyhow!("control plane unavailable: {message}"),
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-            anyhow!("not allowed: {} (check --token / VANE_TOKEN)", status.message())
+            anyhow!("not allowed: {message} (check --token / VANE_TOKEN)")
         }
-        _ => anyhow!("{}", status.message()),
+        tonic::Code::InvalidArgument => match validation_detail(&status) {
+            Some(detail) if !detail.errors.is_empty() => {
+                let mut line = format!("invalid config: {}", problems(&detail.errors));
+                if detail.more_errors > 0 {
+                    line.push_str(&format!(
+                        " (and {} more problems; vane validate lists them all)",
+                        detail.more_errors
+                    ));
+                }
+                anyhow!("{line}")
+            }
+            _ => anyhow!("{message}"),
+        },
+        _ => anyhow!("{message}"),
     }
+}
+
+/// Type URL of the `ValidateResponse` a refused config carries in its details.
+const VALIDATE_RESPONSE_TYPE_URL: &str = "type.googleapis.com/vane.admin.v1.ValidateResponse";
+
+/// Vane's own detail of a refused config: a `ValidateResponse` packed as an `Any` in the
+/// `google.rpc.Status` of `grpc-status-details-bin` (beside a standard `BadRequest`).
+fn validation_detail(status: &tonic::Status) -> Option<ValidateResponse> {
+    let rpc = tonic_types::pb::Status::decode(status.details()).ok()?;
+    let any = rpc.details.iter().find(|a| a.type_url == VALIDATE_RESPONSE_TYPE_URL)?;
+    ValidateResponse::decode(any.value.as_slice()).ok()
+}
+
+/// `route 'api': forward.clusters[0].name: unknown cluster 'nope'; ...`, escaped.
+fn problems(errors: &[vane_proto::config::ValidationError]) -> String {
+    let list: Vec<String> =
+        errors.iter().map(|e| format!("{} '{}': {}: {}", e.kind, e.name, e.field, e.message)).collect();
+    escape_controls(&list.join("; ")).into_owned()
 }
 
 /// How long the CLI waits for a connection to the control plane, and for an answer.
@@ -62,7 +100,7 @@ impl Admin {
             .map_err(|e| anyhow!("cannot reach control plane at {}: {}", self.server, source_chain(&e)))?;
         Ok(ConfigServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            .max_encoding_message_size(MAX_REQUEST_BYTES))
     }
 
     pub(crate) fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
@@ -75,9 +113,10 @@ impl Admin {
         Ok(request)
     }
 
-    pub(crate) async fn apply(&self, file: &Path, dry_run: bool, expected_version: u64) -> anyhow::Result<()> {
+    pub(crate) async fn apply(&self, file: &Path, flags: ApplyFlags) -> anyhow::Result<()> {
+        let ApplyFlags { dry_run, expected_version, allow_empty } = flags;
         let config = read_config(file)?;
-        let request = self.request(ApplyRequest { config: Some(config), dry_run, expected_version })?;
+        let request = self.request(ApplyRequest { config: Some(config), dry_run, expected_version, allow_empty })?;
         let response = self.client().await?.apply(request).await.map_err(status_error)?.into_inner();
         print_change(&response, dry_run);
         Ok(())
@@ -129,9 +168,7 @@ impl Admin {
             println!("valid");
             return Ok(());
         }
-        let errors: Vec<String> =
-            response.errors.iter().map(|e| format!("{} '{}': {}: {}", e.kind, e.name, e.field, e.message)).collect();
-        bail!("invalid config: {}", errors.join("; "))
+        bail!("invalid config: {}", problems(&response.errors))
     }
 
     pub(crate) async fn get(&self, kind: &str, name: Option<&str>, out: Output) -> anyhow::Result<()> {
@@ -171,13 +208,24 @@ impl Admin {
     }
 }
 
+/// How `vane apply` applies.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ApplyFlags {
+    pub(crate) dry_run: bool,
+    /// 0: any.
+    pub(crate) expected_version: u64,
+    /// Apply a config with no resources (removes everything).
+    pub(crate) allow_empty: bool,
+}
+
 fn print_change(response: &ApplyResponse, dry_run: bool) {
+    let summary = escape_controls(&response.summary);
     if response.unchanged {
         println!("unchanged: version {} already holds this config", response.version);
     } else if dry_run {
-        println!("dry run: valid; would change: {}", response.summary);
+        println!("dry run: valid; would change: {summary}");
     } else {
-        println!("applied version {}: {}", response.version, response.summary);
+        println!("applied version {}: {summary}", response.version);
     }
 }
 

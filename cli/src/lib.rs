@@ -70,6 +70,10 @@ enum Command {
         /// Refuse unless the latest version is this one.
         #[arg(long)]
         expected_version: Option<u64>,
+        /// Apply even a config with no resources (an empty or comment-only file), which
+        /// removes everything: every node closes its listeners.
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Check a config file against the control plane's validator.
     Validate {
@@ -193,8 +197,10 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Errors may quote a file, a name or a server's message: no control characters
+            // reach the terminal.
             let line = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {line}");
+            eprintln!("error: {}", vane_proto::text::escape_controls(&line));
             ExitCode::FAILURE
         }
     }
@@ -249,8 +255,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logs(cli.log_format);
             serve::proxy(args, cli.token, &cli.tls).await
         }
-        Command::Apply { file, dry_run, expected_version } => {
-            admin.apply(&file, dry_run, expected_version.unwrap_or(0)).await
+        Command::Apply { file, dry_run, expected_version, allow_empty } => {
+            let expected_version = expected_version.unwrap_or(0);
+            admin.apply(&file, client::ApplyFlags { dry_run, expected_version, allow_empty }).await
         }
         Command::Validate { file } => admin.validate(&file).await,
         Command::Get { kind, name, output } => admin.get(&kind, name.as_deref(), output).await,

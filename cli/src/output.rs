@@ -8,6 +8,11 @@ use crate::Output;
 
 /// Left-aligned columns separated by two spaces.
 pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    // Cells show config text: control characters are escaped, never sent to the terminal.
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| row.into_iter().map(|cell| vane_proto::text::escape_controls(&cell).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {

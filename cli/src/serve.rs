@@ -241,7 +241,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
         let mut client = ConfigServiceClient::connect(server.clone()).await?;
         let applied = client
-            .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0 })
+            .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0, allow_empty: false })
             .await
             .map_err(|s| anyhow!("applying the quickstart: {}", s.message()))?
             .into_inner();

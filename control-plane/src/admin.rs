@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use prost::Message;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 use tracing::{info, warn};
 use vane_proto::admin::{
     ApplyRequest, ApplyResponse, BackupRequest, DeleteRequest, DiffRequest, DiffResponse, GetRequest, GetResponse,
@@ -23,14 +23,23 @@ use vane_proto::{ValidationErrors, config_sha256, validate};
 
 use crate::auth::Role;
 use crate::diff::{self, kind_name};
+use crate::status;
 use crate::store::{NewVersion, StoreError};
 use crate::{Published, Shared, WriteOutcome};
 
 /// Failures of admin calls, each mapped to its gRPC code.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AdminError {
-    #[error("invalid config: {0}")]
-    Invalid(ValidationErrors),
+    /// `paths`: the field paths of the first errors (see `status::field_paths`).
+    #[error("invalid config: {errors}")]
+    Invalid { errors: ValidationErrors, paths: Vec<String> },
+    #[error(
+        "the config is empty: applying it would remove every resource and every node would close its listeners; \
+         set allow_empty (vane apply --allow-empty) to do that on purpose"
+    )]
+    Empty,
+    #[error("{kind} '{name}' is in use by {users}")]
+    InUse { kind: &'static str, name: String, users: String },
     #[error("expected version {expected} but the latest is {latest}")]
     Stale { expected: u64, latest: u64 },
     #[error("{kind} '{name}' not found")]
@@ -45,19 +54,35 @@ pub(crate) enum AdminError {
     Internal(String),
 }
 
+/// Every message is escaped and bounded, and a refused config carries a standard
+/// `google.rpc.Status` in its details (see `status`).
 impl From<AdminError> for Status {
     fn from(e: AdminError) -> Status {
-        let message = e.to_string();
-        match e {
-            AdminError::Invalid(errors) => {
-                let details = ValidateResponse { valid: false, errors: errors.to_proto() }.encode_to_vec();
-                Status::with_details(tonic::Code::InvalidArgument, message, details.into())
+        let code = match &e {
+            AdminError::Invalid { errors, paths } => return status::invalid_config(&errors.0, paths),
+            AdminError::Empty => {
+                let details = ErrorDetails::with_bad_request_violation("config", e.to_string());
+                return Status::with_error_details(
+                    Code::InvalidArgument,
+                    status::bounded_message(&e.to_string()),
+                    details,
+                );
             }
-            AdminError::Stale { .. } => Status::failed_precondition(message),
-            AdminError::NotFound { .. } | AdminError::NoVersion(_) => Status::not_found(message),
-            AdminError::BadRequest(_) => Status::invalid_argument(message),
-            AdminError::Store(_) | AdminError::Internal(_) => Status::internal(message),
-        }
+            AdminError::BadRequest(_) => Code::InvalidArgument,
+            AdminError::Stale { .. } | AdminError::InUse { .. } => Code::FailedPrecondition,
+            AdminError::NotFound { .. } | AdminError::NoVersion(_) => Code::NotFound,
+            AdminError::Store(_) | AdminError::Internal(_) => Code::Internal,
+        };
+        status::bounded(code, &e.to_string())
+    }
+}
+
+impl AdminError {
+    /// A refused config; `prefix` is the request field that carries `config` (see
+    /// `status::field_paths`).
+    fn invalid(errors: ValidationErrors, config: &Config, prefix: &str) -> AdminError {
+        let paths = status::field_paths(&errors.0, config, prefix);
+        AdminError::Invalid { errors, paths }
     }
 }
 
@@ -129,7 +154,7 @@ impl AdminService {
         restore_keys(&mut config, old)?;
         // Consumers' API keys are stored (and shown) as SHA-256 only.
         vane_proto::hash_api_keys(&mut config);
-        validate(&config).map_err(AdminError::Invalid)?;
+        validate(&config).map_err(|errors| AdminError::invalid(errors, &config, ""))?;
         let mut summary = diff::summary(&diff::changes(old, &config));
         if let Some(label) = label {
             summary = format!("{label}: {summary}");
@@ -214,18 +239,46 @@ fn redacted(mut config: Config) -> Config {
 /// Puts back the stored private keys that placeholders in `config` stand for.
 fn restore_keys(config: &mut Config, stored: &Config) -> Result<(), AdminError> {
     vane_proto::tls::restore_redacted(config, stored).map_err(|missing| {
-        AdminError::Invalid(vane_proto::ValidationErrors(
-            missing
-                .into_iter()
-                .map(|(name, message)| vane_proto::ConfigError {
-                    kind: "certificate",
-                    name,
-                    field: "private_key".into(),
-                    message,
-                })
-                .collect::<Vec<_>>(),
-        ))
+        let errors = missing
+            .into_iter()
+            .map(|(name, message)| vane_proto::ConfigError {
+                kind: "certificate",
+                name,
+                field: "private_key".into(),
+                message,
+            })
+            .collect::<Vec<_>>();
+        AdminError::invalid(vane_proto::ValidationErrors(errors), config, "")
     })
+}
+
+/// The resources that refer to the `kind` named `name`, from the errors of a config it
+/// was removed from (each reference check says `unknown KIND 'NAME'`), grouped by kind:
+/// `routes a, b, c and 2997 more; listener web`. Empty when none refers to it.
+fn users(errors: &ValidationErrors, kind: &str, name: &str) -> String {
+    let dangling = format!("unknown {kind} '{name}'");
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for e in errors.0.iter().filter(|e| e.message == dangling) {
+        match groups.iter_mut().find(|(k, _)| *k == e.kind) {
+            Some((_, names)) if names.last() == Some(&e.name.as_str()) => {}
+            Some((_, names)) => names.push(&e.name),
+            None => groups.push((e.kind, vec![&e.name])),
+        }
+    }
+    let shown = |(kind, mut names): (&str, Vec<&str>)| {
+        names.dedup();
+        let plural = match (names.len(), kind) {
+            (1, _) => kind.to_owned(),
+            (_, "policy") => "policies".to_owned(),
+            _ => format!("{kind}s"),
+        };
+        let mut text = format!("{plural} {}", names.iter().take(3).copied().collect::<Vec<_>>().join(", "));
+        if names.len() > 3 {
+            text.push_str(&format!(" and {} more", names.len() - 3));
+        }
+        text
+    };
+    groups.into_iter().map(shown).collect::<Vec<_>>().join("; ")
 }
 
 /// Replaces the resource of the same name, or appends it.
@@ -249,13 +302,18 @@ impl ConfigService for AdminService {
         let author = self.authorize(&request, Role::Write)?;
         let req = request.into_inner();
         let mut config = req.config.unwrap_or_default();
+        // An empty or comment-only file would close every node's listeners: only on purpose.
+        if config == Config::default() && !req.allow_empty {
+            self.shared.stats.write(WriteOutcome::Invalid, std::time::Duration::ZERO);
+            return Err(AdminError::Empty.into());
+        }
         // Refuse before queueing behind other writers.
         if let Some(latest) = self.latest() {
             restore_keys(&mut config, &latest.config)?;
         }
         if let Err(errors) = validate(&config) {
             self.shared.stats.write(WriteOutcome::Invalid, std::time::Duration::ZERO);
-            return Err(AdminError::Invalid(errors).into());
+            return Err(AdminError::invalid(errors, &config, "config").into());
         }
         let response =
             self.change(author, req.expected_version, req.dry_run, None, Box::new(move |_| Ok(config))).await?;
@@ -302,7 +360,18 @@ impl ConfigService for AdminService {
                 Kind::Consumer => remove(&mut config.consumers, &name, |c| &c.name),
                 Kind::Unspecified => false,
             };
-            if found { Ok(config) } else { Err(AdminError::NotFound { kind: kind_name(kind), name }) }
+            if !found {
+                return Err(AdminError::NotFound { kind: kind_name(kind), name });
+            }
+            // Refused while something refers to it: say what, rather than every dangling
+            // reference as an unknown name.
+            if let Err(errors) = validate(&config) {
+                let users = users(&errors, kind_name(kind), &name);
+                if !users.is_empty() {
+                    return Err(AdminError::InUse { kind: kind_name(kind), name, users });
+                }
+            }
+            Ok(config)
         });
         Ok(Response::new(self.change(author, req.expected_version, req.dry_run, None, derive).await?))
     }
@@ -328,8 +397,8 @@ impl ConfigService for AdminService {
             restore_keys(&mut config, &latest.config)?;
         }
         let response = match validate(&config) {
-            Ok(()) => ValidateResponse { valid: true, errors: vec![] },
-            Err(errors) => ValidateResponse { valid: false, errors: errors.to_proto() },
+            Ok(()) => ValidateResponse { valid: true, errors: vec![], more_errors: 0 },
+            Err(errors) => ValidateResponse { valid: false, errors: errors.to_proto(), more_errors: 0 },
         };
         Ok(Response::new(response))
     }

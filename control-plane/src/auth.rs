@@ -118,15 +118,17 @@ impl Tokens {
 
     /// The token's name when `request` carries a token allowed to do `need`.
     pub(crate) fn authorize<T>(&self, request: &tonic::Request<T>, need: Role) -> Result<String, Status> {
+        self.check(request.metadata().get("authorization").map(|v| v.as_bytes()), need)
+    }
+
+    /// The token's name when `authorization` (the header's value) holds a token allowed to
+    /// do `need`. The gate (see `gate`) calls this before a request body is read.
+    pub(crate) fn check(&self, authorization: Option<&[u8]>, need: Role) -> Result<String, Status> {
         if self.is_open() {
             return Ok("anonymous".into());
         }
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
-        let token = header
-            .to_str()
+        let header = authorization.ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
+        let token = std::str::from_utf8(header)
             .ok()
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer TOKEN`"))?;

@@ -80,29 +80,67 @@ pub(crate) fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-/// `+route api, ~cluster echo, -listener old`, or `no resource changes`.
+/// The plural users read for a kind.
+fn kind_plural(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Unspecified => "resources",
+        Kind::Listener => "listeners",
+        Kind::Route => "routes",
+        Kind::Cluster => "clusters",
+        Kind::Certificate => "certificates",
+        Kind::Policy => "policies",
+        Kind::Consumer => "consumers",
+    }
+}
+
+/// How many changes of one kind a summary names one by one; past that, it counts them
+/// per operation and names the first few (`+100000 routes (r0, r1, r10, ...)`).
+const NAMED_PER_KIND: usize = 5;
+/// How many names a counted group shows.
+const NAMED_PER_GROUP: usize = 3;
+
+/// `+route api, ~cluster echo, -listener old`, or `no resource changes`. Bounded: a
+/// 100k-route apply says `+100000 routes (r0, r1, r10, ...)`, not 1.4 MB of names (the
+/// summary is printed, logged and kept with the version for `vane history`).
 pub(crate) fn summary(changes: &[ResourceChange]) -> String {
     if changes.is_empty() {
         return "no resource changes".into();
     }
-    changes
-        .iter()
-        .map(|c| {
-            let op = match Op::try_from(c.op) {
-                Ok(Op::Added) => '+',
-                Ok(Op::Removed) => '-',
-                _ => '~',
-            };
-            format!("{op}{} {}", kind_name(Kind::try_from(c.kind).unwrap_or(Kind::Unspecified)), c.name)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    let op_of = |c: &ResourceChange| Op::try_from(c.op).unwrap_or(Op::Changed);
+    let sign = |op: Op| match op {
+        Op::Added => '+',
+        Op::Removed => '-',
+        _ => '~',
+    };
+    let mut parts = Vec::new();
+    // `changes` comes grouped by kind (see `changes`).
+    for group in changes.chunk_by(|a, b| a.kind == b.kind) {
+        let kind = Kind::try_from(group[0].kind).unwrap_or(Kind::Unspecified);
+        if group.len() <= NAMED_PER_KIND {
+            parts.extend(group.iter().map(|c| format!("{}{} {}", sign(op_of(c)), kind_name(kind), c.name)));
+            continue;
+        }
+        for op in [Op::Added, Op::Changed, Op::Removed] {
+            let names: Vec<&str> = group.iter().filter(|c| op_of(c) == op).map(|c| c.name.as_str()).collect();
+            match names.len() {
+                0 => {}
+                n if n <= NAMED_PER_GROUP => {
+                    parts.extend(names.iter().map(|name| format!("{}{} {name}", sign(op), kind_name(kind))));
+                }
+                n => {
+                    let first = names[..NAMED_PER_GROUP].join(", ");
+                    parts.push(format!("{}{n} {} ({first}, ...)", sign(op), kind_plural(kind)));
+                }
+            }
+        }
+    }
+    parts.join(", ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vane_proto::config::{Cluster, Listener};
+    use vane_proto::config::{Cluster, Listener, Route};
 
     #[test]
     fn summary_lists_added_changed_removed() {
@@ -119,5 +157,20 @@ mod tests {
         assert!(changes[0].before.is_some() && changes[0].after.is_some());
         assert!(changes[1].after.is_none());
         assert_eq!(summary(&super::changes(&old, &old)), "no resource changes");
+    }
+
+    #[test]
+    fn summary_of_a_big_change_counts_per_kind_and_names_a_few() {
+        let route = |i: usize| Route { name: format!("api-{i:06}"), ..Default::default() };
+        let old = Config { routes: (0..10).map(route).collect(), ..Default::default() };
+        let mut new = Config { routes: (5..100_005).map(route).collect(), ..Default::default() };
+        new.routes[0].listeners = vec!["web".into()];
+        new.listeners = vec![Listener { name: "web".into(), ..Default::default() }];
+        let text = summary(&changes(&old, &new));
+        assert_eq!(
+            text,
+            "+listener web, +99995 routes (api-000010, api-000011, api-000012, ...), ~route api-000005, \
+             -5 routes (api-000000, api-000001, api-000002, ...)"
+        );
     }
 }

@@ -13,7 +13,9 @@ mod backup;
 mod diff;
 mod discovery;
 mod fleet;
+mod gate;
 mod seal;
+mod status;
 mod store;
 
 use std::fmt::Write as _;
@@ -34,8 +36,15 @@ pub use auth::{AuthError, Role, Tokens, generate_token, hash_token};
 pub use backup::{BACKUP_MAGIC, RestoreError, Restored, restore, write_backup_entry, write_backup_header};
 pub use store::{NewVersion, SledStore, Store, StoreError};
 
-/// Largest gRPC message either service accepts or sends: a config of ~100k routes.
+/// Largest gRPC message either service sends.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Largest gRPC message either service accepts. A config of 100k routes encodes to 3.1 MB
+/// (prefix and one cluster each) or 22.4 MB (hosts, methods, a header, two weighted
+/// clusters, timeout and retry each): 64 MiB leaves room for more and bounds what a
+/// token holder can make the control plane buffer (callers without a token are refused
+/// before any of the body is read; see `gate`).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 /// How a control plane is set up. [`ControlPlaneConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
@@ -249,14 +258,19 @@ impl ControlPlane {
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<ConfigServiceServer<admin::AdminService>>().await;
         reporter.set_serving::<DiscoveryServiceServer<discovery::DiscoveryServer>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(vane_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Reflection in both versions: grpcurl and grpc-go speak v1, many client libraries
+        // (and older tools) still ask for v1alpha only.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(vane_proto::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let reflection = reflection().build_v1()?;
         let admin = ConfigServiceServer::new(admin::AdminService::new(self.shared.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let discovery = DiscoveryServiceServer::new(discovery::DiscoveryServer::new(self.shared.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let shared = self.shared.clone();
         let shutdown = async move {
@@ -272,8 +286,10 @@ impl ControlPlane {
             server = server.tls_config(tls)?;
         }
         server
+            .layer(gate::Gate::new(self.shared.tokens.clone()))
             .add_service(health)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(admin)
             .add_service(discovery)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

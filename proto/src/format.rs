@@ -60,10 +60,19 @@ pub fn load(text: &str, format: Format) -> Result<Config, LoadError> {
     if text.trim().is_empty() {
         return Ok(Config::default());
     }
-    match format {
-        Format::Yaml => serde_norway::from_str(text).map_err(|e| LoadError::new(format, e.to_string())),
-        Format::Json => serde_json::from_str(text).map_err(|e| LoadError::new(format, e.to_string())),
-    }
+    let result = match format {
+        Format::Yaml => serde_norway::from_str(text).map_err(|e| e.to_string()),
+        Format::Json => serde_json::from_str(text).map_err(|e| e.to_string()),
+    };
+    result.map_err(|raw| {
+        // An integer that does not fit its field: serde's own text names no field.
+        if raw.contains("did not match any variant of untagged enum") {
+            let reason = crate::format_numbers::find(text, format)
+                .unwrap_or_else(|| "a number field holds something else, or a number out of its range".into());
+            return LoadError::new(format, reason);
+        }
+        LoadError::new(format, raw)
+    })
 }
 
 /// Prints a config in the given format, proto field names, defaults left out.
@@ -147,6 +156,16 @@ routes:
         let err =
             load("routes:\n  - name: r\n    match: { prefix: /a, exact: /b }\n", Format::Yaml).unwrap_err().to_string();
         assert!(err.contains("both `prefix` and `exact`"), "{err}");
+    }
+
+    #[test]
+    fn an_out_of_range_integer_names_its_field_and_range() {
+        let text = "clusters:\n  - name: c\n    endpoints:\n      - address: 127.0.0.1:1\n        weight: 4294967297\n";
+        let err = load(text, Format::Yaml).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid yaml: clusters[0].endpoints[0].weight: 4294967297 is out of range for a 32-bit unsigned integer (0 to 4294967295)"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! planes link this crate, so a config one accepts the other accepts.
 
 mod format;
+mod format_numbers;
 pub mod prom;
+pub mod text;
 pub mod tls;
 mod validate;
 mod validate_policy;

@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::config::{self, Config, cluster::LbPolicy, listener::Protocol, route, route_match};
+use crate::text::{escape_controls, truncate};
 
 /// The longest name a resource may have.
 const MAX_NAME_LEN: usize = 128;
@@ -15,6 +16,9 @@ const MAX_NAME_LEN: usize = 128;
 pub(crate) const MAX_WEIGHT: u32 = 1000;
 /// Longest allowed timeout of any kind.
 const MAX_TIMEOUT_SECS: i64 = 3600;
+/// How much of a field path and of a reason an error shows (they may quote config text).
+const MAX_SHOWN_FIELD: usize = 256;
+const MAX_SHOWN_MESSAGE: usize = 512;
 
 /// One problem in a config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -530,8 +534,17 @@ pub(crate) struct Validator {
 }
 
 impl Validator {
+    /// Records a problem. Names, field paths and messages echo config text: control
+    /// characters are escaped and lengths bounded, so an error is safe to print and the
+    /// list of them stays small enough for a gRPC status.
     pub(crate) fn err(&mut self, kind: &'static str, name: &str, field: &str, message: String) {
-        self.errors.push(ConfigError { kind, name: name.to_owned(), field: field.to_owned(), message });
+        let shown = |text: &str, max: usize| truncate(&escape_controls(text), max).into_owned();
+        self.errors.push(ConfigError {
+            kind,
+            name: shown(name, MAX_NAME_LEN + 3),
+            field: shown(field, MAX_SHOWN_FIELD),
+            message: shown(&message, MAX_SHOWN_MESSAGE),
+        });
     }
 
     /// Checks the names of one kind; returns the set of valid ones for reference checks.
@@ -641,6 +654,12 @@ pub(crate) mod tests {
     fn duplicate_names_are_refused() {
         let errs = errors(&format!("{BASE}  - name: c\n    endpoints: [{{address: '127.0.0.1:9002'}}]\n"));
         assert_eq!(errs, vec!["cluster 'c': name: duplicate cluster name"]);
+    }
+
+    #[test]
+    fn control_characters_in_names_are_refused_and_shown_escaped() {
+        let errs = errors(&format!("{BASE}  - name: \"x\\e[31my\"\n    endpoints: [{{address: '127.0.0.1:9002'}}]\n"));
+        assert_eq!(errs, vec!["cluster 'x\\u{1b}[31my': name: may hold only letters, digits, '-', '_' and '.'"]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! End-to-end tests: real sockets, real gRPC, the real `vane` binary for user commands.
 //! One test binary, one module per concern, sharing `vane_suite` (tests/support).
 
+mod admin_api;
 mod apply_and_serve;
 mod control_plane;
 mod fleet;

@@ -108,7 +108,7 @@ impl TestControlPlane {
         let config = load(yaml, Format::Yaml).expect("test yaml loads");
         let mut client = ConfigServiceClient::connect(self.url()).await.expect("admin client connects");
         client
-            .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0 })
+            .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0, allow_empty: false })
             .await
             .map(tonic::Response::into_inner)
     }
