@@ -118,14 +118,14 @@ impl Admin {
         let config = read_config(file)?;
         let request = self.request(ApplyRequest { config: Some(config), dry_run, expected_version, allow_empty })?;
         let response = self.client().await?.apply(request).await.map_err(status_error)?.into_inner();
-        print_change(&response, dry_run);
+        print_change(&response, dry_run)?;
         Ok(())
     }
 
     pub(crate) async fn put(&self, resource: Resource, dry_run: bool) -> anyhow::Result<()> {
         let request = self.request(PutRequest { resource: Some(resource), expected_version: 0, dry_run })?;
         let response = self.client().await?.put(request).await.map_err(status_error)?.into_inner();
-        print_change(&response, dry_run);
+        print_change(&response, dry_run)?;
         Ok(())
     }
 
@@ -141,14 +141,14 @@ impl Admin {
         let request =
             self.request(DeleteRequest { kind: kind as i32, name: name.to_owned(), expected_version: 0, dry_run })?;
         let response = self.client().await?.delete(request).await.map_err(status_error)?.into_inner();
-        print_change(&response, dry_run);
+        print_change(&response, dry_run)?;
         Ok(())
     }
 
     pub(crate) async fn rollback(&self, version: u64, dry_run: bool, expected_version: u64) -> anyhow::Result<()> {
         let request = self.request(RollbackRequest { version, expected_version, dry_run })?;
         let response = self.client().await?.rollback(request).await.map_err(status_error)?.into_inner();
-        print_change(&response, dry_run);
+        print_change(&response, dry_run)?;
         Ok(())
     }
 
@@ -156,7 +156,7 @@ impl Admin {
         let config = read_config(file)?;
         let request = self.request(DiffRequest { config: Some(config) })?;
         let response = self.client().await?.diff(request).await.map_err(status_error)?.into_inner();
-        print!("{}", output::diff(&response, out));
+        out!("{}", output::diff(&response, out))?;
         Ok(())
     }
 
@@ -165,7 +165,7 @@ impl Admin {
         let request = self.request(ValidateRequest { config: Some(config) })?;
         let response = self.client().await?.validate(request).await.map_err(status_error)?.into_inner();
         if response.valid {
-            println!("valid");
+            outln!("valid")?;
             return Ok(());
         }
         bail!("invalid config: {}", problems(&response.errors))
@@ -189,21 +189,21 @@ impl Admin {
                 (r.version, r.config.unwrap_or_default())
             }
         };
-        print!("{}", output::config(&config, kind, version, out));
+        out!("{}", output::config(&config, kind, version, out))?;
         Ok(())
     }
 
     pub(crate) async fn nodes(&self, out: Output) -> anyhow::Result<()> {
         let request = self.request(ListNodesRequest {})?;
         let response = self.client().await?.list_nodes(request).await.map_err(status_error)?.into_inner();
-        print!("{}", output::nodes(&response, out));
+        out!("{}", output::nodes(&response, out))?;
         Ok(())
     }
 
     pub(crate) async fn history(&self, out: Output) -> anyhow::Result<()> {
         let request = self.request(HistoryRequest { limit: 0 })?;
         let response = self.client().await?.history(request).await.map_err(status_error)?.into_inner();
-        print!("{}", output::history(&response, out));
+        out!("{}", output::history(&response, out))?;
         Ok(())
     }
 }
@@ -218,15 +218,16 @@ pub(crate) struct ApplyFlags {
     pub(crate) allow_empty: bool,
 }
 
-fn print_change(response: &ApplyResponse, dry_run: bool) {
+fn print_change(response: &ApplyResponse, dry_run: bool) -> std::io::Result<()> {
     let summary = escape_controls(&response.summary);
     if response.unchanged {
-        println!("unchanged: version {} already holds this config", response.version);
+        outln!("unchanged: version {} already holds this config", response.version)?;
     } else if dry_run {
-        println!("dry run: valid; would change: {summary}");
+        outln!("dry run: valid; would change: {summary}")?;
     } else {
-        println!("applied version {}: {summary}", response.version);
+        outln!("applied version {}: {summary}", response.version)?;
     }
+    Ok(())
 }
 
 /// Reads a YAML or JSON config file (`-`: standard input, YAML).

@@ -398,8 +398,8 @@ pub(crate) fn token(command: TokenCommand) -> anyhow::Result<()> {
         TokenRole::Node => "node",
     };
     let token = vane_control_plane::generate_token();
-    println!("{token}");
-    println!("{name} {role} {}", vane_control_plane::hash_token(&token));
+    outln!("{token}")?;
+    outln!("{name} {role} {}", vane_control_plane::hash_token(&token))?;
     eprintln!("line 1 is the token: give it to its user, it is shown only now.");
     eprintln!("line 2 goes into the --admin-token-file of the control plane.");
     Ok(())

@@ -3,6 +3,17 @@
 //! they read a file, call the admin gRPC API, print the answer.
 #![allow(clippy::print_stdout)]
 
+/// `print!` that returns an error instead of panicking when stdout is gone: a reader that
+/// stopped early (`vane history | head -1`) ends the command quietly (see [`main`]).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!`, as [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod client;
 pub mod demo;
 mod edit;
@@ -184,6 +195,21 @@ pub fn node_main() -> ExitCode {
     }
 }
 
+/// Writes to stdout and flushes.
+fn write_stdout(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(args)?;
+    stdout.flush()
+}
+
+/// Whether `e` is stdout's reader having gone away, which is no failure of the command.
+fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Parses arguments, runs the command, prints a one-line error on failure.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -196,6 +222,8 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `vane history | head -1`: the reader has what it wanted, as with other CLIs.
+        Err(e) if is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // Errors may quote a file, a name or a server's message: no control characters
             // reach the terminal.

@@ -48,7 +48,7 @@ pub(crate) async fn run(admin: &Admin, command: StoreCommand) -> anyhow::Result<
             if let Some(aside) = done.kept_aside {
                 line.push_str(&format!("; the previous data dir is kept at {}", aside.display()));
             }
-            println!("{line}");
+            outln!("{line}")?;
             Ok(())
         }
     }

@@ -135,11 +135,11 @@ pub(crate) async fn top(args: TopArgs) -> anyhow::Result<()> {
         at = Instant::now();
         let text = screen(&before, &after, secs);
         if args.once {
-            print!("{text}");
+            out!("{text}")?;
             return Ok(());
         }
         // Clear the terminal and draw from the top left.
-        print!("\x1b[2J\x1b[H{} node(s), every {:?} (Ctrl-C to quit)\n\n{text}", args.nodes.len(), args.interval);
+        out!("\x1b[2J\x1b[H{} node(s), every {:?} (Ctrl-C to quit)\n\n{text}", args.nodes.len(), args.interval)?;
         before = after;
     }
 }

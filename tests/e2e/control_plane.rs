@@ -453,3 +453,30 @@ async fn stock_grpc_health_and_reflection_answer_on_the_control_plane_port() {
     assert!(names.contains(&"vane.admin.v1.ConfigService".to_owned()), "{names:?}");
     assert!(names.contains(&"vane.discovery.v1.DiscoveryService".to_owned()), "{names:?}");
 }
+
+#[tokio::test]
+async fn a_reader_that_stops_early_ends_the_cli_quietly() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let echo = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    for i in 0..3 {
+        cp.apply(&config_yaml(&[("echo", &[echo.addr()])], &[("api", &format!("/v{i}"), "echo")])).await.unwrap();
+    }
+    for args in [&["history"][..], &["get", "all", "-o", "yaml"], &["nodes"]] {
+        // `vane history | head -0`: the pipe's reader is gone before the first write.
+        let mut child = tokio::process::Command::new(vane_bin())
+            .args(args)
+            .env("VANE_SERVER", cp.url())
+            .env_remove("VANE_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(stderr.is_empty(), "{args:?}: nothing on stderr, no panic: {stderr}");
+    }
+}
