@@ -67,7 +67,13 @@ pub fn load(text: &str, format: Format) -> Result<Config, LoadError> {
     result.map_err(|raw| {
         // An integer that does not fit its field: serde's own text names no field.
         if raw.contains("did not match any variant of untagged enum") {
-            let reason = crate::format_numbers::find(text, format)
+            let value: Option<serde_json::Value> = match format {
+                Format::Yaml => serde_norway::from_str(text).ok(),
+                Format::Json => serde_json::from_str(text).ok(),
+            };
+            let reason = value
+                .as_ref()
+                .and_then(crate::format_numbers::find)
                 .unwrap_or_else(|| "a number field holds something else, or a number out of its range".into());
             return LoadError::new(format, reason);
         }

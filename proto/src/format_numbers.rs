@@ -13,17 +13,12 @@ use pbjson_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorSet};
 use prost::Message;
 use serde_json::Value;
 
-use crate::format::Format;
-
-/// `PATH: VALUE is ...` for the first integer field whose value does not fit, if any.
-pub(crate) fn find(text: &str, format: Format) -> Option<String> {
-    let value: Value = match format {
-        Format::Yaml => serde_norway::from_str(text).ok()?,
-        Format::Json => serde_json::from_str(text).ok()?,
-    };
+/// `PATH: VALUE is ...` for the first integer field whose value does not fit, if any, in
+/// a config file read as a plain JSON value.
+pub(crate) fn find(value: &Value) -> Option<String> {
     let set = FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET).ok()?;
     let schema = Schema { set: &set };
-    schema.walk(schema.message(".vane.config.v1.Config")?, &value, "")
+    schema.walk(schema.message(".vane.config.v1.Config")?, value, "")
 }
 
 struct Schema<'a> {
@@ -120,26 +115,34 @@ fn kind_of(value: &Value) -> &'static str {
 mod tests {
     use super::*;
 
+    fn yaml(text: &str) -> Option<String> {
+        find(&serde_norway::from_str(text).unwrap())
+    }
+
     #[test]
     fn an_out_of_range_weight_is_named_with_its_path_and_range() {
-        let yaml = "clusters:\n  - name: c\n    endpoints:\n      - address: 127.0.0.1:1\n      - address: 127.0.0.1:2\n        weight: 4294967297\n";
+        let text = "clusters:\n  - name: c\n    endpoints:\n      - address: 127.0.0.1:1\n      - address: 127.0.0.1:2\n        weight: 4294967297\n";
         assert_eq!(
-            find(yaml, Format::Yaml).unwrap(),
+            yaml(text).unwrap(),
             "clusters[0].endpoints[1].weight: 4294967297 is out of range for a 32-bit unsigned integer (0 to 4294967295)"
         );
         let json = r#"{"clusters":[{"name":"c","endpoints":[{"address":"127.0.0.1:1","weight":-1}]}]}"#;
-        assert!(find(json, Format::Json).unwrap().starts_with("clusters[0].endpoints[0].weight: -1 is out of range"));
+        assert!(
+            find(&serde_json::from_str(json).unwrap())
+                .unwrap()
+                .starts_with("clusters[0].endpoints[0].weight: -1 is out of range")
+        );
     }
 
     #[test]
     fn fractions_and_wrong_types_are_named_too() {
-        let yaml = "routes:\n  - name: r\n    forward: { retry: { num_retries: 1.5 } }\n";
+        let text = "routes:\n  - name: r\n    forward: { retry: { num_retries: 1.5 } }\n";
         assert_eq!(
-            find(yaml, Format::Yaml).unwrap(),
+            yaml(text).unwrap(),
             "routes[0].forward.retry.num_retries: 1.5 is not a whole number (a 32-bit unsigned integer is expected)"
         );
-        let yaml = "clusters:\n  - name: c\n    endpoints: [{ address: '127.0.0.1:1', weight: [1] }]\n";
-        assert!(find(yaml, Format::Yaml).unwrap().ends_with("expected a 32-bit unsigned integer, found a list"));
-        assert_eq!(find("clusters:\n  - name: c\n", Format::Yaml), None);
+        let text = "clusters:\n  - name: c\n    endpoints: [{ address: '127.0.0.1:1', weight: [1] }]\n";
+        assert!(yaml(text).unwrap().ends_with("expected a 32-bit unsigned integer, found a list"));
+        assert_eq!(yaml("clusters:\n  - name: c\n"), None);
     }
 }

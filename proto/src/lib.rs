@@ -12,8 +12,6 @@ pub mod prom;
 pub mod text;
 pub mod tls;
 mod validate;
-mod validate_policy;
-mod validate_tls;
 
 /// Generated code of the `.proto` files, one module per package.
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
@@ -50,8 +48,7 @@ pub use generated::vane::store::v1 as store;
 pub use generated::vane::{admin::v1 as admin, config::v1 as config, discovery::v1 as discovery};
 
 pub use format::{Format, LoadError, config_sha256, load, render};
-pub use validate::{ConfigError, ValidationErrors, full_match_regex, template_params, validate};
-pub use validate_policy::hash_api_keys;
+pub use validate::{ConfigError, ValidationErrors, full_match_regex, hash_api_keys, template_params, validate};
 
 /// The encoded `FileDescriptorSet` of every Vane proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vane_descriptor.bin"));

@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
+use super::check::{Validator, display_name, is_header_name};
 use crate::config::{Config, Consumer, Policy, api_key};
-use crate::validate::{Validator, display_name, is_header_name};
 
 /// Replaces every consumer API key given in clear by its SHA-256 (what the control plane
 /// stores and shows).

@@ -2,9 +2,9 @@
 //! client-name route matches. Inline PEM is checked fully here (both planes); files are
 //! only known to the node, which checks them when it compiles a snapshot.
 
+use super::check::{Validator, display_name, host_pattern};
 use crate::config::{ClientAuth, Config, DataSource, client_auth, data_source::Specifier, listener::Protocol};
 use crate::tls;
-use crate::validate::{Validator, display_name, host_pattern};
 
 pub(crate) fn check(config: &Config, v: &mut Validator) {
     let certificates = v.names("certificate", config.certificates.iter().map(|c| c.name.as_str()));
