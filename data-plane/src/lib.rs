@@ -10,7 +10,9 @@
 mod accesslog;
 mod actions;
 mod admin;
+mod admission;
 mod balancer;
+mod body;
 mod cache;
 mod cluster;
 mod discovery;

@@ -23,6 +23,8 @@ pub(crate) use vane_proto::prom::{Histogram, escape, header, single};
 const STATUS_SLOTS: usize = 500;
 /// Methods counted by name; anything else is `OTHER`.
 const METHODS: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER"];
+/// Index of `OTHER` in [`METHODS`].
+pub(crate) const METHOD_OTHER: usize = METHODS.len() - 1;
 /// Index of a method in [`METHODS`].
 pub(crate) fn method_index(method: &http::Method) -> usize {
     METHODS[..METHODS.len() - 1].iter().position(|m| *m == method.as_str()).unwrap_or(METHODS.len() - 1)

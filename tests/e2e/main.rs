@@ -8,6 +8,7 @@ mod gateway;
 mod hardening;
 mod https;
 mod observability;
+mod parsing;
 mod proxy_http;
 mod restart;
 mod tls;
