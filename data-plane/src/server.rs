@@ -250,7 +250,7 @@ impl Serve<'_> {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let conn = self.conn;
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(conn.clone()));
         let tracker = activity.clone();
         // A chunked body read ahead has the header deadline, as an inline body has.
         let body_timeout = self.header_timeout;
@@ -298,11 +298,18 @@ struct Activity {
     /// Milliseconds from `base` to the end of the last request (or the hand-off).
     last_end_ms: AtomicU64,
     base: tokio::time::Instant,
+    /// Where a request cancelled before its answer is counted.
+    conn: proxy::Connection,
 }
 
 impl Activity {
-    fn new() -> Activity {
-        Activity { in_flight: AtomicUsize::new(0), last_end_ms: AtomicU64::new(0), base: tokio::time::Instant::now() }
+    fn new(conn: proxy::Connection) -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+            base: tokio::time::Instant::now(),
+            conn,
+        }
     }
 
     /// How long the connection has had no request in progress; `None` while one is.
@@ -337,7 +344,18 @@ impl Drop for InFlight {
 /// A request's answer, whose body keeps the request counted as in progress.
 struct Guarded<F> {
     answer: Pin<Box<F>>,
+    /// Handed to the answer's body; still here when hyper drops the request unanswered.
     guard: Option<InFlight>,
+}
+
+impl<F> Drop for Guarded<F> {
+    fn drop(&mut self) {
+        // hyper drops a request's future before its answer when the client reset its
+        // HTTP/2 stream, or closed the connection.
+        if let Some(guard) = &self.guard {
+            guard.0.conn.count_cancelled();
+        }
+    }
 }
 
 impl<F, B> std::future::Future for Guarded<F>

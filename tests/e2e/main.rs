@@ -2,6 +2,7 @@
 //! One test binary, one module per concern, sharing `vane_suite` (tests/support).
 
 mod apply_and_serve;
+mod cancellation;
 mod control_plane;
 mod fleet;
 mod gateway;
