@@ -45,7 +45,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -161,34 +161,6 @@ fn concat(mut frames: VecDeque<Frame<Bytes>>, size: usize) -> Bytes {
     whole.freeze()
 }
 
-/// What went wrong with a request body on its way upstream, shared by the body (which
-/// sees it) and the request (which answers for it).
-#[derive(Debug, Default)]
-pub(crate) struct BodyFault(AtomicU8);
-
-impl BodyFault {
-    const TOO_LARGE: u8 = 1;
-    const BROKEN: u8 = 2;
-
-    /// The body went past the route's `max_request_bytes`.
-    pub(crate) fn set_too_large(&self) {
-        self.0.store(Self::TOO_LARGE, Ordering::Relaxed);
-    }
-
-    /// The client's body failed (malformed, cut short): the client's fault.
-    pub(crate) fn set_broken(&self) {
-        let _ = self.0.compare_exchange(0, Self::BROKEN, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    pub(crate) fn too_large(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
-    }
-
-    pub(crate) fn broken(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::BROKEN
-    }
-}
-
 impl Connection {
     /// Answers a request hyper's server read: HTTP/2, or HTTP/1 on a connection handed
     /// over. `body_timeout` bounds reading a chunked body ahead.
@@ -296,17 +268,5 @@ mod tests {
         for (head, version, expected) in cases {
             assert_eq!(head_refusal(&request(head, version)), expected, "{head:?}");
         }
-    }
-
-    #[test]
-    fn body_faults_keep_the_first_cause() {
-        let fault = BodyFault::default();
-        assert!(!fault.broken() && !fault.too_large());
-        fault.set_too_large();
-        fault.set_broken();
-        assert!(fault.too_large() && !fault.broken(), "the limit's error is not the client's malformed body");
-        let fault = BodyFault::default();
-        fault.set_broken();
-        assert!(fault.broken());
     }
 }

@@ -1,5 +1,6 @@
 //! A body read by hyper (a streamed request body, or an upstream's answer), with the
-//! frames already taken off it, if any, in front.
+//! frames already taken off it, if any, in front; and what a request body that failed
+//! on its way upstream says of its failure ([`BodyFault`]).
 //!
 //! Why: a chunked request body is read ahead before its request goes upstream
 //! ([`crate::admission`]), so that a malformed one is refused before anything is sent.
@@ -10,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -71,5 +73,50 @@ impl Body for Streamed {
             sum.set_upper(upper.saturating_add(buffered));
         }
         sum
+    }
+}
+
+/// What went wrong with a request body on its way upstream, shared by the body (which
+/// sees it) and the request (which answers for it).
+#[derive(Debug, Default)]
+pub(crate) struct BodyFault(AtomicU8);
+
+impl BodyFault {
+    const TOO_LARGE: u8 = 1;
+    const BROKEN: u8 = 2;
+
+    /// The body went past the route's `max_request_bytes`.
+    pub(crate) fn set_too_large(&self) {
+        self.0.store(Self::TOO_LARGE, Ordering::Relaxed);
+    }
+
+    /// The client's body failed (malformed, cut short): the client's fault.
+    pub(crate) fn set_broken(&self) {
+        let _ = self.0.compare_exchange(0, Self::BROKEN, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub(crate) fn too_large(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
+    }
+
+    pub(crate) fn broken(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::BROKEN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_faults_keep_the_first_cause() {
+        let fault = BodyFault::default();
+        assert!(!fault.broken() && !fault.too_large());
+        fault.set_too_large();
+        fault.set_broken();
+        assert!(fault.too_large() && !fault.broken(), "the limit's error is not the client's malformed body");
+        let fault = BodyFault::default();
+        fault.set_broken();
+        assert!(fault.broken());
     }
 }

@@ -18,6 +18,7 @@ mod cluster;
 mod discovery;
 mod dns;
 mod h1;
+mod handoff;
 mod health;
 mod listeners;
 mod metrics;
