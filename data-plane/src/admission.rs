@@ -26,9 +26,9 @@
 //!   upstream whole with its length, a malformed one is a 400 with nothing forwarded,
 //!   one that does not arrive in time a 408. A larger one is forwarded as it arrives,
 //!   after the part read ahead; should it turn out malformed later, the answer is a 400
-//!   when the upstream has not answered yet (the proxy records the body's failure, see
-//!   [`BodyFault`]): the client's fault, never a 502 nor a passive-health failure of the
-//!   upstream.
+//!   when the upstream has not answered yet (the body records its failure in a
+//!   [`crate::body::BodyFault`]): the client's fault, never a 502 nor a passive-health
+//!   failure of the upstream.
 //!
 //! Refusals count in `vane_http_requests_total` under their listener with empty `route`
 //! and `cluster`, as requests no route took do, and close the connection.
@@ -62,20 +62,14 @@ use crate::proxy::{self, Connection, InnerBody, ProxyBody};
 /// Most of a chunked request body read before its request goes upstream.
 pub(crate) const READ_AHEAD: usize = 64 * 1024;
 
-/// Why a request is refused before routing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a request is refused before routing (what the answer's body says, see `text`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    #[error("more than one Host header")]
     DuplicateHost,
-    #[error("HTTP/1.1 request without a Host header")]
     MissingHost,
-    #[error("transfer coding other than one chunked")]
     TransferCoding,
-    #[error("both Transfer-Encoding and Content-Length")]
     FramedTwice,
-    #[error("malformed chunked body")]
     MalformedBody,
-    #[error("request body not received in time")]
     BodyTimeout,
 }
 
