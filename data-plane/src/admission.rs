@@ -6,15 +6,16 @@
 //! Why: a proxy that forwards what its peers refuse lets an upstream that reads the same
 //! bytes differently be told something Vane never checked (request smuggling), and the
 //! review of issue 15 sent the same bytes to Vane, nginx and HAProxy. The rules, from
-//! RFC 9112, as the peers apply them:
+//! RFC 9112, as nginx (1.22) applies them:
 //! - One `Host` line: HTTP/1.1 without one, or any request with two, is a 400 (§3.2, a
 //!   MUST; nginx does the same). HTTP/1.0 may go without.
 //! - `Transfer-Encoding` is one line, `chunked` alone. Two lines, `chunked` twice, or
-//!   another coding before it (`gzip, chunked`) are a 400. nginx answers 501 for codings
-//!   it does not know, HAProxy 400: 400 here, because a 5xx would put a client's malformed
-//!   request in the node's error rate (`vane top`'s 5xx share, alerts on 5xx).
+//!   another coding before it (`gzip, chunked`) are a 400. nginx answers 501 for a value
+//!   other than `chunked` (HAProxy 2.6: 400, or 422 for `gzip, chunked`): 400 here,
+//!   because a 5xx would put a client's malformed request in the node's error rate
+//!   (`vane top`'s 5xx share, alerts on 5xx).
 //! - `Transfer-Encoding` with `Content-Length` is a 400 (§6.3 lets a server refuse it;
-//!   both peers do). The inline server sees every line of the requests it parses, the
+//!   nginx does). The inline server sees every line of the requests it parses, the
 //!   first request of every connection included. hyper drops the `Content-Length` of
 //!   such a request before Vane sees it, so on a connection already handed to hyper
 //!   (after a large or chunked body, an upgrade or HTTP/1.0) it is framed by its chunks
