@@ -1,5 +1,5 @@
 //! Parsing differences with peers (review of issue 15, item 9): the same request bytes
-//! that nginx and HAProxy refuse get a 400 from Vane, whichever of its HTTP/1.1 servers
+//! that nginx refuses get a 400 from Vane, whichever of its HTTP/1.1 servers
 //! reads them (the inline one, or hyper's after a connection was handed over), nothing of
 //! them reaches the upstream, and they count as 4xx in the metrics, never as 5xx.
 
@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vane_suite::*;
 
-/// Requests nginx and HAProxy refuse with a 400 (nginx: a 501 for the unknown codings).
+/// Requests nginx 1.22 refuses, each with a 400 (or a 501 for a coding other than
+/// `chunked`), forwarding nothing.
 fn refused_by_peers() -> Vec<(&'static str, Vec<u8>)> {
     let cases: [(&str, &[u8]); 14] = [
         ("two Host lines", b"GET /a HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
