@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use vane_proto::config::{self, cluster::LbPolicy, cluster::UpstreamProtocol};
 
 use crate::balancer::{Balancer, PickContext, Picked};
+use crate::body::Streamed;
 use crate::duration_or;
 use crate::health::{Checker, EndpointHealth, Outlier};
 use crate::metrics::ClusterStats;
@@ -28,7 +29,7 @@ use crate::tls::{self, UpstreamTls};
 use http::header::HeaderValue;
 use http::{Request, Response, Uri};
 use http_body_util::Either;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper_rustls::HttpsConnector;
 
 /// Connect timeout when a cluster sets none.
@@ -37,7 +38,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A response body from an upstream: through hyper, or read inline from an HTTP/1.1 socket.
-pub(crate) type UpstreamResponseBody = Either<Incoming, crate::h1::ResponseBody>;
+pub(crate) type UpstreamResponseBody = Either<Streamed, crate::h1::ResponseBody>;
 
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, crate::proxy::UpstreamBody>;
 
@@ -244,14 +245,14 @@ impl Cluster {
     ) -> Result<(Response<UpstreamResponseBody>, Option<Lease>), SendError> {
         if let (Some(client), http::Version::HTTP_2) = (&self.client_h2, req.version()) {
             return match client.request(req).await {
-                Ok(response) => Ok((response.map(Either::Left), None)),
+                Ok(response) => Ok((response.map(|b| Either::Left(b.into())), None)),
                 Err(error) if error.is_connect() => Err(SendError::Connect(error.into())),
                 Err(error) => Err(SendError::Exchange(error.into())),
             };
         }
         *req.version_mut() = http::Version::HTTP_11;
         let (response, lease) = self.http1.send(index, req, now).await?;
-        Ok((response.map(Either::Left), Some(lease)))
+        Ok((response.map(|b| Either::Left(b.into())), Some(lease)))
     }
 
     /// Picks the endpoint for a request (`None`: a retry, any other endpoint). The

@@ -10,12 +10,15 @@
 mod accesslog;
 mod actions;
 mod admin;
+mod admission;
 mod balancer;
+mod body;
 mod cache;
 mod cluster;
 mod discovery;
 mod dns;
 mod h1;
+mod handoff;
 mod health;
 mod listeners;
 mod metrics;

@@ -24,9 +24,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use vane_proto::ConfigError;
 use vane_proto::config;
 
+use crate::handoff::stopped;
 use crate::metrics::ListenerStats;
 use crate::proxy;
-use crate::server::{Serve, stopped};
+use crate::server::Serve;
 use crate::tls::TlsInfo;
 use crate::{NodeShared, duration_or};
 

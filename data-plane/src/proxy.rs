@@ -28,6 +28,7 @@ use crate::accesslog::{Line, Sink};
 use crate::actions::RetryOn;
 use crate::actions::{PathRewrite, Vars};
 use crate::balancer::{PickContext, Picked};
+use crate::body::{BodyFault, Streamed};
 use crate::cluster::Cluster;
 use crate::metrics::{self, Outcome, RouteStats};
 use crate::policy;
@@ -38,7 +39,13 @@ use crate::tls::TlsInfo;
 /// A request body read by hyper, streamed upstream as received (unless a policy transform
 /// replaces it).
 pub(crate) fn streamed(body: Incoming) -> InnerBody {
-    Either::Left(Either::Left(body))
+    Either::Left(Either::Left(Streamed::new(body)))
+}
+
+/// A response that no metrics or access log line follow (those of a request refused
+/// before routing are recorded when refused).
+pub(crate) fn unrecorded(body: InnerBody) -> ProxyBody {
+    Finishing::new(body, None)
 }
 
 /// What an upstream answer or a local answer streams as.
@@ -197,19 +204,14 @@ fn to_https<B>(req: &Request<B>, port: u16) -> Response<InnerBody> {
     }
 }
 
-/// Requests refused before routing. The HTTP/1 server (`server`, or hyper's for what it
-/// hands over) has already answered malformed heads (400), oversized ones (431), bad or
-/// conflicting `Content-Length` and transfer codings other than a final `chunked` (400);
-/// a request with both `Content-Length` and `Transfer-Encoding` hyper frames by chunks
-/// alone and closes the connection after (RFC 9112 §6.3). Left here: CONNECT, and targets
-/// that are not paths. The connection is closed after the answer.
+/// Requests refused before routing. The HTTP/1 servers (`server`, or hyper's for what it
+/// hands over) have already answered malformed heads (400), oversized ones (431), bad or
+/// conflicting `Content-Length`, and [`crate::admission`] the framing rules (`Host`,
+/// `Transfer-Encoding`, malformed chunked bodies). Left here: CONNECT, and targets that
+/// are not paths. The connection is closed after the answer.
 fn refuse<B>(req: &Request<B>) -> Option<Response<InnerBody>> {
     let (status, why) = if req.method() == http::Method::CONNECT {
         (StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not served here\n")
-    } else if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        (StatusCode::BAD_REQUEST, "both Transfer-Encoding and Content-Length\n")
     } else if !(req.uri().path().starts_with('/') || req.method() == http::Method::OPTIONS && req.uri() == "*") {
         (StatusCode::BAD_REQUEST, "request target must be a path\n")
     } else {
@@ -348,20 +350,34 @@ impl Connection {
                     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                     return (stats, name, Some(cluster.name.clone()), response, None);
                 }
-                let tripped = (limit > 0).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+                // A body streamed from the client can fail on its way (malformed, cut short); one
+                // held in memory cannot. Bodiless requests and inline bodies allocate nothing.
+                let streamed = matches!(req.body(), Either::Left(_)) && !req.body().is_end_stream();
+                let fault = (limit > 0 || streamed).then(|| Arc::new(BodyFault::default()));
                 let req =
-                    req.map(|body| Counting { inner: Some(body), counter: bytes_in, limit, tripped: tripped.clone() });
+                    req.map(|body| Counting { inner: Some(body), counter: bytes_in, limit, fault: fault.clone() });
                 let edits = Edits {
                     host: host_rewrite.as_ref(),
                     downstream,
                     route,
                     params: &found.params,
                     client_ip: self.peer.ip(),
+                    body_fault: fault.as_deref(),
                 };
-                let (mut response, upstream) = forward(route, cluster, req, self, &edits, upgrade).await;
-                if tripped.is_some_and(|t| t.load(Ordering::Relaxed)) {
-                    response = local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                let (mut response, mut upstream) = forward(route, cluster, req, self, &edits, upgrade).await;
+                let refused = match fault.as_deref() {
+                    Some(f) if f.too_large() => Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")),
+                    // What the upstream said, if anything, answered a request it did not get whole.
+                    Some(f) if f.broken() => Some((StatusCode::BAD_REQUEST, "malformed request body\n")),
+                    _ => None,
+                };
+                if let Some((status, why)) = refused {
+                    response = local(status, why);
                     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    // Its connection carried a request cut short: not for another one.
+                    if let Some(upstream) = &mut upstream {
+                        upstream.lease = None;
+                    }
                 }
                 (stats, name, Some(cluster.name.clone()), response, upstream)
             }
@@ -467,6 +483,8 @@ struct Edits<'a> {
     route: &'a Route,
     params: &'a [(Box<str>, Box<str>)],
     client_ip: std::net::IpAddr,
+    /// Set by a streamed request body that failed: the client's fault, not the upstream's.
+    body_fault: Option<&'a BodyFault>,
 }
 
 /// The request side of an access log line, taken before the request is forwarded.
@@ -633,9 +651,10 @@ pub(crate) struct Counting<B> {
     inner: Option<B>,
     /// None for a body known to be empty.
     counter: Option<Arc<AtomicU64>>,
-    /// Most bytes allowed (0: any), and the flag set when a body went past it.
+    /// Most bytes allowed (0: any).
     limit: u64,
-    tripped: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Where the body says it went past the limit, or failed.
+    fault: Option<Arc<BodyFault>>,
 }
 
 /// The error a request body gets when it passes the route's limit.
@@ -646,7 +665,7 @@ pub(crate) struct TooLarge(u64);
 impl<B> Counting<B> {
     /// An empty body (a retry or mirror of a bodiless request).
     pub(crate) fn empty() -> Counting<B> {
-        Counting { inner: None, counter: None, limit: 0, tripped: None }
+        Counting { inner: None, counter: None, limit: 0, fault: None }
     }
 }
 
@@ -699,10 +718,13 @@ where
             }
         });
         if this.limit > 0 && total > this.limit {
-            if let Some(flag) = &this.tripped {
-                flag.store(true, Ordering::Relaxed);
+            if let Some(fault) = &this.fault {
+                fault.set_too_large();
             }
             return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
+        }
+        if let (Poll::Ready(Some(Err(_))), Some(fault)) = (&polled, &this.fault) {
+            fault.set_broken();
         }
         polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
     }
@@ -761,6 +783,7 @@ async fn forward(
     {
         mirror(shadow.clone(), &upstream, route.timeout);
     }
+    let client_broke = || edits.body_fault.is_some_and(BodyFault::broken);
     let started = Instant::now();
     let deadline = started + route.timeout;
     let _slot = match cluster.connection_slot(tokio::time::Instant::from_std(deadline)).await {
@@ -808,8 +831,9 @@ async fn forward(
             *upstream.version_mut() = Version::HTTP_11;
         }
         let result = tokio::time::timeout(per_try, cluster.send(picked.index, upstream, sent)).await;
-        // Passive health sees every try: 5xx, connect failures, resets and timeouts count.
-        let failed = !matches!(&result, Ok(Ok((r, _))) if !r.status().is_server_error());
+        // Passive health sees every try: 5xx, connect failures, resets and timeouts count;
+        // a failure of the client's own body does not.
+        let failed = !matches!(&result, Ok(Ok((r, _))) if !r.status().is_server_error()) && !client_broke();
         cluster.report(picked.index, failed);
         let cause = match &result {
             Ok(Ok((response, _))) => policy.and_then(|p| p.on_status(response.status())),
@@ -862,7 +886,9 @@ async fn forward(
         }
         Ok(Err(error)) => {
             let counter = if error.is_connect() { &cluster.stats.connect_failures } else { &cluster.stats.errors };
-            counter.fetch_add(1, Ordering::Relaxed);
+            if !client_broke() {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
             debug!(route = %route.name, cluster = %cluster.name, %error, "upstream failed");
             return (local(StatusCode::BAD_GATEWAY, "upstream unavailable\n"), info);
         }
@@ -1094,7 +1120,7 @@ fn request_id() -> HeaderValue {
     HeaderValue::from_maybe_shared(Bytes::from_owner(out)).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-fn local(status: StatusCode, body: &'static str) -> Response<InnerBody> {
+pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<InnerBody> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));

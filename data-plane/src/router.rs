@@ -405,6 +405,8 @@ pub(crate) struct Router {
     any: PathTable,
     /// Metrics of requests no route took (and requests refused before routing).
     pub(crate) unrouted: Arc<RouteStats>,
+    /// Requests whose client gave up before their answer (carried across swaps).
+    pub(crate) cancelled: Arc<std::sync::atomic::AtomicU64>,
     /// The listener's name, for logs and metrics.
     pub(crate) listener: Arc<str>,
     /// Where the listener's access log goes, when it has one.
@@ -444,6 +446,7 @@ impl Router {
             wildcards: FastMap::default(),
             any: PathTable::default(),
             unrouted,
+            cancelled: Arc::default(),
             listener,
             access_log,
             trusted_proxies: Box::new([]),

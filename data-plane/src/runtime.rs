@@ -91,6 +91,9 @@ impl Runtime {
                 router.https_redirect_port = u16::try_from(l.https_redirect_port).ok().filter(|p| *p != 0);
                 router.client_cert_header = tls.servers.get(&l.name).and_then(|t| t.forward_header.clone());
                 router.policies = policies.chain(&l.policies, &[]);
+                if http_listeners.contains(&l.name.as_str()) {
+                    router.cancelled = metrics.cancelled(&l.name);
+                }
                 Some((*slots.get(&l.name)?, router))
             })
             .collect();

@@ -17,7 +17,10 @@
 //! and for HTTP/2 (the prior-knowledge preface, or `h2` negotiated by TLS), the connection
 //! and the bytes read so far go to hyper's server for the rest of its life, so streamed
 //! request bodies, their framing errors, `100 Continue`, upgrades and HTTP/1.0 keep-alive
-//! rules stay hyper's.
+//! rules stay hyper's. Every line of a head is looked at before that choice: a head that
+//! breaks the framing rules of [`crate::admission`] (not exactly one `Host`, a transfer
+//! coding other than one `chunked`, `Transfer-Encoding` with `Content-Length`) gets its
+//! 400 here, whoever would have served it.
 //!
 //! Measured against hyper's server for the same requests (`benches/ab.sh`, BENCHMARKS.md):
 //! 69.0k -> 73.7k req/s at 50 connections, 14.4 -> 13.4 us of CPU per request, and node
@@ -26,7 +29,8 @@
 //! Limits: the head must arrive within the listener's header deadline (from the accept
 //! for the first request, from its first byte for later ones); a connection idle between
 //! requests is closed after the listener's idle timeout; heads over 64 KiB or 100 header
-//! lines get 431, malformed ones 400. The connection is closed after those, after a
+//! lines get 431, malformed ones 400 (counted in the metrics as requests no route took,
+//! method `OTHER`). The connection is closed after those, after a
 //! `Connection: close` and when the listener stops, with a lingering close. Response
 //! trailers are not sent over HTTP/1.1 (hyper's server does not send them either). A
 //! client that takes no bytes of an answer within the listener's `send_timeout` (60 s by
@@ -34,8 +38,6 @@
 
 use std::io::{IoSlice, Write as _};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -44,13 +46,14 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Body;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::{proxy, spare};
+use crate::handoff::{self, stopped};
+use crate::{admission, metrics, proxy, spare};
 
 /// Most header lines in one request.
 const MAX_HEADERS: usize = 100;
@@ -121,6 +124,8 @@ impl Serve<'_> {
                     Next::Request(req, close) => (req, close),
                     Next::Handoff => break,
                     Next::Refuse(status) => {
+                        // The head may not say which method: counted as `OTHER`.
+                        self.conn.count_refusal(status, metrics::METHOD_OTHER);
                         if bounded(self.send_timeout, refuse(&mut io, &mut out, status)).await.is_ok() {
                             linger(&mut io).await;
                         }
@@ -155,7 +160,8 @@ impl Serve<'_> {
                 }
             }
         }
-        self.handoff(io, buf.freeze()).await;
+        let timeouts = (self.header_timeout, self.idle_timeout);
+        handoff::serve(self.builder, self.conn, timeouts, self.stop, io, buf.freeze()).await;
     }
 
     /// Reads until a whole request head is buffered, and decides who serves it.
@@ -235,152 +241,6 @@ impl Serve<'_> {
             }
         }
     }
-
-    /// Gives the connection to hyper's server, replaying what was read but not served.
-    /// A connection with no request in progress for the idle timeout (HTTP/2 included,
-    /// where hyper has no such limit) is shut down gracefully.
-    async fn handoff<I>(mut self, io: I, read: Bytes)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let conn = self.conn;
-        let activity = Arc::new(Activity::new());
-        let tracker = activity.clone();
-        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            // Boxed: the request future is a few KB, and hyper moves the service future
-            // (per request into the connection, per stream into a spawned task).
-            let answer = Box::pin(conn.clone().handle(req.map(proxy::streamed)));
-            Guarded { answer, guard: Some(InFlight::new(tracker.clone())) }
-        });
-        let served = self.builder.serve_connection_with_upgrades(TokioIo::new(Rewind { read, io }), service);
-        tokio::pin!(served);
-        let idle = self.idle_timeout;
-        let mut check = tokio::time::Instant::now() + idle;
-        let result = loop {
-            tokio::select! {
-                biased;
-                result = served.as_mut() => break result,
-                () = stopped(&mut self.stop) => {
-                    served.as_mut().graceful_shutdown();
-                    break served.await;
-                }
-                () = tokio::time::sleep_until(check) => {
-                    let quiet = activity.quiet();
-                    match quiet {
-                        Some(quiet) if quiet >= idle => {
-                            served.as_mut().graceful_shutdown();
-                            break served.await;
-                        }
-                        Some(quiet) => check = tokio::time::Instant::now() + (idle - quiet),
-                        None => check = tokio::time::Instant::now() + idle,
-                    }
-                }
-            }
-        };
-        if let Err(error) = result {
-            debug!(%error, "connection ended with an error");
-        }
-    }
-}
-
-/// Requests in progress on a connection served by hyper, and when the last one ended.
-#[derive(Debug)]
-struct Activity {
-    in_flight: AtomicUsize,
-    /// Milliseconds from `base` to the end of the last request (or the hand-off).
-    last_end_ms: AtomicU64,
-    base: tokio::time::Instant,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity { in_flight: AtomicUsize::new(0), last_end_ms: AtomicU64::new(0), base: tokio::time::Instant::now() }
-    }
-
-    /// How long the connection has had no request in progress; `None` while one is.
-    fn quiet(&self) -> Option<Duration> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        let last = self.base + Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed));
-        Some(tokio::time::Instant::now().saturating_duration_since(last))
-    }
-}
-
-/// One request in progress, until its response body is done (or dropped).
-#[derive(Debug)]
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn new(activity: Arc<Activity>) -> InFlight {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(activity)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let since = self.0.base.elapsed().as_millis();
-        self.0.last_end_ms.store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A request's answer, whose body keeps the request counted as in progress.
-struct Guarded<F> {
-    answer: Pin<Box<F>>,
-    guard: Option<InFlight>,
-}
-
-impl<F, B> std::future::Future for Guarded<F>
-where
-    F: std::future::Future<Output = Result<Response<B>, std::convert::Infallible>>,
-{
-    type Output = Result<Response<Tracked<B>>, std::convert::Infallible>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        match this.answer.as_mut().poll(cx) {
-            Poll::Ready(Ok(response)) => match this.guard.take() {
-                Some(guard) => Poll::Ready(Ok(response.map(|inner| Tracked { inner, _guard: guard }))),
-                // Polled again after its answer: a contract breach; never answer twice.
-                None => Poll::Pending,
-            },
-            Poll::Ready(Err(never)) => match never {},
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// A response body that keeps its request counted as in progress.
-struct Tracked<B> {
-    inner: B,
-    _guard: InFlight,
-}
-
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Completes once the stop flag is set (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Where a header's name and value lie in the head.
@@ -396,12 +256,16 @@ enum Parsed {
     Invalid(StatusCode),
 }
 
-/// A `Content-Length` value that a request body may have to be buffered and served here.
-fn inline_length(value: &[u8]) -> Option<usize> {
-    if value.is_empty() || value.len() > 6 || !value.iter().all(u8::is_ascii_digit) {
+/// A `Content-Length` value: one plain decimal number (RFC 9110 section 8.6); `None` for
+/// anything else (a sign, a list, inner spaces, more than 64 bits).
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
         return None;
     }
-    std::str::from_utf8(value).ok()?.parse().ok().filter(|n| *n <= MAX_INLINE_BODY)
+    value.iter().try_fold(0u64, |n, d| {
+        let digit = d.is_ascii_digit().then(|| u64::from(d - b'0'))?;
+        n.checked_mul(10)?.checked_add(digit)
+    })
 }
 
 /// Parses the head at the front of `buf`; a request served here is taken off it whole
@@ -430,36 +294,64 @@ fn parse_request(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parsed {
     let path_at = path.as_ptr() as usize - base;
     let path_len = path.len();
     let mut close = false;
-    let mut body_len: Option<usize> = None;
+    let mut body_len: Option<u64> = None;
+    // Every line is looked at before deciding who serves the request, so that the framing
+    // rules (`admission`) hold whoever does.
+    let mut handoff = false;
+    let (mut hosts, mut lengths, mut codings, mut chunked) = (0u32, 0u32, 0u32, true);
     spans.clear();
     for h in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return Parsed::Invalid(StatusCode::BAD_REQUEST);
         };
-        if name == header::TRANSFER_ENCODING || name == header::UPGRADE || name == header::EXPECT {
-            return Parsed::Handoff;
-        }
-        if name == header::CONTENT_LENGTH {
-            // One plain length, small enough to buffer; anything else (repeated, invalid,
-            // large) is hyper's to refuse or stream.
-            match (body_len, inline_length(h.value)) {
-                (None, Some(n)) => body_len = Some(n),
-                _ => return Parsed::Handoff,
+        if name == header::HOST {
+            hosts += 1;
+        } else if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            // RFC 9112 section 6.3: an invalid length, or two that differ, is a 400. One
+            // plain length small enough to buffer is served here; the same one repeated,
+            // or a large one, is hyper's to stream.
+            let Some(n) = content_length(h.value) else { return Parsed::Invalid(StatusCode::BAD_REQUEST) };
+            match body_len {
+                Some(first) if first != n => return Parsed::Invalid(StatusCode::BAD_REQUEST),
+                Some(_) => handoff = true,
+                None => handoff |= n > MAX_INLINE_BODY as u64,
             }
-        }
-        if name == header::CONNECTION {
+            body_len = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            codings += 1;
+            chunked &= admission::chunked_alone(h.value);
+        } else if name == header::UPGRADE || name == header::EXPECT {
+            handoff = true;
+        } else if name == header::CONNECTION {
             for token in h.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Parsed::Handoff;
+                    handoff = true;
                 }
             }
         }
         spans.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
-    let body_len = body_len.unwrap_or(0);
+    // RFC 9112 section 3.2: exactly one Host on HTTP/1.1 (the only version parsed here).
+    if hosts != 1 {
+        return Parsed::Invalid(StatusCode::BAD_REQUEST);
+    }
+    if codings > 0 {
+        // One line, `chunked` alone, and no length beside it; the body is hyper's to read
+        // (ahead, see `admission`).
+        if codings > 1 || !chunked || lengths > 0 {
+            return Parsed::Invalid(StatusCode::BAD_REQUEST);
+        }
+        return Parsed::Handoff;
+    }
+    if handoff {
+        return Parsed::Handoff;
+    }
+    // At most `MAX_INLINE_BODY` here.
+    let body_len = body_len.map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
     if buf.len() - len < body_len {
         return Parsed::Body(len + body_len);
     }
@@ -785,50 +677,6 @@ fn http_date(out: &mut Vec<u8>) {
     });
 }
 
-/// A connection with bytes already read from it in front: what hyper reads first.
-struct Rewind<I> {
-    read: Bytes,
-    io: I,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            let taken = self.read.split_to(n);
-            buf.put_slice(&taken);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// For the criterion benches: the number of headers of a head served inline.
 pub(crate) fn bench_parse(head: &[u8]) -> Option<usize> {
     match parse_request(&mut BytesMut::from(head), &mut Vec::new()) {
@@ -878,13 +726,13 @@ mod tests {
 
     #[test]
     fn a_small_body_is_read_whole_before_the_request_is_served() {
-        let (parsed, rest) = parse(b"POST /orders HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello");
+        let (parsed, rest) = parse(b"POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello");
         let Parsed::Body(wanted) = parsed else { panic!("the body is awaited") };
-        assert_eq!(wanted, 45 + 11, "head and body");
-        assert_eq!(rest.len(), 45 + 5, "nothing consumed while the body is incomplete");
+        assert_eq!(wanted, 54 + 11, "head and body");
+        assert_eq!(rest.len(), 54 + 5, "nothing consumed while the body is incomplete");
 
         let (parsed, rest) =
-            parse(b"POST /orders HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello worldGET /next HTTP/1.1\r\n");
+            parse(b"POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello worldGET /next HTTP/1.1\r\n");
         let Parsed::Complete(req, _) = parsed else { panic!("not complete") };
         assert_eq!(req.headers()["content-length"], "11");
         let mut body = req.into_body();
@@ -893,7 +741,7 @@ mod tests {
         assert_eq!(frame.into_data().unwrap(), "hello world");
         assert_eq!(&rest[..], b"GET /next HTTP/1.1\r\n", "the next request stays");
 
-        let (parsed, rest) = parse(b"DELETE /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        let (parsed, rest) = parse(b"DELETE /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
         assert!(matches!(parsed, Parsed::Complete(ref req, _) if req.body().is_end_stream()));
         assert!(rest.is_empty());
     }
@@ -908,24 +756,22 @@ mod tests {
 
     #[test]
     fn connection_close_is_noted() {
-        let (parsed, _) = parse(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n");
+        let (parsed, _) = parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n");
         assert!(matches!(parsed, Parsed::Complete(_, true)));
     }
 
     #[test]
     fn streamed_bodies_upgrades_expectations_and_http_1_0_go_to_hyper_with_nothing_consumed() {
-        let large = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_INLINE_BODY + 1);
+        let large = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", MAX_INLINE_BODY + 1);
         for head in [
             large.as_bytes(),
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
-            b"POST / HTTP/1.1\r\nContent-Length: 5x\r\n\r\nhello",
-            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-            b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
-            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: CHUNKED \r\n\r\n0\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.0\r\n\r\n",
         ] {
             let (parsed, rest) = parse(head);
@@ -952,6 +798,30 @@ mod tests {
             assert!(matches!(parsed, Parsed::Invalid(s) if s == status), "{}", String::from_utf8_lossy(head));
         }
         assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").0, Parsed::Partial));
+    }
+
+    #[test]
+    fn host_lines_framing_and_lengths_peers_refuse_are_refused_before_any_handoff() {
+        for head in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 99999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5x\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        ] {
+            let (parsed, _) = parse(head);
+            assert!(matches!(parsed, Parsed::Invalid(StatusCode::BAD_REQUEST)), "{}", String::from_utf8_lossy(head));
+        }
     }
 
     /// A body of the given chunks, of unknown length unless `exact`.
@@ -1079,16 +949,5 @@ mod tests {
         let error = write_response(&mut Stalled, &mut Vec::new(), response, answer).await.unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), SEND);
-    }
-
-    #[tokio::test]
-    async fn rewind_replays_what_was_read_before_the_socket() {
-        let (mut client, server) = tokio::io::duplex(64);
-        client.write_all(b" world").await.unwrap();
-        drop(client);
-        let mut rewound = Rewind { read: Bytes::from_static(b"hello"), io: server };
-        let mut all = String::new();
-        rewound.read_to_string(&mut all).await.unwrap();
-        assert_eq!(all, "hello world");
     }
 }

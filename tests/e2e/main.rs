@@ -3,12 +3,14 @@
 
 mod admin_api;
 mod apply_and_serve;
+mod cancellation;
 mod control_plane;
 mod fleet;
 mod gateway;
 mod hardening;
 mod https;
 mod observability;
+mod parsing;
 mod proxy_http;
 mod restart;
 mod store_integrity;

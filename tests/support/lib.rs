@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 pub use vane::demo::EchoServer;
@@ -409,6 +409,66 @@ pub fn config_yaml(clusters: &[(&str, &[SocketAddr])], routes: &[(&str, &str, &s
         ));
     }
     yaml
+}
+
+/// Sends raw bytes on a fresh connection and returns the status code of the answer.
+pub async fn raw_status(addr: SocketAddr, bytes: &[u8]) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    read_response(&mut stream).await.0
+}
+
+/// Reads one HTTP/1.1 answer off `stream`: its status and body (framed by its
+/// `Content-Length`, or read until the connection closes). Bounded by a 5 s deadline.
+pub async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = Vec::new();
+    // Appends what one read gives; 0 at the end of the stream (or on a reset).
+    async fn read(buf: &mut Vec<u8>, stream: &mut tokio::net::TcpStream, deadline: tokio::time::Instant) -> usize {
+        let mut chunk = [0u8; 4096];
+        let n =
+            tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await.expect("an answer in time").unwrap_or(0);
+        buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        assert!(
+            read(&mut buf, stream, deadline).await > 0,
+            "closed before a whole head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{head:?}"));
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok()).flatten()
+    });
+    match length {
+        Some(n) => {
+            while buf.len() < head_end + n {
+                assert!(read(&mut buf, stream, deadline).await > 0, "closed before the whole body");
+            }
+        }
+        None => while read(&mut buf, stream, deadline).await > 0 {},
+    }
+    let end = length.map_or(buf.len(), |n| head_end + n);
+    (status, String::from_utf8_lossy(&buf[head_end..end]).into_owned())
+}
+
+/// The value of the first sample of `metrics` (Prometheus text) whose name and labels
+/// start with `series` (e.g. `vane_x_total{listener="web"`), or 0 when there is none.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Fails unless `cond`, with a message (for use in `?` chains).
