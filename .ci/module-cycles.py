@@ -168,10 +168,22 @@ class Crate:
             for _, tree in USE_RE.findall(code):
                 paths.extend(p.partition("@")[0] for p in expand_use_tree(tree))
             paths.extend(PATH_RE.findall(USE_RE.sub("", code)))
+            # A module imported by name (`use crate::proxy;`) is used as `proxy::Item`.
+            imported = {}
+            for _, tree in USE_RE.findall(code):
+                for path in expand_use_tree(tree):
+                    path, _, alias = path.partition("@")
+                    parts = path.split("::")
+                    found = self.resolve(m, parts)
+                    if found is not None and not found[1] and found[0] != m:
+                        imported[alias or parts[-1]] = found[0]
+            body = USE_RE.sub("", code)
+            for alias, module in imported.items():
+                for item in re.findall(r"(?<![A-Za-z0-9_:])" + alias + r"::([A-Za-z_][A-Za-z0-9_]*)", body):
+                    paths.append("::".join(("crate",) + module + (item,)))
             for path in paths:
                 parts = [p for p in path.split("::") if p]
                 found = self.resolve(m, parts)
-                # A bare module path (`use super::child;`) is followed by its uses below.
                 if found is None or not found[1]:
                     continue
                 target = self.follow(found[0], found[1][0])
