@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Fails when the modules of a crate import each other in a cycle.
 
-Usage: module-cycles.py CRATE_SRC_DIR...   (e.g. data-plane/src)
+Usage: module-cycles.py [--layers a,b,c] CRATE_SRC_DIR...   (e.g. data-plane/src)
+
+With --layers (top-level modules, bottom first), a module may also import only from its
+own layer or the layers below it: `--layers support,http,upstream` lets `upstream`
+import `http`, never the reverse. Modules not named there (the crate root) are free.
 
 Why a script of our own: `cargo-modules dependencies --acyclic` (0.27, the last release
 that builds with Rust 1.95) checks the item graph, where every method already forms a
@@ -228,13 +232,34 @@ def name(m):
     return "::".join(("crate",) + m)
 
 
+def upward(graph, layers):
+    """Imports from a module to one of a higher layer."""
+    rank = {name: i for i, name in enumerate(layers)}
+    found = []
+    for m, targets in graph.items():
+        if not m or m[0] not in rank:
+            continue
+        for t in targets:
+            if t and t[0] in rank and rank[t[0]] > rank[m[0]]:
+                found.append((m, t))
+    return sorted(found)
+
+
 def main():
+    args = sys.argv[1:]
+    layers = []
+    if len(args) >= 2 and args[0] == "--layers":
+        layers, args = args[1].split(","), args[2:]
     failed = False
-    for src in sys.argv[1:]:
+    for src in args:
         crate = Crate(src)
         graph = crate.edges()
         found = cycles(graph)
         edges = sum(len(v) for v in graph.values())
+        up = upward(graph, layers) if layers else []
+        for m, t in up:
+            print(f"{src}: {name(m)} imports {name(t)}, a layer above it ({' < '.join(layers)})")
+        failed = failed or bool(up)
         if not found:
             print(f"{src}: {len(graph)} modules, {edges} imports between them, no cycle")
             continue

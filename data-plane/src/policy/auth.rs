@@ -23,9 +23,11 @@ use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 use vane_proto::config::{self, api_key};
 
+use super::jwt::JwksRegistry;
 use super::jwt::Jwt;
-use super::{PolicyState, PolicyStats};
-use crate::proxy::InnerBody;
+use super::stats::PolicyStats;
+use crate::http::body::InnerBody;
+use crate::http::body::local;
 
 /// Most remembered basic-auth verifications and introspection answers (each).
 const CACHE_MAX: usize = 10_000;
@@ -180,9 +182,10 @@ impl Auth {
     pub(super) fn compile(
         spec: &config::Auth,
         consumers: Arc<Consumers>,
-        state: &PolicyState,
+        jwks: &JwksRegistry,
+        caches: &Arc<Caches>,
     ) -> Result<Auth, (&'static str, String)> {
-        let jwt = spec.jwt.as_ref().map(|j| Jwt::compile(j, &state.jwks)).transpose().map_err(|e| ("auth.jwt", e))?;
+        let jwt = spec.jwt.as_ref().map(|j| Jwt::compile(j, jwks)).transpose().map_err(|e| ("auth.jwt", e))?;
         let introspection = match &spec.introspection {
             Some(i) => Some(Introspect {
                 endpoint: i.endpoint.parse().map_err(|_| ("auth.introspection.endpoint", "not a URL".to_owned()))?,
@@ -197,8 +200,8 @@ impl Auth {
                         .ok()
                     })
                     .flatten(),
-                cache_ttl: crate::duration_or(i.cache_ttl.as_ref(), Duration::from_secs(60)),
-                timeout: crate::duration_or(i.timeout.as_ref(), Duration::from_secs(2)),
+                cache_ttl: crate::support::duration_or(i.cache_ttl.as_ref(), Duration::from_secs(60)),
+                timeout: crate::support::duration_or(i.timeout.as_ref(), Duration::from_secs(2)),
             }),
             None => None,
         };
@@ -208,7 +211,7 @@ impl Auth {
                 send: (!e.headers_to_send.is_empty())
                     .then(|| e.headers_to_send.iter().filter_map(|h| header_name(h)).collect()),
                 to_upstream: e.headers_to_upstream.iter().filter_map(|h| header_name(h)).collect(),
-                timeout: crate::duration_or(e.timeout.as_ref(), Duration::from_secs(2)),
+                timeout: crate::support::duration_or(e.timeout.as_ref(), Duration::from_secs(2)),
             }),
             None => None,
         };
@@ -228,7 +231,7 @@ impl Auth {
             ext_authz,
             anonymous: spec.allow_anonymous,
             client: http_client(),
-            caches: state.caches.clone(),
+            caches: caches.clone(),
         })
     }
 
@@ -305,7 +308,7 @@ impl Auth {
 
     /// 401 with a challenge per configured mechanism.
     fn unauthorized(&self, body: &'static str) -> Response<InnerBody> {
-        let mut response = super::local(StatusCode::UNAUTHORIZED, body);
+        let mut response = local(StatusCode::UNAUTHORIZED, body);
         let h = response.headers_mut();
         if let Some((header, _)) = &self.api_key
             && let Ok(v) = HeaderValue::from_str(&format!("ApiKey header=\"{header}\""))
@@ -325,7 +328,7 @@ impl Auth {
 
     /// 401 for a bearer token that failed (RFC 6750 §3).
     fn bearer_error(&self, reason: &str) -> Response<InnerBody> {
-        let mut response = super::local(StatusCode::UNAUTHORIZED, "invalid token\n");
+        let mut response = local(StatusCode::UNAUTHORIZED, "invalid token\n");
         let reason = reason.replace(['"', '\\'], "");
         if let Ok(v) = HeaderValue::from_str(&format!(
             "Bearer realm=\"vane\", error=\"invalid_token\", error_description=\"{reason}\""
@@ -382,7 +385,7 @@ impl Auth {
             request = request.header(header::AUTHORIZATION, auth.clone());
         }
         let Ok(request) = request.body(Full::new(Bytes::from(body))) else {
-            return Err(super::local(StatusCode::SERVICE_UNAVAILABLE, "introspection unavailable\n"));
+            return Err(local(StatusCode::SERVICE_UNAVAILABLE, "introspection unavailable\n"));
         };
         let call = async {
             let response = self.client.request(request).await.ok()?;
@@ -393,7 +396,7 @@ impl Auth {
             serde_json::from_slice::<serde_json::Value>(&bytes).ok()
         };
         let Ok(Some(answer)) = tokio::time::timeout(i.timeout, call).await else {
-            return Err(super::local(StatusCode::SERVICE_UNAVAILABLE, "introspection unavailable\n"));
+            return Err(local(StatusCode::SERVICE_UNAVAILABLE, "introspection unavailable\n"));
         };
         let active = answer.get("active").and_then(serde_json::Value::as_bool).unwrap_or(false);
         let subject = ["sub", "client_id", "username"]
@@ -456,7 +459,7 @@ impl Auth {
             .header("x-forwarded-method", req.method().as_str())
             .header("x-forwarded-uri", req.uri().path_and_query().map_or("/", |p| p.as_str()));
         let Ok(check) = check.body(Full::default()) else {
-            return Err(super::local(StatusCode::SERVICE_UNAVAILABLE, "authorization unavailable\n"));
+            return Err(local(StatusCode::SERVICE_UNAVAILABLE, "authorization unavailable\n"));
         };
         let call = async {
             let response = self.client.request(check).await.ok()?;
@@ -465,7 +468,7 @@ impl Auth {
             Some((parts, body))
         };
         let Ok(Some((parts, body))) = tokio::time::timeout(e.timeout, call).await else {
-            return Err(super::local(StatusCode::SERVICE_UNAVAILABLE, "authorization unavailable\n"));
+            return Err(local(StatusCode::SERVICE_UNAVAILABLE, "authorization unavailable\n"));
         };
         if parts.status.is_success() {
             for name in e.to_upstream.iter() {

@@ -8,7 +8,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use vane_proto::config;
 
-use crate::proxy::InnerBody;
+use crate::http::body::InnerBody;
 
 #[derive(Debug)]
 enum OriginRule {
@@ -151,7 +151,7 @@ impl Cors {
             None => true,
             Some(allowed) => requested.iter().all(|h| allowed.contains(h)),
         };
-        let mut response = super::local(StatusCode::NO_CONTENT, "");
+        let mut response = crate::http::body::local(StatusCode::NO_CONTENT, "");
         *response.body_mut() = http_body_util::Either::Right(http_body_util::Full::default());
         response.headers_mut().remove(header::CONTENT_TYPE);
         let h = response.headers_mut();

@@ -15,18 +15,17 @@ mod auth;
 mod cors;
 pub(crate) mod jwt;
 pub(crate) mod ratelimit;
+mod stats;
 mod transform;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Full};
 use vane_proto::ConfigError;
 use vane_proto::config::{self, Config};
 
@@ -36,7 +35,10 @@ use cors::{Cors, CorsOutcome};
 use ratelimit::Limiter;
 use transform::Transform;
 
-use crate::proxy::InnerBody;
+use crate::http::body::local;
+pub(crate) use stats::{Ctx, PolicyStats};
+
+use crate::http::body::InnerBody;
 
 /// Node-wide state the policies of every snapshot share.
 #[derive(Debug, Default)]
@@ -49,33 +51,6 @@ pub(crate) struct PolicyState {
 
 /// A policy's name and its encoded rate_limit spec.
 type LimiterKey = (String, Vec<u8>);
-
-/// Counters of one policy, by why requests were refused.
-#[derive(Debug, Default)]
-pub(crate) struct PolicyStats {
-    pub(crate) passed: AtomicU64,
-    pub(crate) ip_denied: AtomicU64,
-    pub(crate) cors_refused: AtomicU64,
-    pub(crate) auth_missing: AtomicU64,
-    pub(crate) auth_invalid: AtomicU64,
-    pub(crate) auth_unavailable: AtomicU64,
-    pub(crate) rate_limited: AtomicU64,
-}
-
-impl PolicyStats {
-    /// `(reason, count)` pairs for `/metrics`.
-    pub(crate) fn denials(&self) -> [(&'static str, u64); 6] {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            ("ip_denied", n(&self.ip_denied)),
-            ("cors_refused", n(&self.cors_refused)),
-            ("auth_missing", n(&self.auth_missing)),
-            ("auth_invalid", n(&self.auth_invalid)),
-            ("auth_unavailable", n(&self.auth_unavailable)),
-            ("rate_limited", n(&self.rate_limited)),
-        ]
-    }
-}
 
 /// One compiled policy.
 #[derive(Debug)]
@@ -114,7 +89,7 @@ impl Policies {
                 field: field.to_owned(),
                 message,
             };
-            let auth = match p.auth.as_ref().map(|a| Auth::compile(a, consumers.clone(), state)) {
+            let auth = match p.auth.as_ref().map(|a| Auth::compile(a, consumers.clone(), &state.jwks, &state.caches)) {
                 None => None,
                 Some(Ok(a)) => Some(a),
                 Some(Err((field, message))) => {
@@ -125,7 +100,7 @@ impl Policies {
             let rate = p.rate_limit.as_ref().map(|spec| {
                 let key = (p.name.clone(), prost::Message::encode_to_vec(spec));
                 let limiter = limiters.get(&key).cloned().unwrap_or_else(|| {
-                    let per = crate::duration_or(spec.per.as_ref(), std::time::Duration::from_secs(1));
+                    let per = crate::support::duration_or(spec.per.as_ref(), std::time::Duration::from_secs(1));
                     let burst = if spec.burst == 0 { spec.requests } else { spec.burst };
                     let max_keys = if spec.max_keys == 0 { 100_000 } else { spec.max_keys as usize };
                     Arc::new(Limiter::new(spec.requests, per, burst, max_keys))
@@ -208,14 +183,6 @@ pub(crate) struct Applied {
     rate: Option<(u32, ratelimit::Decision)>,
     transforms: Vec<Arc<Policy>>,
     consumer: Option<Arc<ConsumerInfo>>,
-}
-
-/// Facts about a request the stages need.
-#[derive(Debug)]
-pub(crate) struct Ctx<'a> {
-    /// The real client address (trusted proxies resolved).
-    pub(crate) client_ip: IpAddr,
-    pub(crate) route: &'a str,
 }
 
 impl Chain {
@@ -339,14 +306,6 @@ fn ratelimit_headers(headers: &mut http::HeaderMap, limit: u32, d: &ratelimit::D
     headers.insert(REMAINING.clone(), HeaderValue::from(d.remaining));
     let reset = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
     headers.insert(RESET.clone(), HeaderValue::from(reset));
-}
-
-/// A local answer.
-fn local(status: StatusCode, body: &'static str) -> Response<InnerBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
 }
 
 /// Allow and deny lists by CIDR.

@@ -13,9 +13,9 @@ use regex::Regex;
 use serde_json::Value;
 use vane_proto::config;
 
-use super::Ctx;
-use crate::actions::{HeaderRules, Vars};
-use crate::proxy::InnerBody;
+use super::stats::Ctx;
+use crate::http::body::InnerBody;
+use crate::http::template::{HeaderRules, Vars};
 
 const DEFAULT_MAX_BODY: u64 = 64 * 1024;
 

@@ -1,5 +1,5 @@
 //! Which downstream requests are served, before any routing: the HTTP/1 framing rules
-//! both HTTP/1.1 servers hold a request to (the inline one in [`crate::server`], and
+//! both HTTP/1.1 servers hold a request to (the inline one in [`crate::server::inline`], and
 //! hyper's for connections handed to it), chunked request bodies read whole before they
 //! go upstream, and HTTP/2 streams their client reset before they started.
 //!
@@ -28,7 +28,7 @@
 //!   one that does not arrive in time a 408. A larger one is forwarded as it arrives,
 //!   after the part read ahead; should it turn out malformed later, the answer is a 400
 //!   when the upstream has not answered yet (the body records its failure in a
-//!   [`crate::body::BodyFault`]): the client's fault, never a 502 nor a passive-health
+//!   [`crate::http::body::BodyFault`]): the client's fault, never a 502 nor a passive-health
 //!   failure of the upstream.
 //!
 //! Refusals count in `vane_http_requests_total` under their listener with empty `route`
@@ -56,9 +56,10 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Frame, Incoming};
 use tracing::debug;
 
-use crate::body::Streamed;
-use crate::metrics::{self, Outcome};
-use crate::proxy::{self, Connection, InnerBody, ProxyBody};
+use crate::http::body::InnerBody;
+use crate::http::body::Streamed;
+use crate::observe::metrics::{self, Outcome};
+use crate::proxy::{self, Connection, ProxyBody};
 
 /// Most of a chunked request body read before its request goes upstream.
 pub(crate) const READ_AHEAD: usize = 64 * 1024;
@@ -167,13 +168,13 @@ impl Connection {
         if req.version() == Version::HTTP_2 {
             // One pending poll, for hyper to look at the stream's reset before any work.
             tokio::task::yield_now().await;
-            return self.handle(req.map(proxy::streamed)).await;
+            return self.handle(req.map(crate::http::body::streamed)).await;
         }
         if let Some(refusal) = head_refusal(&req) {
             return Ok(self.refuse(refusal, req.method()));
         }
         if !req.headers().contains_key(header::TRANSFER_ENCODING) {
-            return self.handle(req.map(proxy::streamed)).await;
+            return self.handle(req.map(crate::http::body::streamed)).await;
         }
         let (parts, body) = req.into_parts();
         let body = match tokio::time::timeout(body_timeout, read_ahead(body)).await {
@@ -190,7 +191,7 @@ impl Connection {
     /// The answer to a request refused before routing, counted; the connection closes.
     pub(crate) fn refuse(&self, refusal: Refusal, method: &Method) -> Response<ProxyBody> {
         self.count_refusal(refusal.status(), metrics::method_index(method));
-        let mut response = proxy::local(refusal.status(), refusal.text());
+        let mut response = crate::http::body::local(refusal.status(), refusal.text());
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         response.map(proxy::unrecorded)
     }

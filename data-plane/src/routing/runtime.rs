@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use vane_proto::config::{Config, listener::Protocol, route};
 
-use crate::accesslog::Sink;
-use crate::actions::{Direct, HeaderRules, PathRewrite, Redirect, RetryPolicy};
-use crate::cluster::{Cluster, ClusterRegistry};
-use crate::duration_or;
-use crate::metrics::MetricsBuilder;
+use crate::observe::accesslog::Sink;
+use crate::observe::metrics::MetricsBuilder;
 use crate::policy::Policies;
-use crate::router::{Conditions, Route, RouteAction, RouteEntry, Router, WeightedClusters};
+use crate::routing::actions::{Direct, HeaderRules, PathRewrite, Redirect, RetryPolicy};
+use crate::routing::router::{Conditions, Route, RouteAction, RouteEntry, Router, WeightedClusters};
+use crate::support::duration_or;
 use crate::tls::{Material, ServerTls};
+use crate::upstream::cluster::{Cluster, ClusterRegistry};
 
 /// Route timeout when a route sets none (Envoy's default).
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -34,7 +34,7 @@ pub(crate) struct Runtime {
     pub(crate) version: u64,
     pub(crate) sha256: String,
     /// Router of each listener, by listener slot id.
-    pub(crate) listeners: crate::router::FastMap<u64, Router>,
+    pub(crate) listeners: crate::routing::router::FastMap<u64, Router>,
     pub(crate) clusters: HashMap<Arc<str>, Arc<Cluster>>,
     /// TLS termination of each HTTPS listener, by slot id.
     pub(crate) tls: HashMap<u64, Arc<ServerTls>>,
@@ -72,7 +72,7 @@ impl Runtime {
             .filter(|l| l.protocol == Protocol::Http as i32 || l.protocol == Protocol::Https as i32)
             .map(|l| l.name.as_str())
             .collect();
-        let mut routers: crate::router::FastMap<u64, Router> = config
+        let mut routers: crate::routing::router::FastMap<u64, Router> = config
             .listeners
             .iter()
             .filter_map(|l| {
@@ -184,7 +184,7 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::observe::metrics::Metrics;
     use vane_proto::{Format, load};
 
     #[tokio::test]

@@ -2,132 +2,14 @@
 //! direct responses, and header edits whose values may use request variables. All of it
 //! is compiled once per snapshot; a request only fills in its variables.
 
-use std::net::IpAddr;
-
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{StatusCode, Uri};
 use regex::Regex;
 use tracing::warn;
 use vane_proto::config::{self, route_match};
 
-/// Values a request contributes to header templates and rewrites.
-#[derive(Debug)]
-pub(crate) struct Vars<'a> {
-    pub(crate) client_ip: IpAddr,
-    pub(crate) request_id: Option<&'a HeaderValue>,
-    pub(crate) host: Option<&'a str>,
-    /// Captures of a template path match.
-    pub(crate) params: &'a [(Box<str>, Box<str>)],
-}
-
-impl Vars<'_> {
-    fn param(&self, name: &str) -> &str {
-        self.params.iter().find(|(k, _)| &**k == name).map_or("", |(_, v)| v)
-    }
-}
-
-/// A value with `${client_ip}`, `${request_id}`, `${host}`, `${param.NAME}` in it.
-#[derive(Debug)]
-enum Part {
-    Literal(Box<str>),
-    ClientIp,
-    RequestId,
-    Host,
-    Param(Box<str>),
-}
-
-#[derive(Debug)]
-pub(crate) struct ValueTemplate(Box<[Part]>);
-
-impl ValueTemplate {
-    fn parse(text: &str) -> ValueTemplate {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("${") {
-            let Some(len) = rest[start..].find('}') else { break };
-            if start > 0 {
-                parts.push(Part::Literal(rest[..start].into()));
-            }
-            let var = &rest[start + 2..start + len];
-            parts.push(match var {
-                "client_ip" => Part::ClientIp,
-                "request_id" => Part::RequestId,
-                "host" => Part::Host,
-                _ => match var.strip_prefix("param.") {
-                    Some(name) => Part::Param(name.into()),
-                    // Unknown variables stay literal, visible to whoever reads the header.
-                    None => Part::Literal(rest[start..=start + len].into()),
-                },
-            });
-            rest = &rest[start + len + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.into()));
-        }
-        ValueTemplate(parts.into())
-    }
-
-    fn render(&self, vars: &Vars<'_>) -> Option<HeaderValue> {
-        if let [Part::Literal(l)] = &*self.0 {
-            return HeaderValue::from_str(l).ok();
-        }
-        let mut out = String::new();
-        for part in &*self.0 {
-            match part {
-                Part::Literal(l) => out.push_str(l),
-                Part::ClientIp => out.push_str(&vars.client_ip.to_string()),
-                Part::RequestId => out.push_str(vars.request_id.and_then(|v| v.to_str().ok()).unwrap_or("")),
-                Part::Host => out.push_str(vars.host.unwrap_or("")),
-                Part::Param(name) => out.push_str(vars.param(name)),
-            }
-        }
-        HeaderValue::from_str(&out).ok()
-    }
-}
-
-/// Header edits: remove, then set, then add.
-#[derive(Debug, Default)]
-pub(crate) struct HeaderRules {
-    remove: Box<[HeaderName]>,
-    set: Box<[(HeaderName, ValueTemplate)]>,
-    add: Box<[(HeaderName, ValueTemplate)]>,
-}
-
-impl HeaderRules {
-    pub(crate) fn compile(rules: Option<&config::HeaderRules>) -> HeaderRules {
-        let Some(rules) = rules else { return HeaderRules::default() };
-        let name = |n: &str| HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok();
-        let pairs = |list: &[config::HeaderValue]| -> Box<[(HeaderName, ValueTemplate)]> {
-            list.iter().filter_map(|h| Some((name(&h.name)?, ValueTemplate::parse(&h.value)))).collect()
-        };
-        HeaderRules {
-            remove: rules.remove.iter().filter_map(|n| name(n)).collect(),
-            set: pairs(&rules.set),
-            add: pairs(&rules.add),
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
-    }
-
-    pub(crate) fn apply(&self, headers: &mut HeaderMap, vars: &Vars<'_>) {
-        for name in &*self.remove {
-            headers.remove(name);
-        }
-        for (name, value) in &*self.set {
-            if let Some(v) = value.render(vars) {
-                headers.insert(name.clone(), v);
-            }
-        }
-        for (name, value) in &*self.add {
-            if let Some(v) = value.render(vars) {
-                headers.append(name.clone(), v);
-            }
-        }
-    }
-}
+pub(crate) use crate::http::template::{HeaderRules, Vars};
 
 /// How the upstream path is derived from the request's.
 #[derive(Debug, Default)]
@@ -333,8 +215,8 @@ impl RetryPolicy {
             num_retries: if p.num_retries == 0 { 1 } else { p.num_retries },
             on,
             statuses: p.retriable_statuses.iter().filter_map(|s| u16::try_from(*s).ok()).collect(),
-            per_try_timeout: crate::duration_or(p.per_try_timeout.as_ref(), route_timeout),
-            backoff: crate::duration_or(p.backoff.as_ref(), std::time::Duration::from_millis(25)),
+            per_try_timeout: crate::support::duration_or(p.per_try_timeout.as_ref(), route_timeout),
+            backoff: crate::support::duration_or(p.backoff.as_ref(), std::time::Duration::from_millis(25)),
         }
     }
 
@@ -388,6 +270,7 @@ impl Direct {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::template::ValueTemplate;
 
     fn vars<'a>(params: &'a [(Box<str>, Box<str>)], id: Option<&'a HeaderValue>) -> Vars<'a> {
         Vars { client_ip: "192.0.2.7".parse().unwrap(), request_id: id, host: Some("shop.example"), params }

@@ -1,6 +1,6 @@
 //! Upstream clusters as the hot path sees them: resolved endpoints, a precomputed smooth
 //! weighted round-robin schedule, and pooled keep-alive upstream connections (HTTP/1.1 in
-//! [`crate::pool`], HTTP/2 through hyper-util's client, which multiplexes one connection).
+//! [`crate::upstream::pool`], HTTP/2 through hyper-util's client, which multiplexes one connection).
 //!
 //! Round robin is per cluster per node: one atomic cursor walks the schedule, whatever
 //! thread serves the request. The cursor and the pool are carried across snapshot swaps
@@ -17,15 +17,15 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use vane_proto::config::{self, cluster::LbPolicy, cluster::UpstreamProtocol};
 
-use crate::balancer::{Balancer, PickContext, Picked};
-use crate::body::Streamed;
-use crate::duration_or;
-use crate::health::{Checker, EndpointHealth, Outlier};
-use crate::metrics::ClusterStats;
-use crate::pool::{Http1Pool, Lease, SendError};
-use crate::proxy::UpstreamBody;
-use crate::sticky::Sticky;
+use crate::http::body::UpstreamBody;
+use crate::http::body::UpstreamResponseBody;
+use crate::observe::metrics::ClusterStats;
+use crate::support::duration_or;
 use crate::tls::{self, UpstreamTls};
+use crate::upstream::balancer::{Balancer, PickContext, Picked};
+use crate::upstream::health::{Checker, EndpointHealth, Outlier};
+use crate::upstream::pool::{Http1Pool, Lease, SendError};
+use crate::upstream::sticky::Sticky;
 use http::header::HeaderValue;
 use http::{Request, Response, Uri};
 use http_body_util::Either;
@@ -37,10 +37,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A response body from an upstream: through hyper, or read inline from an HTTP/1.1 socket.
-pub(crate) type UpstreamResponseBody = Either<Streamed, crate::h1::ResponseBody>;
-
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, crate::proxy::UpstreamBody>;
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, crate::http::body::UpstreamBody>;
 
 /// One upstream endpoint, its authority prebuilt for request URIs.
 #[derive(Debug)]
@@ -208,7 +205,7 @@ impl Cluster {
     /// Sends `req` (its URI as [`crate::proxy::upstream_request`] builds it) to
     /// endpoint `index` over the HTTP version the request carries. An HTTP/1.1 request
     /// without a body or with one held whole in memory is exchanged inline
-    /// ([`crate::h1`]); one with a streamed body or an upgrade goes
+    /// ([`crate::http::h1`]); one with a streamed body or an upgrade goes
     /// through hyper and comes back with the lease of its connection, to release once the
     /// response has been read whole. `now` is the caller's clock reading.
     ///

@@ -1,5 +1,5 @@
 //! A connection handed to hyper's server: HTTP/2, and HTTP/1.1 from the first request
-//! the inline server ([`crate::server`]) does not serve on. What that server read is
+//! the inline server ([`crate::server::inline`]) does not serve on. What that server read is
 //! replayed in front of the socket; requests in progress are tracked, so that a
 //! connection with none for the listener's idle timeout is shut down gracefully (hyper
 //! has no such limit for HTTP/2), and a request hyper drops before its answer (a reset

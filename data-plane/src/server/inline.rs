@@ -18,7 +18,7 @@
 //! and the bytes read so far go to hyper's server for the rest of its life, so streamed
 //! request bodies, their framing errors, `100 Continue`, upgrades and HTTP/1.0 keep-alive
 //! rules stay hyper's. Every line of a head is looked at before that choice: a head that
-//! breaks the framing rules of [`crate::admission`] (not exactly one `Host`, a transfer
+//! breaks the framing rules of [`crate::server::admission`] (not exactly one `Host`, a transfer
 //! coding other than one `chunked`, `Transfer-Encoding` with `Content-Length`) gets its
 //! 400 here, whoever would have served it.
 //!
@@ -52,8 +52,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::handoff::{self, stopped};
-use crate::{admission, metrics, proxy, spare};
+use crate::server::handoff::{self, stopped};
+use crate::{observe::metrics, proxy, server::admission, support::spare};
 
 /// Most header lines in one request.
 const MAX_HEADERS: usize = 100;
@@ -94,7 +94,7 @@ pub(crate) struct Serve<'a> {
 // allocation.
 #[allow(clippy::large_enum_variant)]
 enum Next {
-    Request(Request<proxy::InnerBody>, bool),
+    Request(Request<crate::http::body::InnerBody>, bool),
     /// Not for this server: hyper takes the connection, with what was read.
     Handoff,
     /// Answer with this status, then close.
@@ -248,7 +248,7 @@ type Span = (HeaderName, usize, usize);
 
 #[allow(clippy::large_enum_variant)] // as for `Next`
 enum Parsed {
-    Complete(Request<proxy::InnerBody>, bool),
+    Complete(Request<crate::http::body::InnerBody>, bool),
     Partial,
     /// The head is whole; its body is not: wait until this many bytes are buffered.
     Body(usize),
@@ -405,7 +405,7 @@ async fn write_response<I, B>(
 where
     I: AsyncWrite + Unpin,
     B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<crate::support::BoxError>,
 {
     let Answer { head_request, close, send_timeout: limit } = answer;
     let (parts, mut body) = response.into_parts();
@@ -859,7 +859,7 @@ mod tests {
     async fn written<B>(response: Response<B>, head: bool, close: bool) -> (String, bool)
     where
         B: Body<Data = Bytes> + Unpin,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B::Error: Into<crate::support::BoxError>,
     {
         let mut wire = Vec::new();
         let answer = Answer { head_request: head, close, send_timeout: SEND };

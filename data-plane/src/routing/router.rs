@@ -23,12 +23,12 @@ use regex::Regex;
 use tracing::warn;
 use vane_proto::config::{self, route_match};
 
-use crate::accesslog::Sink;
-use crate::actions::{Direct, HeaderRules, PathRewrite, Redirect};
-use crate::cluster::Cluster;
-use crate::metrics::RouteStats;
+use crate::observe::accesslog::Sink;
+use crate::observe::metrics::RouteStats;
 use crate::policy::Chain;
+use crate::routing::actions::{Direct, HeaderRules, PathRewrite, Redirect};
 use crate::tls::TlsInfo;
+use crate::upstream::cluster::Cluster;
 
 /// A compiled route.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ pub(crate) struct Route {
     pub(crate) conditions: Conditions,
     pub(crate) action: RouteAction,
     /// Retries of forwards (None: one try).
-    pub(crate) retry: Option<crate::actions::RetryPolicy>,
+    pub(crate) retry: Option<crate::routing::actions::RetryPolicy>,
     /// Largest request body forwarded (0: any).
     pub(crate) max_request_bytes: u64,
     /// Shadow cluster and the share of requests (percent) copied to it.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use vane_proto::ConfigError;
 use vane_proto::config::Config;
 
-use crate::duration_or;
+use crate::support::duration_or;
 
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_REFRESH: Duration = Duration::from_secs(30);

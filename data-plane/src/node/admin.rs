@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use crate::{NodeShared, metrics};
+use crate::{node::shared::NodeShared, observe::metrics};
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<NodeShared>) {
     loop {
@@ -36,7 +36,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<NodeShared>) {
 fn answer(shared: &NodeShared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/ready" => {
-            let held = shared.runtime.load().is_some();
+            let held = shared.serving.runtime.load().is_some();
             if !held {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no config yet\n")
             } else if shared.stale.load(Ordering::Relaxed) {
@@ -69,7 +69,7 @@ fn answer(shared: &NodeShared, req: &Request<Incoming>) -> Response<Full<Bytes>>
         }
         "/clusters" => {
             // Each endpoint's health, as the balancer sees it now.
-            let runtime = shared.runtime.load_full();
+            let runtime = shared.serving.runtime.load_full();
             let mut clusters = serde_json::Map::new();
             if let Some(rt) = runtime.as_ref() {
                 for (name, cluster) in &rt.clusters {
@@ -115,7 +115,7 @@ fn render_metrics(shared: &NodeShared) -> String {
     let mut out = String::with_capacity(4096);
     shared.metrics.render(&mut out);
     metrics::render_listeners(&mut out, &shared.listeners().stats());
-    if let Some(rt) = shared.runtime.load().as_ref() {
+    if let Some(rt) = shared.serving.runtime.load().as_ref() {
         rt.policies.render(&mut out);
     }
     let (version, _) = shared.held();

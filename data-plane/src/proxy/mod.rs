@@ -19,28 +19,26 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use crate::NodeShared;
-use crate::accesslog::{Line, Sink};
-use crate::actions::RetryOn;
-use crate::actions::{PathRewrite, Vars};
-use crate::balancer::{PickContext, Picked};
-use crate::body::{BodyFault, Streamed};
-use crate::cluster::Cluster;
-use crate::metrics::{self, Outcome, RouteStats};
+use crate::http::body::BodyFault;
+use crate::http::body::Counting;
+use crate::http::body::InnerBody;
+use crate::http::body::UpstreamBody;
+use crate::http::body::local;
+use crate::http::body::poll_counting;
+use crate::observe::accesslog::{Line, Sink};
+use crate::observe::metrics::{self, Outcome, RouteStats};
 use crate::policy;
-use crate::pool::{Lease, SendError};
-use crate::router::{Found, Route, RouteAction};
+use crate::routing::actions::RetryOn;
+use crate::routing::actions::{PathRewrite, Vars};
+use crate::routing::router::{Found, Route, RouteAction};
 use crate::tls::TlsInfo;
-
-/// A request body read by hyper, streamed upstream as received (unless a policy transform
-/// replaces it).
-pub(crate) fn streamed(body: Incoming) -> InnerBody {
-    Either::Left(Either::Left(Streamed::new(body)))
-}
+use crate::upstream::balancer::{PickContext, Picked};
+use crate::upstream::cluster::Cluster;
+use crate::upstream::pool::{Lease, SendError};
 
 /// A response that no metrics or access log line follow (those of a request refused
 /// before routing are recorded when refused).
@@ -48,12 +46,8 @@ pub(crate) fn unrecorded(body: InnerBody) -> ProxyBody {
     Finishing::new(body, None)
 }
 
-/// What an upstream answer or a local answer streams as.
-pub(crate) type InnerBody = Either<crate::cluster::UpstreamResponseBody, Full<Bytes>>;
 /// Response bodies, counted and finished (metrics, access log) when done.
 pub(crate) type ProxyBody = Finishing<InnerBody>;
-/// Request bodies sent upstream, counted.
-pub(crate) type UpstreamBody = Counting<InnerBody>;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -77,10 +71,20 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::UPGRADE,
 ];
 
+/// What a request reads of its node, and nothing more: the runtime serving now (one
+/// `load()` per request, kept to its end) and span export. The node swaps the runtime
+/// inside it; listeners and connections hold it instead of the node's whole state.
+#[derive(Debug, Default)]
+pub(crate) struct Serving {
+    pub(crate) runtime: arc_swap::ArcSwapOption<crate::routing::runtime::Runtime>,
+    #[cfg(feature = "otlp")]
+    pub(crate) tracing: Option<crate::observe::otel::Tracing>,
+}
+
 /// One downstream connection's context.
 #[derive(Clone, Debug)]
 pub(crate) struct Connection {
-    pub(crate) shared: Arc<NodeShared>,
+    pub(crate) shared: Arc<Serving>,
     pub(crate) slot: u64,
     pub(crate) peer: SocketAddr,
     /// The peer's IP as the forwarding headers carry it, rendered once per connection:
@@ -91,7 +95,7 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<NodeShared>, slot: u64, peer: SocketAddr) -> Connection {
+    pub(crate) fn new(shared: Arc<Serving>, slot: u64, peer: SocketAddr) -> Connection {
         Connection { shared, slot, peer, peer_ip: ip_value(peer), tls: None }
     }
 
@@ -206,7 +210,7 @@ fn to_https<B>(req: &Request<B>, port: u16) -> Response<InnerBody> {
 
 /// Requests refused before routing. The HTTP/1 servers (`server`, or hyper's for what it
 /// hands over) have already answered malformed heads (400), oversized ones (431), bad or
-/// conflicting `Content-Length`, and [`crate::admission`] the framing rules (`Host`,
+/// conflicting `Content-Length`, and [`crate::server::admission`] the framing rules (`Host`,
 /// `Transfer-Encoding`, malformed chunked bodies). Left here: CONNECT, and targets that
 /// are not paths. The connection is closed after the answer.
 fn refuse<B>(req: &Request<B>) -> Option<Response<InnerBody>> {
@@ -245,7 +249,7 @@ impl Connection {
     /// Runs a route's policies, then its action, then the policies' response side.
     async fn take_with_policies(
         &self,
-        router: &crate::router::Router,
+        router: &crate::routing::router::Router,
         found: Found<'_>,
         mut req: Request<InnerBody>,
         bytes_in: Option<Arc<AtomicU64>>,
@@ -354,8 +358,7 @@ impl Connection {
                 // held in memory cannot. Bodiless requests and inline bodies allocate nothing.
                 let streamed = matches!(req.body(), Either::Left(_)) && !req.body().is_end_stream();
                 let fault = (limit > 0 || streamed).then(|| Arc::new(BodyFault::default()));
-                let req =
-                    req.map(|body| Counting { inner: Some(body), counter: bytes_in, limit, fault: fault.clone() });
+                let req = req.map(|body| Counting::new(body, bytes_in, limit, fault.clone()));
                 let edits = Edits {
                     host: host_rewrite.as_ref(),
                     downstream,
@@ -555,7 +558,7 @@ impl Finish {
         if let Some(cx) = self.trace {
             let upstream = self.upstream.as_ref().map(|u| u.authority.as_str());
             let (route, cluster) = (self.route.as_deref().unwrap_or(""), self.cluster.as_deref().unwrap_or(""));
-            crate::otel::finish(cx, route, cluster, upstream, self.status, bytes_in, bytes_out);
+            crate::observe::otel::finish(cx, route, cluster, upstream, self.status, bytes_in, bytes_out);
         }
         if let Some(draft) = self.draft {
             let (sink, mut line) = *draft;
@@ -626,115 +629,6 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Finishing<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// Polls `inner` for a frame and hands the size of a data frame to `count`.
-fn poll_counting<B: Body<Data = Bytes> + Unpin>(
-    inner: &mut B,
-    cx: &mut Context<'_>,
-    count: impl FnOnce(u64),
-) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-    let polled = Pin::new(inner).poll_frame(cx);
-    if let Poll::Ready(Some(Ok(frame))) = &polled
-        && let Some(data) = frame.data_ref()
-    {
-        count(data.len() as u64);
-    }
-    polled
-}
-
-/// A request body that counts the bytes it passes upstream.
-#[derive(Debug)]
-pub(crate) struct Counting<B> {
-    /// None: an empty body (a retry of a bodiless request).
-    inner: Option<B>,
-    /// None for a body known to be empty.
-    counter: Option<Arc<AtomicU64>>,
-    /// Most bytes allowed (0: any).
-    limit: u64,
-    /// Where the body says it went past the limit, or failed.
-    fault: Option<Arc<BodyFault>>,
-}
-
-/// The error a request body gets when it passes the route's limit.
-#[derive(Debug, thiserror::Error)]
-#[error("request body larger than {0} bytes")]
-pub(crate) struct TooLarge(u64);
-
-impl<B> Counting<B> {
-    /// An empty body (a retry or mirror of a bodiless request).
-    pub(crate) fn empty() -> Counting<B> {
-        Counting { inner: None, counter: None, limit: 0, fault: None }
-    }
-}
-
-impl Counting<InnerBody> {
-    /// Whether the body is held whole in memory (read whole by the inline server, or set
-    /// by a policy transform) and within the route's limit: it can be sent with the head.
-    pub(crate) fn is_buffered(&self) -> bool {
-        match &self.inner {
-            Some(Either::Right(full)) => full.size_hint().exact().is_some_and(|n| self.limit == 0 || n <= self.limit),
-            _ => false,
-        }
-    }
-
-    /// Takes the bytes of a body [`Self::is_buffered`] says is held whole, counted as
-    /// sent; `None` (the body left as it was) for any other.
-    pub(crate) fn take_buffered(&mut self) -> Option<Bytes> {
-        if !self.is_buffered() {
-            return None;
-        }
-        let Some(Either::Right(full)) = self.inner.as_mut() else { return None };
-        // A whole body in memory is one frame, ready at once.
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let data = match Pin::new(full).poll_frame(&mut cx) {
-            Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
-            _ => Bytes::new(),
-        };
-        if let Some(counter) = &self.counter {
-            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        self.inner = None;
-        Some(data)
-    }
-}
-
-impl<B> Body for Counting<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        let Some(inner) = &mut this.inner else { return Poll::Ready(None) };
-        let mut total = 0;
-        let polled = poll_counting(inner, cx, |n| {
-            if let Some(counter) = &this.counter {
-                total = counter.fetch_add(n, Ordering::Relaxed) + n;
-            }
-        });
-        if this.limit > 0 && total > this.limit {
-            if let Some(fault) = &this.fault {
-                fault.set_too_large();
-            }
-            return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
-        }
-        if let (Poll::Ready(Some(Err(_))), Some(fault)) = (&polled, &this.fault) {
-            fault.set_broken();
-        }
-        polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -1118,13 +1012,6 @@ fn request_id() -> HeaderValue {
     // An owned value is shared by reference count when cloned (the id is kept for the
     // access log); a copied one would allocate again at its first clone.
     HeaderValue::from_maybe_shared(Bytes::from_owner(out)).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-pub(crate) fn local(status: StatusCode, body: &'static str) -> Response<InnerBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use http::header::HeaderValue;
 use sha2::Sha256;
 use vane_proto::config;
 
-use crate::duration_or;
+use crate::support::duration_or;
 
 #[derive(Debug)]
 pub(crate) struct Sticky {

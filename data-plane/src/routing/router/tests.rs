@@ -15,7 +15,7 @@ fn router(routes_yaml: &str) -> Router {
             timeout: Duration::from_secs(1),
             forward: WeightedClusters::new(vec![]),
             conditions: Conditions::compile(&m),
-            action: RouteAction::Direct(crate::actions::Direct::compile(&Default::default())),
+            action: RouteAction::Direct(crate::routing::actions::Direct::compile(&Default::default())),
             retry: None,
             max_request_bytes: 0,
             mirror: None,

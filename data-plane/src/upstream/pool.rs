@@ -11,7 +11,7 @@
 //! hashing, no task, no clone of the connector.
 //!
 //! Two kinds of connections are kept per endpoint. Requests without a body (the common
-//! case) are exchanged inline on plain sockets by [`crate::h1`]; the connection goes back
+//! case) are exchanged inline on plain sockets by [`crate::http::h1`]; the connection goes back
 //! to its list as soon as the response body has been read whole. Requests with a body and
 //! upgrades go through hyper's connection API, whose connection is a task of its own.
 //!
@@ -37,10 +37,10 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 use tracing::debug;
 
-use crate::h1::{self, Conn, ResponseBody};
-use crate::proxy::UpstreamBody;
+use crate::http::body::UpstreamBody;
+use crate::http::h1::{self, Conn, IdleSockets, ResponseBody};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::support::BoxError;
 
 /// How many idle connections a checkout looks at before opening a new one.
 const CHECKOUT_TRIES: usize = 4;
@@ -80,31 +80,9 @@ struct Slot {
     target: Uri,
     /// Idle hyper connections, the most recently used at the back.
     idle: Mutex<VecDeque<Idle>>,
-    /// Idle sockets for inline exchanges, the most recently used at the back.
-    sockets: Mutex<VecDeque<IdleSocket>>,
-}
-
-struct IdleSocket {
-    conn: Box<Conn>,
-    since: Instant,
-}
-
-/// Where a socket goes back once the response it carried has been read whole.
-pub(crate) struct Home {
-    pool: Arc<Http1Pool>,
-    index: usize,
-    since: Instant,
-}
-
-impl Home {
-    pub(crate) fn put(self, conn: Box<Conn>) {
-        let Some(slot) = self.pool.endpoints.get(self.index) else { return };
-        let mut idle = slot.sockets.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.front().is_some_and(|i| self.since.saturating_duration_since(i.since) > self.pool.idle_timeout) {
-            idle.pop_front();
-        }
-        idle.push_back(IdleSocket { conn, since: self.since });
-    }
+    /// Idle sockets for inline exchanges (the codec's list: a response body puts its
+    /// socket back there itself).
+    sockets: Arc<IdleSockets>,
 }
 
 struct Idle {
@@ -156,7 +134,11 @@ impl Http1Pool {
             connector,
             endpoints: targets
                 .into_iter()
-                .map(|target| Slot { target, idle: Mutex::default(), sockets: Mutex::default() })
+                .map(|target| Slot {
+                    target,
+                    idle: Mutex::default(),
+                    sockets: Arc::new(IdleSockets::new(idle_timeout)),
+                })
                 .collect(),
             idle_timeout,
         });
@@ -225,8 +207,8 @@ impl Http1Pool {
                 match h1::exchange(&mut conn, &parts, body.as_deref()).await {
                     Ok((head, shape)) => {
                         // The request's head is written: its header map can serve another.
-                        crate::spare::give(std::mem::take(&mut parts.headers));
-                        let home = Home { pool: self.clone(), index, since: now };
+                        crate::support::spare::give(std::mem::take(&mut parts.headers));
+                        let home = self.endpoints.get(index).map(|slot| slot.sockets.home(now));
                         return Ok(head.map(|()| ResponseBody::new(conn, shape, home)));
                     }
                     Err(e) if reused && e.nothing_received && idempotent => {
@@ -240,14 +222,7 @@ impl Http1Pool {
 
     /// An idle socket of endpoint `index` that the upstream has not closed.
     fn checkout_socket(&self, index: usize, now: Instant) -> Option<Box<Conn>> {
-        let slot = self.endpoints.get(index)?;
-        let mut idle = slot.sockets.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(mut entry) = idle.pop_back() {
-            if now.saturating_duration_since(entry.since) <= self.idle_timeout && entry.conn.is_usable() {
-                return Some(entry.conn);
-            }
-        }
-        None
+        self.endpoints.get(index)?.sockets.take(now)
     }
 
     /// An idle connection of endpoint `index` that is ready for a request.
@@ -297,8 +272,7 @@ async fn sweep(pool: Weak<Http1Pool>, timeout: Duration) {
             let mut idle = slot.idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.retain(|i| !i.sender.is_closed() && now.saturating_duration_since(i.since) <= timeout);
             drop(idle);
-            let mut sockets = slot.sockets.lock().unwrap_or_else(|e| e.into_inner());
-            sockets.retain_mut(|i| now.saturating_duration_since(i.since) <= timeout && i.conn.is_usable());
+            slot.sockets.sweep(now);
         }
     }
 }
@@ -314,7 +288,7 @@ impl Http1Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::Counting;
+    use crate::http::body::Counting;
     use bytes::Bytes;
     use http::{HeaderValue, header};
     use http_body_util::{BodyExt, Full};

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use tracing::{debug, info};
 use vane_proto::config;
 
-use crate::duration_or;
+use crate::support::duration_or;
 
 /// Milliseconds since the first use in this process: a cheap clock for ejection deadlines.
 fn now_ms() -> u64 {

@@ -19,7 +19,9 @@ use vane_proto::discovery::{
     node_message,
 };
 
-use crate::{NodeConfig, NodeShared, cache};
+use super::NodeConfig;
+use super::shared::NodeShared;
+use super::snapshot_store;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -103,7 +105,7 @@ async fn apply(shared: &Arc<NodeShared>, config: &NodeConfig, snapshot: Snapshot
     };
     let mut result = applied.map_err(|errors| errors.into_iter().map(ValidationError::from).collect());
     if let (Ok(()), Some(dir)) = (&result, config.cache_dir.clone()) {
-        let written = tokio::task::spawn_blocking(move || cache::write(&dir, &snapshot)).await;
+        let written = tokio::task::spawn_blocking(move || snapshot_store::write(&dir, &snapshot)).await;
         // The runtime is already serving; a cache failure is reported, not rolled back.
         match written {
             Ok(Ok(())) => {}

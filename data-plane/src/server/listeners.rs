@@ -24,12 +24,13 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use vane_proto::ConfigError;
 use vane_proto::config;
 
-use crate::handoff::stopped;
-use crate::metrics::ListenerStats;
+use crate::observe::metrics::ListenerStats;
 use crate::proxy;
-use crate::server::Serve;
+use crate::proxy::Serving;
+use crate::server::handoff::stopped;
+use crate::server::inline::Serve;
+use crate::support::duration_or;
 use crate::tls::TlsInfo;
-use crate::{NodeShared, duration_or};
 
 /// Time a client has to send a request's headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -142,7 +143,7 @@ impl Listeners {
     }
 
     /// Starts the fresh listeners and stops those `prepared` did not keep.
-    pub(crate) fn commit(&mut self, prepared: Prepared, shared: &Arc<NodeShared>) {
+    pub(crate) fn commit(&mut self, prepared: Prepared, shared: &Arc<Serving>) {
         let Prepared { ids, timeouts, fresh } = prepared;
         let kept: HashMap<u64, &String> = ids.iter().map(|(name, id)| (*id, name)).collect();
         let defaults =
@@ -266,7 +267,7 @@ impl Drop for OpenConnection {
 async fn accept_loop(
     listener: TcpListener,
     slot: u64,
-    shared: Arc<NodeShared>,
+    shared: Arc<Serving>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<ListenerStats>,
     timeouts: Arc<Timeouts>,

@@ -28,9 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::pool::Home;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::support::BoxError;
 
 /// A response head may take this many bytes, and this many header lines.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -260,7 +258,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Parsed>, BoxError> {
         spans.push((name, h.name.len(), value, h.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = crate::spare::take(spans.len());
+    let mut headers = crate::support::spare::take(spans.len());
     let mut close = version == Version::HTTP_10;
     for (name_at, name_len, value_at, value_len) in spans {
         let name = head.get(name_at..name_at + name_len).ok_or("invalid header name")?;
@@ -349,9 +347,8 @@ impl std::fmt::Debug for ResponseBody {
 }
 
 impl ResponseBody {
-    pub(crate) fn new(conn: Box<Conn>, shape: BodyShape, home: Home) -> ResponseBody {
-        let mut body =
-            ResponseBody { conn: Some(conn), framing: shape.framing, reusable: shape.reusable, home: Some(home) };
+    pub(crate) fn new(conn: Box<Conn>, shape: BodyShape, home: Option<Home>) -> ResponseBody {
+        let mut body = ResponseBody { conn: Some(conn), framing: shape.framing, reusable: shape.reusable, home };
         if matches!(body.framing, Framing::Done) {
             body.finish();
         }
@@ -545,6 +542,64 @@ fn decode_chunked(buf: &mut BytesMut, state: Chunked) -> Result<(Chunked, Option
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// The idle sockets of one upstream endpoint for inline exchanges, the most recently used
+/// at the back. The connection pool keeps one per endpoint and takes from it; a response
+/// body puts its socket back through its [`Home`] once read whole, so this codec never
+/// knows the pool.
+pub(crate) struct IdleSockets {
+    sockets: std::sync::Mutex<std::collections::VecDeque<IdleSocket>>,
+    idle_timeout: std::time::Duration,
+}
+
+struct IdleSocket {
+    conn: Box<Conn>,
+    since: std::time::Instant,
+}
+
+impl IdleSockets {
+    pub(crate) fn new(idle_timeout: std::time::Duration) -> IdleSockets {
+        IdleSockets { sockets: std::sync::Mutex::default(), idle_timeout }
+    }
+
+    /// Where a response that starts now puts its socket back.
+    pub(crate) fn home(self: &std::sync::Arc<Self>, since: std::time::Instant) -> Home {
+        Home { list: self.clone(), since }
+    }
+
+    /// The newest idle socket the upstream has not closed.
+    pub(crate) fn take(&self, now: std::time::Instant) -> Option<Box<Conn>> {
+        let mut idle = self.sockets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(mut entry) = idle.pop_back() {
+            if now.saturating_duration_since(entry.since) <= self.idle_timeout && entry.conn.is_usable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Drops sockets idle too long or closed by the upstream.
+    pub(crate) fn sweep(&self, now: std::time::Instant) {
+        let mut idle = self.sockets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.retain_mut(|i| now.saturating_duration_since(i.since) <= self.idle_timeout && i.conn.is_usable());
+    }
+}
+
+/// Where a socket goes back once the response it carried has been read whole.
+pub(crate) struct Home {
+    list: std::sync::Arc<IdleSockets>,
+    since: std::time::Instant,
+}
+
+impl Home {
+    pub(crate) fn put(self, conn: Box<Conn>) {
+        let mut idle = self.list.sockets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.front().is_some_and(|i| self.since.saturating_duration_since(i.since) > self.list.idle_timeout) {
+            idle.pop_front();
+        }
+        idle.push_back(IdleSocket { conn, since: self.since });
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,268 @@
+//! A body read by hyper (a streamed request body, or an upstream's answer), with the
+//! frames already taken off it, if any, in front; and what a request body that failed
+//! on its way upstream says of its failure ([`BodyFault`]).
+//!
+//! Why: a chunked request body is read ahead before its request goes upstream
+//! ([`crate::server::admission`]), so that a malformed one is refused before anything is sent.
+//! A body that turns out larger than what is read ahead is forwarded as it streams, and
+//! hyper's `Incoming` cannot be given back what was read off it: this type replays those
+//! frames first. The frames live behind one pointer that is `None` for every other body,
+//! so the common case pays a branch per frame and nothing else.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+/// hyper's body, after the frames read ahead of it.
+#[derive(Debug)]
+pub(crate) struct Streamed {
+    // Boxed: a pointer in every body, rather than an empty queue's 32 bytes.
+    #[allow(clippy::box_collection)]
+    ahead: Option<Box<VecDeque<Frame<Bytes>>>>,
+    body: Incoming,
+}
+
+impl Streamed {
+    /// A body with nothing read ahead.
+    pub(crate) fn new(body: Incoming) -> Streamed {
+        Streamed { ahead: None, body }
+    }
+
+    /// `body`, after `ahead` (frames read off it, in order).
+    pub(crate) fn after(ahead: VecDeque<Frame<Bytes>>, body: Incoming) -> Streamed {
+        Streamed { ahead: (!ahead.is_empty()).then(|| Box::new(ahead)), body }
+    }
+}
+
+impl From<Incoming> for Streamed {
+    fn from(body: Incoming) -> Streamed {
+        Streamed::new(body)
+    }
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(ahead) = &mut this.ahead {
+            if let Some(frame) = ahead.pop_front() {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            this.ahead = None;
+        }
+        Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ahead.is_none() && self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let hint = self.body.size_hint();
+        let Some(ahead) = &self.ahead else { return hint };
+        let buffered: u64 = ahead.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
+        let mut sum = SizeHint::new();
+        sum.set_lower(hint.lower().saturating_add(buffered));
+        if let Some(upper) = hint.upper() {
+            sum.set_upper(upper.saturating_add(buffered));
+        }
+        sum
+    }
+}
+
+/// What went wrong with a request body on its way upstream, shared by the body (which
+/// sees it) and the request (which answers for it).
+#[derive(Debug, Default)]
+pub(crate) struct BodyFault(AtomicU8);
+
+impl BodyFault {
+    const TOO_LARGE: u8 = 1;
+    const BROKEN: u8 = 2;
+
+    /// The body went past the route's `max_request_bytes`.
+    pub(crate) fn set_too_large(&self) {
+        self.0.store(Self::TOO_LARGE, Ordering::Relaxed);
+    }
+
+    /// The client's body failed (malformed, cut short): the client's fault.
+    pub(crate) fn set_broken(&self) {
+        let _ = self.0.compare_exchange(0, Self::BROKEN, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub(crate) fn too_large(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
+    }
+
+    pub(crate) fn broken(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::BROKEN
+    }
+}
+
+/// A response body from an upstream: through hyper, or read inline from an HTTP/1.1 socket.
+pub(crate) type UpstreamResponseBody = Either<Streamed, crate::http::h1::ResponseBody>;
+/// What an upstream answer or a local answer streams as.
+pub(crate) type InnerBody = Either<UpstreamResponseBody, Full<Bytes>>;
+/// Request bodies sent upstream, counted.
+pub(crate) type UpstreamBody = Counting<InnerBody>;
+
+/// A local answer: `status` with a short plain-text body (refusals, errors, redirects'
+/// bodies), the one shape every layer answers with.
+pub(crate) fn local(status: http::StatusCode, body: &'static str) -> http::Response<InnerBody> {
+    let mut response = http::Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// A request body read by hyper, streamed upstream as received (unless a policy transform
+/// replaces it).
+pub(crate) fn streamed(body: Incoming) -> InnerBody {
+    Either::Left(Either::Left(Streamed::new(body)))
+}
+
+/// Polls `inner` for a frame and hands the size of a data frame to `count`.
+pub(crate) fn poll_counting<B: Body<Data = Bytes> + Unpin>(
+    inner: &mut B,
+    cx: &mut Context<'_>,
+    count: impl FnOnce(u64),
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    let polled = Pin::new(inner).poll_frame(cx);
+    if let Poll::Ready(Some(Ok(frame))) = &polled
+        && let Some(data) = frame.data_ref()
+    {
+        count(data.len() as u64);
+    }
+    polled
+}
+
+/// A request body that counts the bytes it passes upstream.
+#[derive(Debug)]
+pub(crate) struct Counting<B> {
+    /// None: an empty body (a retry of a bodiless request).
+    inner: Option<B>,
+    /// None for a body known to be empty.
+    counter: Option<Arc<AtomicU64>>,
+    /// Most bytes allowed (0: any).
+    limit: u64,
+    /// Where the body says it went past the limit, or failed.
+    fault: Option<Arc<BodyFault>>,
+}
+
+/// The error a request body gets when it passes the route's limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {0} bytes")]
+pub(crate) struct TooLarge(u64);
+
+impl<B> Counting<B> {
+    /// `inner`, counted into `counter`, refused past `limit` bytes (0: any), its failure
+    /// told to `fault`.
+    pub(crate) fn new(
+        inner: B,
+        counter: Option<Arc<AtomicU64>>,
+        limit: u64,
+        fault: Option<Arc<BodyFault>>,
+    ) -> Counting<B> {
+        Counting { inner: Some(inner), counter, limit, fault }
+    }
+
+    /// An empty body (a retry or mirror of a bodiless request).
+    pub(crate) fn empty() -> Counting<B> {
+        Counting { inner: None, counter: None, limit: 0, fault: None }
+    }
+}
+
+impl Counting<InnerBody> {
+    /// Whether the body is held whole in memory (read whole by the inline server, or set
+    /// by a policy transform) and within the route's limit: it can be sent with the head.
+    pub(crate) fn is_buffered(&self) -> bool {
+        match &self.inner {
+            Some(Either::Right(full)) => full.size_hint().exact().is_some_and(|n| self.limit == 0 || n <= self.limit),
+            _ => false,
+        }
+    }
+
+    /// Takes the bytes of a body [`Self::is_buffered`] says is held whole, counted as
+    /// sent; `None` (the body left as it was) for any other.
+    pub(crate) fn take_buffered(&mut self) -> Option<Bytes> {
+        if !self.is_buffered() {
+            return None;
+        }
+        let Some(Either::Right(full)) = self.inner.as_mut() else { return None };
+        // A whole body in memory is one frame, ready at once.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let data = match Pin::new(full).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+            _ => Bytes::new(),
+        };
+        if let Some(counter) = &self.counter {
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        self.inner = None;
+        Some(data)
+    }
+}
+
+impl<B> Body for Counting<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<crate::support::BoxError>,
+{
+    type Data = Bytes;
+    type Error = crate::support::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = &mut this.inner else { return Poll::Ready(None) };
+        let mut total = 0;
+        let polled = poll_counting(inner, cx, |n| {
+            if let Some(counter) = &this.counter {
+                total = counter.fetch_add(n, Ordering::Relaxed) + n;
+            }
+        });
+        if this.limit > 0 && total > this.limit {
+            if let Some(fault) = &this.fault {
+                fault.set_too_large();
+            }
+            return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
+        }
+        if let (Poll::Ready(Some(Err(_))), Some(fault)) = (&polled, &this.fault) {
+            fault.set_broken();
+        }
+        polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_faults_keep_the_first_cause() {
+        let fault = BodyFault::default();
+        assert!(!fault.broken() && !fault.too_large());
+        fault.set_too_large();
+        fault.set_broken();
+        assert!(fault.too_large() && !fault.broken(), "the limit's error is not the client's malformed body");
+        let fault = BodyFault::default();
+        fault.set_broken();
+        assert!(fault.broken());
+    }
+}

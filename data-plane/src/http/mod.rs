@@ -1,0 +1,6 @@
+//! HTTP protocol only: body types, header hygiene, value templates, the inline HTTP/1.1
+//! client codec. Knows no route, cluster or pool.
+
+pub(crate) mod body;
+pub(crate) mod h1;
+pub(crate) mod template;

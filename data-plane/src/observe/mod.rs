@@ -1,0 +1,6 @@
+//! Observability, a leaf layer: Prometheus metrics, access logs, OpenTelemetry spans.
+
+pub(crate) mod accesslog;
+pub(crate) mod metrics;
+#[cfg(feature = "otlp")]
+pub(crate) mod otel;

@@ -1,0 +1,9 @@
+//! Upstreams: clusters and their endpoints, the connection pool, balancers, active and
+//! passive health, DNS, sticky sessions.
+
+pub(crate) mod balancer;
+pub(crate) mod cluster;
+pub(crate) mod dns;
+pub(crate) mod health;
+pub(crate) mod pool;
+pub(crate) mod sticky;
