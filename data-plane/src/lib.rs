@@ -140,7 +140,7 @@ pub mod bench {
 
     impl Peer {
         pub fn new(addr: SocketAddr) -> Peer {
-            Peer(addr, crate::proxy::ip_value(addr))
+            Peer(addr, crate::http::headers::ip_value(addr))
         }
     }
 }

@@ -3,4 +3,5 @@
 
 pub(crate) mod body;
 pub(crate) mod h1;
+pub(crate) mod headers;
 pub(crate) mod template;

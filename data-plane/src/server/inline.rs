@@ -365,7 +365,7 @@ fn parse_request(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parsed {
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = spare::take(spans.len() + proxy::FORWARDING_HEADROOM);
+    *req.headers_mut() = spare::take(spans.len() + crate::http::headers::FORWARDING_HEADROOM);
     let headers = req.headers_mut();
     for (name, at, len) in spans.drain(..) {
         let Some(value) = head.get(at..at + len) else { return Parsed::Invalid(StatusCode::BAD_REQUEST) };
