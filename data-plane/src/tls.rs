@@ -282,6 +282,11 @@ pub(crate) fn system_roots() -> Arc<RootCertStore> {
             let mut store = RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             let _ = store.add_parsable_certificates(found.certs);
+            if store.is_empty() {
+                tracing::warn!(
+                    "no system root certificates found: https side calls, and upstreams that name no CA, will fail"
+                );
+            }
             Arc::new(store)
         })
         .clone()
@@ -353,6 +358,21 @@ pub(crate) fn connector(http: HttpConnector, tls: Option<&UpstreamTls>, h2: bool
         None => Arc::new(DefaultServerNameResolver::default()),
     };
     HttpsConnector::new(http, config, true, names)
+}
+
+/// A connector for `http` and `https` URLs of public services (JWKS, introspection,
+/// external authorization): TLS verified against the system roots, HTTP/1.1.
+pub(crate) fn public_connector(http: HttpConnector) -> HttpsConnector<HttpConnector> {
+    static PUBLIC: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    let config = PUBLIC
+        .get_or_init(|| {
+            let config = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map(|b| b.with_root_certificates(system_roots()).with_no_client_auth());
+            Arc::new(config.unwrap_or_else(|_| unreachable!("ring supports the default versions")))
+        })
+        .clone();
+    HttpsConnector::new(http, config, false, Arc::new(DefaultServerNameResolver::default()))
 }
 
 fn plain_config() -> Arc<ClientConfig> {

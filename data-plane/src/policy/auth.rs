@@ -17,9 +17,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 use vane_proto::config::{self, api_key};
 
@@ -28,6 +25,7 @@ use super::jwt::Jwt;
 use super::stats::PolicyStats;
 use crate::http::body::InnerBody;
 use crate::http::body::local;
+use crate::upstream::sidecall::{self, SideClient};
 
 /// Most remembered basic-auth verifications and introspection answers (each).
 const CACHE_MAX: usize = 10_000;
@@ -122,24 +120,12 @@ pub(crate) struct Caches {
 /// An introspection answer (the subject when active) and until when it holds.
 type Introspected = (Option<String>, Instant);
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = SideClient<Full<Bytes>>;
 
+/// Introspection and external authorization calls: bounded connects, idle connections
+/// kept a minute.
 fn http_client() -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(Duration::from_secs(2)));
-    let config = rustls::ClientConfig::builder_with_provider(vane_proto::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(crate::tls::system_roots()).with_no_client_auth());
-    let connector = match config {
-        Ok(config) => hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http),
-        Err(_) => crate::tls::connector(http, None, false),
-    };
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector)
+    sidecall::client(None, Duration::from_secs(2), Duration::from_secs(60))
 }
 
 #[derive(Debug)]

@@ -11,11 +11,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::tls::UpstreamTls;
-use hyper_util::rt::TokioExecutor;
 use tracing::{debug, info};
 use vane_proto::config;
 
@@ -145,11 +142,9 @@ impl Checker {
         let host = hc.host.clone();
         let expected: Vec<u16> = hc.expected_statuses.iter().filter_map(|s| u16::try_from(*s).ok()).collect();
         let task = tokio::spawn(async move {
-            let mut http = HttpConnector::new();
-            http.enforce_http(false);
             let scheme = if tls.is_some() { "https" } else { "http" };
-            let client: Client<_, Empty<bytes::Bytes>> =
-                Client::builder(TokioExecutor::new()).build(crate::tls::connector(http, tls.as_ref(), false));
+            let client: super::sidecall::SideClient<Empty<bytes::Bytes>> =
+                super::sidecall::client(tls.as_ref(), timeout, Duration::from_secs(90));
             // Consecutive results per endpoint: positive successes, negative failures.
             let mut streaks = vec![0i64; endpoints.len()];
             loop {

@@ -6,4 +6,5 @@ pub(crate) mod cluster;
 pub(crate) mod dns;
 pub(crate) mod health;
 pub(crate) mod pool;
+pub(crate) mod sidecall;
 pub(crate) mod sticky;

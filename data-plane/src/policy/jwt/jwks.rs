@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -11,13 +11,10 @@ use bytes::Bytes;
 use http::Uri;
 use http::header::{ACCEPT, USER_AGENT};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use rustls::{ClientConfig, RootCertStore};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
+
+use crate::upstream::sidecall::{self, SideClient};
 
 use super::keys::{KEY_SET_GENERATION, KeySet, parse_jwks};
 
@@ -142,7 +139,7 @@ pub(super) fn parse_uri(uri: &str) -> Result<Uri, String> {
     Ok(parsed)
 }
 
-pub(super) type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+pub(super) type HttpClient = SideClient<Empty<Bytes>>;
 
 /// The fetch task of one URL: fetch, store, sleep until the refresh interval passes (or
 /// the backoff after a failure) or someone wakes it; end when the `Remote` is gone. It
@@ -198,45 +195,13 @@ async fn fetch_loop(remote: Weak<Remote>, wake: Arc<Notify>) {
     }
 }
 
-/// A client for one URL. TLS verifies against the system roots, with the ring provider
-/// named explicitly so that nothing depends on a process-wide default provider.
-async fn http_client(https: bool) -> Result<HttpClient, String> {
-    let roots = if https {
-        // Reading the system store touches the disk: not on a runtime worker.
-        tokio::task::spawn_blocking(system_roots).await.map_err(|e| format!("loading the system roots: {e}"))?
-    } else {
-        Arc::new(RootCertStore::empty())
-    };
-    let tls = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(FETCH_TIMEOUT));
-    http.set_nodelay(true);
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
-}
-
-/// The system's trusted roots, read once per process.
-pub(super) fn system_roots() -> Arc<RootCertStore> {
-    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let mut store = RootCertStore::empty();
-            let _ = store.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-            if store.is_empty() {
-                warn!("no system root certificates found: https JWKS URLs will fail");
-            }
-            Arc::new(store)
-        })
-        .clone()
+/// A client for one URL: the node's side-call client (system roots, the provider every
+/// Vane connection uses), built off the runtime's workers since the first build reads the
+/// system roots from disk.
+async fn http_client(_https: bool) -> Result<HttpClient, String> {
+    tokio::task::spawn_blocking(|| sidecall::client(None, FETCH_TIMEOUT, Duration::from_secs(90)))
+        .await
+        .map_err(|e| format!("loading the system roots: {e}"))
 }
 
 /// One GET of the document, bounded in time and size.
