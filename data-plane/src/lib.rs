@@ -18,7 +18,7 @@ mod support;
 mod tls;
 mod upstream;
 
-pub use node::snapshot_store::CacheError;
+pub use node::snapshot_store::SnapshotStoreError;
 pub use node::{Node, NodeConfig, NodeError};
 
 /// Internals exposed for the criterion benches (`benches/hot_path.rs`) only: not an API.

@@ -12,7 +12,7 @@ const FILE: &str = "snapshot.pb";
 
 /// Failures reading or writing the snapshot cache.
 #[derive(Debug, thiserror::Error)]
-pub enum CacheError {
+pub enum SnapshotStoreError {
     #[error("snapshot cache {path}: {source}")]
     Io {
         path: PathBuf,
@@ -27,8 +27,8 @@ pub enum CacheError {
     },
 }
 
-pub(crate) fn write(dir: &Path, snapshot: &Snapshot) -> Result<(), CacheError> {
-    let io = |source| CacheError::Io { path: dir.join(FILE), source };
+pub(crate) fn write(dir: &Path, snapshot: &Snapshot) -> Result<(), SnapshotStoreError> {
+    let io = |source| SnapshotStoreError::Io { path: dir.join(FILE), source };
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut tmp = tempfile_in(dir).map_err(io)?;
     tmp.1.write_all(&snapshot.encode_to_vec()).map_err(io)?;
@@ -50,12 +50,14 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
 }
 
 /// The cached snapshot, if any.
-pub(crate) fn read(dir: &Path) -> Result<Option<Snapshot>, CacheError> {
+pub(crate) fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotStoreError> {
     let path = dir.join(FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => Snapshot::decode(bytes.as_slice()).map(Some).map_err(|source| CacheError::Decode { path, source }),
+        Ok(bytes) => {
+            Snapshot::decode(bytes.as_slice()).map(Some).map_err(|source| SnapshotStoreError::Decode { path, source })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CacheError::Io { path, source }),
+        Err(source) => Err(SnapshotStoreError::Io { path, source }),
     }
 }
 
