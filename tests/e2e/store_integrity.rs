@@ -166,3 +166,83 @@ async fn a_node_ahead_of_a_replaced_store_is_never_sent_back_a_lower_version() {
     let next = second.apply(&config_yaml(&[("echo", &[echo.addr()])], &[("api", "/b2", "echo")])).await.unwrap();
     assert_eq!(next.version, 5, "numbers above what the node held");
 }
+
+/// A discovery server of the test's own: hands each node stream to the test, which plays
+/// the control plane message by message.
+mod fake_control_plane {
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::{Request, Response, Status, Streaming};
+    use vane_proto::discovery::discovery_service_server::DiscoveryService;
+    use vane_proto::discovery::{ControlMessage, NodeMessage};
+
+    pub(crate) type Session = (Streaming<NodeMessage>, mpsc::Sender<Result<ControlMessage, Status>>);
+
+    pub(crate) struct Fake(pub(crate) mpsc::Sender<Session>);
+
+    #[tonic::async_trait]
+    impl DiscoveryService for Fake {
+        type StreamStream = ReceiverStream<Result<ControlMessage, Status>>;
+
+        async fn stream(
+            &self,
+            request: Request<Streaming<NodeMessage>>,
+        ) -> Result<Response<Self::StreamStream>, Status> {
+            let (tx, rx) = mpsc::channel(4);
+            self.0.send((request.into_inner(), tx)).await.map_err(|_| Status::unavailable("test over"))?;
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_refuses_a_lower_version_or_other_content_under_its_own_number() {
+    use vane_proto::discovery::discovery_service_server::DiscoveryServiceServer;
+    use vane_proto::discovery::{ControlMessage, Snapshot, control_message, node_message};
+
+    init_logs();
+    let (sessions_tx, mut sessions) = tokio::sync::mpsc::channel(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(DiscoveryServiceServer::new(fake_control_plane::Fake(sessions_tx)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let node = start_node("guarded", &format!("http://{addr}"), None).await;
+    let (mut inbound, outbound) =
+        tokio::time::timeout(Duration::from_secs(10), sessions.recv()).await.unwrap().unwrap();
+    assert!(matches!(inbound.message().await.unwrap().and_then(|m| m.message), Some(node_message::Message::Hello(_))));
+    let echo: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let snapshot = |version: u64, prefix: &str| {
+        let config =
+            vane_proto::load(&config_yaml(&[("echo", &[echo])], &[("api", prefix, "echo")]), vane_proto::Format::Yaml)
+                .unwrap();
+        let sha256 = vane_proto::config_sha256(&config);
+        let snapshot = Snapshot { version, nonce: format!("n{version}{prefix}"), sha256, config: Some(config) };
+        Ok(ControlMessage { message: Some(control_message::Message::Snapshot(snapshot)) })
+    };
+    let mut answer = async || inbound.message().await.unwrap().and_then(|m| m.message);
+
+    outbound.send(snapshot(5, "/five")).await.unwrap();
+    assert!(matches!(answer().await, Some(node_message::Message::Ack(a)) if a.version == 5));
+    outbound.send(snapshot(3, "/three")).await.unwrap();
+    match answer().await {
+        Some(node_message::Message::Nack(n)) => {
+            assert_eq!(n.version, 3);
+            assert!(n.errors[0].message.contains("older than version 5"), "{:?}", n.errors);
+        }
+        other => panic!("a lower version must be refused: {other:?}"),
+    }
+    outbound.send(snapshot(5, "/other")).await.unwrap();
+    match answer().await {
+        Some(node_message::Message::Nack(n)) => {
+            assert!(n.errors[0].message.contains("other content"), "{:?}", n.errors);
+        }
+        other => panic!("other content under the same number must be refused: {other:?}"),
+    }
+    assert_eq!(node.version(), 5, "the node keeps serving what it held");
+    outbound.send(snapshot(6, "/six")).await.unwrap();
+    assert!(matches!(answer().await, Some(node_message::Message::Ack(a)) if a.version == 6));
+    server.abort();
+}
