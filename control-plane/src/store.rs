@@ -162,15 +162,18 @@ impl SledStore {
         let dir = &self.dir;
         let latest = self.meta.get(LATEST_KEY)?.map_or(0, |v| u64_from(&v));
         let floor = self.meta.get(FLOOR_KEY)?.map_or(0, |v| u64_from(&v));
-        // Every retained record must read back whole: sled checks each one's CRC, prost
-        // its framing. A record lost here is a version a user may roll back to.
+        // Every retained record must read back whole: sled checks each one's CRC as it
+        // reads it (a damaged blob fails here). The configs are decoded only for the
+        // newest version below: decoding 1,000 retained copies of a 100k-route config
+        // would make a restart take minutes for what the CRC already proves.
         let mut newest_listed = 0;
         for item in self.history.iter() {
             let (key, value) = item?;
             let version = u64_from(&key);
             Self::decode(version, &value).map_err(|e| damaged(dir, &e.to_string()))?;
             match self.versions.get(&key) {
-                Ok(Some(bytes)) => drop(Self::decode(version, &bytes).map_err(|e| damaged(dir, &e.to_string()))?),
+                Ok(Some(bytes)) if !bytes.is_empty() => {}
+                Ok(Some(_)) => return Err(damaged(dir, &format!("version {version}'s record is empty"))),
                 Ok(None) => return Err(damaged(dir, &format!("version {version} is listed but its record is gone"))),
                 Err(e) => return Err(damaged(dir, &format!("version {version} cannot be read: {e}"))),
             }
