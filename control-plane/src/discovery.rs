@@ -29,6 +29,10 @@ use crate::auth::Role;
 use crate::store::NewVersion;
 use crate::{Published, Shared};
 
+/// How far ahead of the store a node's version may be and still be numbered above: far
+/// more than any retention keeps, far less than the 64-bit numbers run to.
+const MAX_AHEAD: u64 = 1 << 32;
+
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -178,6 +182,12 @@ async fn catch_up(shared: &Arc<Shared>, node_id: &str, held: u64, hash: &str) {
         return;
     }
     let store_version = latest.as_ref().map_or(0, |p| p.version);
+    if held > store_version.saturating_add(MAX_AHEAD) {
+        // Not a store restored from an older backup: a node that says so would make every
+        // later version number jump (or run out); it keeps what it has, and is told nothing.
+        warn!(node = %node_id, held, store_version, "node claims an implausible version; ignored");
+        return;
+    }
     warn!(node = %node_id, held, store_version, "node holds a version the store does not have; numbering above it");
     let store = shared.store.clone();
     let node = node_id.to_owned();

@@ -48,6 +48,8 @@ pub enum StoreError {
     Damaged { path: PathBuf, reason: String },
     #[error("store i/o: {0}")]
     Io(#[from] sled::Error),
+    #[error("version numbers are exhausted")]
+    Exhausted,
     #[error("store record for version {version} is damaged: {source}")]
     Corrupt {
         version: u64,
@@ -275,7 +277,11 @@ impl Store for SledStore {
         let result = (&self.versions, &self.history, &self.meta).transaction(|(versions, history, meta)| {
             let latest = meta.get(LATEST_KEY)?.map_or(0, |v| u64_from(&v));
             let floor = meta.get(FLOOR_KEY)?.map_or(0, |v| u64_from(&v));
-            let version = latest.max(floor).max(seal.floor) + 1;
+            // Numbers run out only after 2^64 versions, or a floor raised that far (refused
+            // by the discovery session): an error, never an overflow.
+            let Some(version) = latest.max(floor).max(seal.floor).checked_add(1) else {
+                return Err(sled::transaction::ConflictableTransactionError::Abort(StoreError::Exhausted));
+            };
             let mut record = StoredVersion {
                 version,
                 config: None,
@@ -499,6 +505,15 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.commit(new_version("b")).unwrap().version, 10);
         assert_eq!(store.history(0).unwrap().iter().map(|h| h.version).collect::<Vec<_>>(), vec![10, 1]);
+    }
+
+    #[test]
+    fn numbers_that_would_overflow_are_an_error_not_a_wrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.raise_floor(u64::MAX).unwrap();
+        assert!(matches!(store.commit(new_version("a")), Err(StoreError::Exhausted)));
+        assert!(store.latest().unwrap().is_none(), "nothing was stored");
     }
 
     #[test]
