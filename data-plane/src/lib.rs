@@ -1,11 +1,16 @@
 //! Vane's data plane: a stateless proxy node driven by the control plane.
 //!
-//! Data flow: the discovery client receives a `Snapshot`, [`NodeShared::apply_snapshot`]
-//! validates it with the shared validator, binds any new listener sockets, compiles a
-//! [`runtime::Runtime`] (routers, clusters) off the request path and swaps it in with one
-//! `ArcSwap::store`; then new listeners start, removed ones drain, the snapshot is
-//! cached on disk, and the node ACKs. Any failure before the swap NACKs and leaves the
-//! previous runtime serving. Requests (`proxy`) load the runtime once and keep it.
+//! Data flow: the discovery client (`node::discovery`) receives a `Snapshot`;
+//! `node::shared::NodeShared::apply_snapshot` validates it with the shared validator,
+//! binds any new listener sockets, compiles a `routing::runtime::Runtime` (routers,
+//! clusters, policies) off the request path and swaps it in with one `ArcSwap::store`;
+//! then new listeners start, removed ones drain, the snapshot is written to the
+//! last-known-good store, and the node ACKs. Any failure before the swap NACKs and leaves
+//! the previous runtime serving. Requests (`proxy`) load the runtime once and keep it.
+//!
+//! The modules are layers, each importing only from the ones listed before it: `support`,
+//! `tls`, `observe`, `http`, `upstream`, `policy`, `routing`, `proxy`, `server`, `node`
+//! (`.ci/module-cycles.py` checks it; docs/architecture.md says what each owns).
 
 mod http;
 mod node;
