@@ -35,17 +35,28 @@ fn apply_request(yaml: &str) -> ApplyRequest {
     }
 }
 
-/// Sends one gRPC message (`message`, already encoded, any bytes) to `path` over h2c, as
-/// a client of any language could, and returns the status the server answered with.
-async fn raw_call(addr: &str, path: &str, message: &[u8], token: Option<&str>) -> tonic::Status {
+/// An HTTP/2 (prior knowledge) connection to `addr`, driven in the background.
+async fn h2c<B>(addr: &str) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+    let (sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
     )
     .await
     .unwrap();
     tokio::spawn(connection);
+    sender
+}
+
+/// Sends one gRPC message (`message`, already encoded, any bytes) to `path` over h2c, as
+/// a client of any language could, and returns the status the server answered with.
+async fn raw_call(addr: &str, path: &str, message: &[u8], token: Option<&str>) -> tonic::Status {
+    let mut sender = h2c(addr).await;
     let mut body = vec![0];
     body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
     body.extend_from_slice(message);
@@ -224,14 +235,7 @@ async fn calls_without_a_token_are_refused_before_their_body_is_read() {
 
 /// Streams a gRPC frame announcing `len` bytes (zeros) to Apply, without a token.
 async fn big_unauthenticated_call(addr: &str, len: usize) -> tonic::Status {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2c(addr).await;
     let mut head = vec![0];
     head.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
     let chunk = Bytes::from(vec![0u8; 1 << 20]);
