@@ -151,7 +151,7 @@ async fn fetch_loop(remote: Weak<Remote>, wake: Arc<Notify>) {
         let Some(uri) = remote.upgrade().map(|r| r.uri.clone()) else { return };
         let outcome = match &client {
             Some(c) => fetch(c, &uri).await,
-            None => match http_client(uri.scheme_str() == Some("https")).await {
+            None => match http_client().await {
                 Ok(c) => fetch(client.insert(c), &uri).await,
                 Err(e) => Err(e),
             },
@@ -198,7 +198,7 @@ async fn fetch_loop(remote: Weak<Remote>, wake: Arc<Notify>) {
 /// A client for one URL: the node's side-call client (system roots, the provider every
 /// Vane connection uses), built off the runtime's workers since the first build reads the
 /// system roots from disk.
-async fn http_client(_https: bool) -> Result<HttpClient, String> {
+async fn http_client() -> Result<HttpClient, String> {
     tokio::task::spawn_blocking(|| sidecall::client(None, FETCH_TIMEOUT, Duration::from_secs(90)))
         .await
         .map_err(|e| format!("loading the system roots: {e}"))
