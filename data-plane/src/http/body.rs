@@ -182,6 +182,28 @@ impl<B> Counting<B> {
 }
 
 impl Counting<InnerBody> {
+    /// A body held whole in memory, counted nowhere: a request sent again.
+    pub(crate) fn whole(data: Bytes) -> Counting<InnerBody> {
+        Counting::new(Either::Right(Full::new(data)), None, 0, None)
+    }
+
+    /// The bytes of a body [`Self::is_buffered`] says is held whole, for a second send
+    /// (a retry, a mirror), the body left as it was; `None` for any other body.
+    pub(crate) fn copy_buffered(&mut self) -> Option<Bytes> {
+        if !self.is_buffered() {
+            return None;
+        }
+        let Some(Either::Right(full)) = self.inner.as_mut() else { return None };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let data = match Pin::new(&mut *full).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+            _ => Bytes::new(),
+        };
+        // `Bytes` clones share the buffer: the copy costs a reference count.
+        *full = Full::new(data.clone());
+        Some(data)
+    }
+
     /// Whether the body is held whole in memory (read whole by the inline server, or set
     /// by a policy transform) and within the route's limit: it can be sent with the head.
     pub(crate) fn is_buffered(&self) -> bool {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -15,7 +16,6 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::http::body::BodyFault;
-use crate::http::body::Counting;
 use crate::http::body::InnerBody;
 use crate::http::body::UpstreamBody;
 use crate::http::body::local;
@@ -26,7 +26,8 @@ use crate::routing::actions::RetryOn;
 use crate::routing::actions::Vars;
 use crate::routing::router::Route;
 use crate::upstream::balancer::{PickContext, Picked};
-use crate::upstream::cluster::Cluster;
+use crate::upstream::cluster::{Cluster, RetryPermit, Tried};
+use crate::upstream::health::Outcome;
 use crate::upstream::pool::SendError;
 
 use super::connection::Connection;
@@ -72,10 +73,14 @@ pub(super) async fn forward(
         rules.0.apply(upstream.headers_mut(), &vars);
     }
     if let Some((shadow, percent)) = &route.mirror
-        && upstream.body().is_end_stream()
         && (*percent >= 100 || rand::random_range(0..100) < *percent)
     {
-        mirror(shadow.clone(), &upstream, route.timeout);
+        // A body is mirrored when it is held whole; a streamed one is not mirrored.
+        let body =
+            if upstream.body().is_end_stream() { Some(None) } else { upstream.body_mut().copy_buffered().map(Some) };
+        if let Some(body) = body {
+            mirror(shadow.clone(), &upstream, body, route.timeout);
+        }
     }
     let client_broke = || edits.body_fault.is_some_and(BodyFault::broken);
     let started = Instant::now();
@@ -89,16 +94,6 @@ pub(super) async fn forward(
         }
     };
     let policy = route.retry.as_ref().filter(|_| upgrade.is_none());
-    // What a retry is rebuilt from: only bodiless requests can be sent again. Boxed, so
-    // that routes without retries do not carry its room in every request's future.
-    let template = policy.filter(|_| upstream.body().is_end_stream()).map(|_| {
-        let mut again = Request::new(());
-        *again.method_mut() = upstream.method().clone();
-        *again.uri_mut() = upstream.uri().clone();
-        *again.version_mut() = upstream.version();
-        *again.headers_mut() = upstream.headers().clone();
-        Box::new(again)
-    });
     let idempotent = matches!(
         *upstream.method(),
         http::Method::GET
@@ -108,6 +103,10 @@ pub(super) async fn forward(
             | http::Method::DELETE
             | http::Method::TRACE
     );
+    // What a retry of a request the upstream received is rebuilt from (a failed connect
+    // gives the request back instead): only for policies with such retries, idempotent
+    // requests, and bodies empty or held whole.
+    let template = policy.filter(|p| idempotent && p.retries_received()).and_then(|_| Template::of(&mut upstream));
     let _in_flight = match cluster.start_request() {
         Ok(guard) => guard,
         Err(limit) => {
@@ -118,50 +117,69 @@ pub(super) async fn forward(
     };
     let mut endpoint = endpoint;
     let mut attempt: u32 = 0;
+    let mut tried = Tried::default();
+    // The budget's share of the retry in flight, held until its answer is in.
+    let mut _retrying: Option<RetryPermit> = None;
     let (result, tried_at) = loop {
         let sent = Instant::now();
         let per_try = policy.map_or(route.timeout, |p| p.per_try_timeout).min(deadline.saturating_duration_since(sent));
         if upgrade.is_some() {
             *upstream.version_mut() = Version::HTTP_11;
         }
-        let result = tokio::time::timeout(per_try, cluster.send(picked.index, upstream, sent)).await;
-        // Passive health sees every try: 5xx, connect failures, resets and timeouts count;
-        // a failure of the client's own body does not.
-        let failed = !matches!(&result, Ok(Ok((r, _))) if !r.status().is_server_error()) && !client_broke();
-        cluster.report(picked.index, failed);
+        let mut result = tokio::time::timeout(per_try, cluster.send(picked.index, upstream, sent)).await;
+        // Passive health sees every try; a failure of the client's own body counts as none.
+        let outcome = match &result {
+            _ if client_broke() => Outcome::Ok,
+            Ok(Ok((r, _))) if !r.status().is_server_error() => Outcome::Ok,
+            Ok(Err(error)) if error.is_connect() => Outcome::Unreachable,
+            _ => Outcome::Failed,
+        };
+        cluster.report(picked.index, outcome);
         let cause = match &result {
             Ok(Ok((response, _))) => policy.and_then(|p| p.on_status(response.status())),
             Ok(Err(error)) if error.is_connect() => Some(RetryOn::ConnectFailure),
             Ok(Err(_)) => Some(RetryOn::Reset),
             Err(_) => Some(RetryOn::Timeout),
         };
-        let retry = match (cause, policy, &template) {
-            (Some(cause), Some(p), Some(t))
+        let retry = match (cause, policy) {
+            (Some(cause), Some(p))
                 if attempt < p.num_retries
                     && p.retries_on(cause)
                     && (idempotent || cause == RetryOn::ConnectFailure)
                     && Instant::now() < deadline =>
             {
-                cluster.try_retry().map(|permit| (p, t, permit))
+                Some((p, cause))
             }
             _ => None,
         };
-        let Some((p, t, _permit)) = retry else { break (result, sent) };
+        let Some((p, cause)) = retry else { break (result, sent) };
+        // The request again: given back by a failed connect, else rebuilt.
+        let again = match &mut result {
+            Ok(Err(error)) => error.take_unsent(),
+            _ => None,
+        }
+        .or_else(|| template.as_ref().map(|t| t.request()));
+        let Some(again) = again else { break (result, sent) };
+        let Some(permit) = cluster.try_retry() else { break (result, sent) };
+        _retrying = Some(permit);
         attempt += 1;
         debug!(route = %route.name, cluster = %cluster.name, attempt, ?cause, "retrying");
         let pause = p.backoff_for(attempt).min(deadline.saturating_duration_since(Instant::now()));
-        tokio::time::sleep(pause).await;
-        let Some((next_picked, next)) = cluster.pick(None) else { break (result, sent) };
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        tried.add(picked.index);
+        let Some((next_picked, next)) = cluster.pick_avoiding(None, &tried) else { break (result, sent) };
         // A retry moved the request: the affinity cookie should name where it went.
         set_cookie = cluster.set_cookie_for(next_picked.index).or(set_cookie);
         picked = next_picked;
-        let mut parts = Request::clone(t).into_parts().0;
-        parts.uri = match upstream_uri(cluster, &next.authority, t.version(), t.uri()) {
+        let (mut parts, body) = again.into_parts();
+        parts.uri = match upstream_uri(cluster, &next.authority, parts.version, &parts.uri) {
             Some(uri) => uri,
             None => break (result, sent),
         };
         endpoint = next.authority.clone();
-        upstream = Request::from_parts(parts, Counting::empty());
+        upstream = Request::from_parts(parts, body);
     };
     let now = Instant::now();
     let mut info = Some(Upstream {
@@ -331,11 +349,12 @@ pub(super) fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upg
     });
 }
 
-/// Sends a bodiless copy of `req` to a shadow cluster in the background and discards the
-/// answer. The copy's Host gets `-shadow` so the shadow can tell mirrored traffic apart.
-pub(super) fn mirror(shadow: Arc<Cluster>, req: &Request<UpstreamBody>, timeout: Duration) {
+/// Sends a copy of `req` with `body` (`None`: none) to a shadow cluster in the
+/// background and discards the answer. The copy's Host gets `-shadow` so the shadow can
+/// tell mirrored traffic apart.
+pub(super) fn mirror(shadow: Arc<Cluster>, req: &Request<UpstreamBody>, body: Option<Bytes>, timeout: Duration) {
     let Some((_picked, endpoint)) = shadow.pick(None) else { return };
-    let mut copy = Request::new(Counting::empty());
+    let mut copy = Request::new(body.map_or_else(UpstreamBody::empty, UpstreamBody::whole));
     *copy.method_mut() = req.method().clone();
     *copy.version_mut() = Version::HTTP_11;
     *copy.headers_mut() = req.headers().clone();
@@ -360,6 +379,33 @@ pub(super) fn mirror(shadow: Arc<Cluster>, req: &Request<UpstreamBody>, timeout:
         debug!(cluster = %shadow.name, ok = matches!(result, Ok(Ok(_))), "mirrored");
         drop(_picked);
     });
+}
+
+/// What a retry of a received request is sent as: the request's head and its body, when
+/// that was empty or held whole in memory.
+#[derive(Debug)]
+struct Template {
+    head: Request<()>,
+    body: Option<Bytes>,
+}
+
+impl Template {
+    /// `None` for a request whose body streams (it cannot be sent twice). Boxed, so that
+    /// requests without one do not carry its room in their future.
+    fn of(req: &mut Request<UpstreamBody>) -> Option<Box<Template>> {
+        let body = if req.body().is_end_stream() { None } else { Some(req.body_mut().copy_buffered()?) };
+        let mut head = Request::new(());
+        *head.method_mut() = req.method().clone();
+        *head.uri_mut() = req.uri().clone();
+        *head.version_mut() = req.version();
+        *head.headers_mut() = req.headers().clone();
+        Some(Box::new(Template { head, body }))
+    }
+
+    fn request(&self) -> Request<UpstreamBody> {
+        let body = self.body.clone().map_or_else(UpstreamBody::empty, UpstreamBody::whole);
+        Request::clone(&self.head).map(|()| body)
+    }
 }
 
 /// `uri` with its path replaced, query kept.

@@ -195,7 +195,24 @@ pub(crate) struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub(crate) fn compile(p: &config::RetryPolicy, route_timeout: std::time::Duration) -> RetryPolicy {
+    /// The policy of a forward: its own, or the default when it sets none (one retry of
+    /// a connect failure, at once: nothing reached the upstream, and the retry goes to
+    /// another endpoint); `None` when it turns retries off (`num_retries: 0`).
+    pub(crate) fn of(p: Option<&config::RetryPolicy>, route_timeout: std::time::Duration) -> Option<RetryPolicy> {
+        match p {
+            None => Some(RetryPolicy {
+                num_retries: 1,
+                on: vec![RetryOn::ConnectFailure],
+                statuses: Box::new([]),
+                per_try_timeout: route_timeout,
+                backoff: std::time::Duration::ZERO,
+            }),
+            Some(p) if p.num_retries == Some(0) => None,
+            Some(p) => Some(RetryPolicy::compile(p, route_timeout)),
+        }
+    }
+
+    fn compile(p: &config::RetryPolicy, route_timeout: std::time::Duration) -> RetryPolicy {
         let mut on: Vec<RetryOn> = p
             .retry_on
             .iter()
@@ -212,7 +229,7 @@ impl RetryPolicy {
             on.push(RetryOn::ConnectFailure);
         }
         RetryPolicy {
-            num_retries: if p.num_retries == 0 { 1 } else { p.num_retries },
+            num_retries: p.num_retries.unwrap_or(1),
             on,
             statuses: p.retriable_statuses.iter().filter_map(|s| u16::try_from(*s).ok()).collect(),
             per_try_timeout: crate::support::duration_or(p.per_try_timeout.as_ref(), route_timeout),
@@ -233,6 +250,12 @@ impl RetryPolicy {
 
     pub(crate) fn retries_on(&self, cause: RetryOn) -> bool {
         self.on.contains(&cause)
+    }
+
+    /// Whether it retries a request the upstream received (not only failed connects,
+    /// which give the request back untouched).
+    pub(crate) fn retries_received(&self) -> bool {
+        self.num_retries > 0 && self.on.iter().any(|c| *c != RetryOn::ConnectFailure)
     }
 
     /// Full-jitter exponential backoff: up to base * 2^(attempt-1), at most 10x base.

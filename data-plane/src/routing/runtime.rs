@@ -111,10 +111,9 @@ impl Runtime {
                 _ => 0,
             };
             let retry = match &r.action {
-                Some(route::Action::Forward(f)) => f
-                    .retry
-                    .as_ref()
-                    .map(|p| RetryPolicy::compile(p, duration_or(f.timeout.as_ref(), DEFAULT_ROUTE_TIMEOUT))),
+                Some(route::Action::Forward(f)) => {
+                    RetryPolicy::of(f.retry.as_ref(), duration_or(f.timeout.as_ref(), DEFAULT_ROUTE_TIMEOUT))
+                }
                 _ => None,
             };
             let (forward, timeout, action) = match &r.action {

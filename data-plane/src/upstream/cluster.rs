@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -23,7 +23,7 @@ use crate::observe::metrics::ClusterStats;
 use crate::support::duration_or;
 use crate::tls::{self, UpstreamTls};
 use crate::upstream::balancer::{Balancer, PickContext, Picked};
-use crate::upstream::health::{Checker, EndpointHealth, Outlier};
+use crate::upstream::health::{self, Checker, EndpointHealth, Outcome, Outlier};
 use crate::upstream::pool::{Http1Pool, Lease, SendError};
 use crate::upstream::sticky::Sticky;
 use http::header::HeaderValue;
@@ -78,6 +78,9 @@ pub(crate) struct Cluster {
     priorities: Box<[u32]>,
     levels: Box<[u32]>,
     outlier: Option<Outlier>,
+    /// When the last ejection of any endpoint ends (ms, [`health::now_ms`]'s clock; 0:
+    /// none ejected): while none is, picks skip the scan of health state.
+    ejected_until: AtomicU64,
     panic_percent: u32,
     /// Active health checks; the task stops when the cluster is dropped.
     checker: Option<Checker>,
@@ -93,6 +96,27 @@ struct Load {
     retries: AtomicUsize,
     /// Requests waiting for a connection slot.
     pending: AtomicUsize,
+}
+
+/// The endpoints a request has tried, by index (the first 64; later ones are not
+/// remembered, so a retry may go back to one of them).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tried(u64);
+
+impl Tried {
+    pub(crate) fn add(&mut self, index: usize) {
+        if index < 64 {
+            self.0 |= 1 << index;
+        }
+    }
+
+    pub(crate) fn has(&self, index: usize) -> bool {
+        index < 64 && self.0 & (1 << index) != 0
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// Counts a request in flight until dropped.
@@ -145,10 +169,26 @@ impl Cluster {
     }
 
     /// Feeds passive health with the outcome of one exchange with endpoint `index`.
-    pub(crate) fn report(&self, index: usize, failed: bool) {
-        if let Some(outlier) = &self.outlier {
-            outlier.report(&self.health, index, failed);
+    pub(crate) fn report(&self, index: usize, outcome: Outcome) {
+        if let Some(outlier) = &self.outlier
+            && let Some(until) = outlier.report(&self.health, index, outcome)
+        {
+            self.ejected_until.fetch_max(until, Ordering::Relaxed);
         }
+    }
+
+    /// Whether some endpoint may be ejected now (false once the last ejection ended).
+    fn any_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if health::now_ms() < until {
+            return true;
+        }
+        // Over: later picks skip the clock too, unless an ejection came in between.
+        let _ = self.ejected_until.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     /// `(address, available, actively healthy, ms of ejection left)` per endpoint.
@@ -243,7 +283,7 @@ impl Cluster {
         if let (Some(client), http::Version::HTTP_2) = (&self.client_h2, req.version()) {
             return match client.request(req).await {
                 Ok(response) => Ok((response.map(|b| Either::Left(b.into())), None)),
-                Err(error) if error.is_connect() => Err(SendError::Connect(error.into())),
+                Err(error) if error.is_connect() => Err(SendError::Connect(error.into(), None)),
                 Err(error) => Err(SendError::Exchange(error.into())),
             };
         }
@@ -255,20 +295,31 @@ impl Cluster {
     /// Picks the endpoint for a request (`None`: a retry, any other endpoint). The
     /// returned guard counts the request against the endpoint until dropped.
     pub(crate) fn pick(&self, ctx: Option<&PickContext<'_>>) -> Option<(Picked, &Endpoint)> {
-        // Without health checks or outlier detection every endpoint is always available:
+        self.pick_avoiding(ctx, &Tried::default())
+    }
+
+    /// As [`Self::pick`], avoiding the endpoints a request already tried while another
+    /// is available (a retry goes elsewhere when it can).
+    pub(crate) fn pick_avoiding(&self, ctx: Option<&PickContext<'_>>, tried: &Tried) -> Option<(Picked, &Endpoint)> {
+        // Without health checks, ejections or priorities every endpoint is available:
         // skip the per-request scan of health state.
-        if self.checker.is_none() && self.outlier.is_none() && self.levels.len() <= 1 {
-            let picked = self.balancer.pick(ctx, &|_| true)?;
+        if self.checker.is_none() && self.levels.len() <= 1 && !self.any_ejected() {
+            let picked = if tried.is_empty() {
+                self.balancer.pick(ctx, &|_| true)?
+            } else {
+                self.balancer.pick(ctx, &|i| !tried.has(i))?
+            };
             let endpoint = self.endpoints.get(picked.index)?;
             return Some((picked, endpoint));
         }
-        let available = |i: usize| self.health.get(i).is_none_or(|h| h.available());
+        let healthy = |i: usize| self.health.get(i).is_none_or(|h| h.available());
+        let available = |i: usize| !tried.has(i) && healthy(i);
         let total = self.health.len();
-        let up = (0..total).filter(|i| available(*i)).count();
+        let up = (0..total).filter(|i| healthy(*i)).count();
         // Panic: too few endpoints available anywhere: spread over all of them.
         let panic = up == 0 || up * 100 < self.panic_percent as usize * total;
         let picked = if panic {
-            self.balancer.pick(ctx, &|_| true)?
+            self.balancer.pick(ctx, &|i| !tried.has(i))?
         } else if self.levels.len() > 1 {
             let level = self.choose_level(&available);
             self.balancer.pick(ctx, &|i| self.priorities.get(i) == Some(&level) && available(i))?
@@ -445,6 +496,7 @@ impl<'a> ClusterRegistry<'a> {
                 .map_or(1024, |c| if c.max_pending_requests == 0 { 1024 } else { c.max_pending_requests as usize }),
             max_retries: spec.circuit_breaker.as_ref().map_or(0, |c| c.max_retries as usize),
             outlier: Outlier::compile(spec.outlier_detection.as_ref()),
+            ejected_until: AtomicU64::new(health.iter().map(|h| h.ejected_until()).max().unwrap_or(0)),
             panic_percent: spec.panic_threshold_percent.unwrap_or(50),
             sticky: Sticky::compile(spec.sticky_session.as_ref(), &addresses),
             addresses: addresses.clone().into(),

@@ -19,7 +19,7 @@ use vane_proto::config;
 use crate::support::duration_or;
 
 /// Milliseconds since the first use in this process: a cheap clock for ejection deadlines.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -54,6 +54,11 @@ impl EndpointHealth {
         until != 0 && now_ms() < until
     }
 
+    /// When its ejection ends (ms on this module's clock; 0: never ejected).
+    pub(crate) fn ejected_until(&self) -> u64 {
+        self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
     /// For the admin endpoint: (available, actively healthy, ms of ejection left).
     pub(crate) fn describe(&self) -> (bool, bool, u64) {
         let left = self.ejected_until_ms.load(Ordering::Relaxed).saturating_sub(now_ms());
@@ -61,44 +66,100 @@ impl EndpointHealth {
     }
 }
 
+/// What one exchange with an endpoint told of its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// An answer below 500, or a failure that was the client's.
+    Ok,
+    /// A 5xx answer, a reset exchange, a timeout: the endpoint was reached.
+    Failed,
+    /// No connection could be made: refused, reset or timed out while connecting.
+    Unreachable,
+}
+
 /// Passive health settings of a cluster.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Outlier {
     consecutive_errors: u32,
     base_ms: u64,
+    /// Longest ejection, however many came before.
+    max_ms: u64,
     max_percent: u32,
+    /// Only connect failures count (the default's rule: a 5xx is the application's answer).
+    unreachable_only: bool,
 }
 
+/// Longest ejection (Envoy's `max_ejection_time` default).
+const MAX_EJECTION_MS: u64 = 300_000;
+
 impl Outlier {
+    /// What a cluster without `outlier_detection` gets: 3 connect failures in a row take
+    /// an endpoint out for 5 s times its ejections so far, at most 5 min, at most half of
+    /// the endpoints at once. nginx's own default (`max_fails=1 fail_timeout=10s`) counts
+    /// any error; this one waits for three, so a single refused connection (a restart, a
+    /// full backlog) does not take an endpoint out.
+    pub(crate) const DEFAULT: Outlier = Outlier {
+        consecutive_errors: 3,
+        base_ms: 5_000,
+        max_ms: MAX_EJECTION_MS,
+        max_percent: 50,
+        unreachable_only: true,
+    };
+
+    /// The cluster's settings: the default when it sets none, none when it turns them off.
     pub(crate) fn compile(od: Option<&config::OutlierDetection>) -> Option<Outlier> {
-        let od = od?;
+        let Some(od) = od else { return Some(Outlier::DEFAULT) };
+        if od.disabled {
+            return None;
+        }
+        let base_ms = u64::try_from(duration_or(od.base_ejection_time.as_ref(), Duration::from_secs(30)).as_millis())
+            .unwrap_or(u64::MAX);
         Some(Outlier {
             consecutive_errors: if od.consecutive_errors == 0 { 5 } else { od.consecutive_errors },
-            base_ms: u64::try_from(duration_or(od.base_ejection_time.as_ref(), Duration::from_secs(30)).as_millis())
-                .unwrap_or(u64::MAX),
+            base_ms,
+            max_ms: MAX_EJECTION_MS.max(base_ms),
             max_percent: if od.max_ejection_percent == 0 { 10 } else { od.max_ejection_percent },
+            unreachable_only: false,
         })
     }
 
-    /// Records one exchange with endpoint `index`: a failure (5xx, connect failure) or not.
-    pub(crate) fn report(&self, all: &[Arc<EndpointHealth>], index: usize, failed: bool) {
-        let Some(h) = all.get(index) else { return };
-        if !failed {
-            h.consecutive_errors.store(0, Ordering::Relaxed);
-            return;
+    /// Records one exchange with endpoint `index`. Returns when its ejection ends, if
+    /// this exchange ejected it.
+    ///
+    /// An endpoint back from an ejection is on probation: its first failure ejects it
+    /// again, for longer; its first success forgets its ejections.
+    pub(crate) fn report(&self, all: &[Arc<EndpointHealth>], index: usize, outcome: Outcome) -> Option<u64> {
+        let h = all.get(index)?;
+        let counts = match outcome {
+            Outcome::Ok => false,
+            Outcome::Failed => !self.unreachable_only,
+            Outcome::Unreachable => true,
+        };
+        if !counts {
+            // Read first: the common case finds a zero and writes nothing.
+            if h.consecutive_errors.load(Ordering::Relaxed) != 0 {
+                h.consecutive_errors.store(0, Ordering::Relaxed);
+            }
+            if outcome == Outcome::Ok && h.ejections.load(Ordering::Relaxed) != 0 && !h.ejected() {
+                h.ejections.store(0, Ordering::Relaxed);
+            }
+            return None;
         }
         if h.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1 < self.consecutive_errors || h.ejected() {
-            return;
+            return None;
         }
         let out = all.iter().filter(|e| e.ejected()).count();
         let cap = (all.len() * self.max_percent as usize / 100).max(1);
         if out >= cap {
-            return;
+            return None;
         }
         let n = h.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-        h.ejected_until_ms.store(now_ms() + self.base_ms.saturating_mul(u64::from(n)), Ordering::Relaxed);
-        h.consecutive_errors.store(0, Ordering::Relaxed);
+        let until = now_ms() + self.base_ms.saturating_mul(u64::from(n)).min(self.max_ms);
+        h.ejected_until_ms.store(until, Ordering::Relaxed);
+        // Probation: one more failure once it is back ejects it again.
+        h.consecutive_errors.store(self.consecutive_errors - 1, Ordering::Relaxed);
         info!(endpoint = index, ejections = n, "endpoint ejected");
+        Some(until)
     }
 }
 

@@ -48,9 +48,10 @@ const CHECKOUT_TRIES: usize = 4;
 /// Why a request could not be exchanged with an upstream.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SendError {
-    /// No connection could be made (refused, timed out, TLS handshake failed).
+    /// No connection could be made (refused, timed out, TLS handshake failed). The
+    /// request comes back when it can (nothing of it was sent), for a retry elsewhere.
     #[error("connect: {0}")]
-    Connect(#[source] BoxError),
+    Connect(#[source] BoxError, Option<Box<Request<UpstreamBody>>>),
     /// The connection failed while the request was sent or its response read.
     #[error("{0}")]
     Exchange(#[source] BoxError),
@@ -58,7 +59,15 @@ pub(crate) enum SendError {
 
 impl SendError {
     pub(crate) fn is_connect(&self) -> bool {
-        matches!(self, SendError::Connect(_))
+        matches!(self, SendError::Connect(..))
+    }
+
+    /// The request a failed connect gives back, untouched (body included).
+    pub(crate) fn take_unsent(&mut self) -> Option<Request<UpstreamBody>> {
+        match self {
+            SendError::Connect(_, unsent) => unsent.take().map(|r| *r),
+            SendError::Exchange(_) => None,
+        }
     }
 }
 
@@ -160,7 +169,11 @@ impl Http1Pool {
             let (mut sender, reused) = match self.checkout(index, now) {
                 Some(sender) => (sender, true),
                 // Boxed: connecting (TCP, TLS, handshake) is rare and its future large.
-                None => (Box::pin(self.connect(index)).await?, false),
+                None => match Box::pin(self.connect(index)).await {
+                    Ok(sender) => (sender, false),
+                    Err(SendError::Connect(error, _)) => return Err(SendError::Connect(error, Some(Box::new(req)))),
+                    Err(error) => return Err(error),
+                },
             };
             match sender.try_send_request(req).await {
                 Ok(response) => {
@@ -202,7 +215,15 @@ impl Http1Pool {
                 let (mut conn, reused) = match self.checkout_socket(index, now) {
                     Some(conn) => (conn, true),
                     // Boxed: connecting (TCP, TLS) is rare and its future large.
-                    None => (Conn::new(TokioIo::new(Box::pin(self.connect_io(index)).await?)), false),
+                    None => match Box::pin(self.connect_io(index)).await {
+                        Ok(io) => (Conn::new(TokioIo::new(io)), false),
+                        Err(SendError::Connect(error, _)) => {
+                            let body = body.map_or_else(UpstreamBody::empty, UpstreamBody::whole);
+                            let unsent = Request::from_parts(parts, body);
+                            return Err(SendError::Connect(error, Some(Box::new(unsent))));
+                        }
+                        Err(error) => return Err(error),
+                    },
                 };
                 match h1::exchange(&mut conn, &parts, body.as_deref()).await {
                     Ok((head, shape)) => {
@@ -244,8 +265,8 @@ impl Http1Pool {
     }
 
     async fn connect_io(&self, index: usize) -> Result<MaybeHttpsStream<TokioIo<TcpStream>>, SendError> {
-        let slot = self.endpoints.get(index).ok_or_else(|| SendError::Connect("no such endpoint".into()))?;
-        self.connector.clone().call(slot.target.clone()).await.map_err(SendError::Connect)
+        let slot = self.endpoints.get(index).ok_or_else(|| SendError::Connect("no such endpoint".into(), None))?;
+        self.connector.clone().call(slot.target.clone()).await.map_err(|e| SendError::Connect(e, None))
     }
 
     async fn connect(&self, index: usize) -> Result<SendRequest<UpstreamBody>, SendError> {
@@ -288,7 +309,6 @@ impl Http1Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::body::Counting;
     use bytes::Bytes;
     use http::{HeaderValue, header};
     use http_body_util::{BodyExt, Full};
@@ -332,7 +352,7 @@ mod tests {
     }
 
     fn get(path: &str) -> Request<UpstreamBody> {
-        let mut req = Request::new(Counting::empty());
+        let mut req = Request::new(UpstreamBody::empty());
         *req.uri_mut() = path.parse().unwrap();
         req.headers_mut().insert(header::HOST, HeaderValue::from_static("upstream"));
         req

@@ -10,6 +10,9 @@ use super::check::{
     MAX_DIRECT_BODY, MAX_WEIGHT, REGEX_SIZE_LIMIT, Validator, display_name, host_pattern, template_params,
 };
 
+/// Largest `forward.replay_body_bytes`: bodies kept whole for a retry or a mirror.
+const MAX_REPLAY_BODY_BYTES: u32 = 16 << 20;
+
 pub(crate) fn check(config: &Config, v: &mut Validator, clusters: &HashSet<&str>, listeners: &HashSet<&str>) {
     // Templates that could take the same path on one host conflict; grouped by host.
     let mut templates: HashMap<String, matchit::Router<()>> = HashMap::new();
@@ -194,7 +197,7 @@ pub(crate) fn check(config: &Config, v: &mut Validator, clusters: &HashSet<&str>
                             );
                         }
                     }
-                    if retry.num_retries > 10 {
+                    if retry.num_retries.is_some_and(|n| n > 10) {
                         v.err("route", &name, "forward.retry.num_retries", "must be at most 10".into());
                     }
                     for (j, code) in retry.retriable_statuses.iter().enumerate() {
@@ -209,6 +212,14 @@ pub(crate) fn check(config: &Config, v: &mut Validator, clusters: &HashSet<&str>
                     }
                     v.duration("route", &name, "forward.retry.per_try_timeout", retry.per_try_timeout.as_ref());
                     v.duration("route", &name, "forward.retry.backoff", retry.backoff.as_ref());
+                }
+                if f.replay_body_bytes.is_some_and(|n| n > MAX_REPLAY_BODY_BYTES) {
+                    v.err(
+                        "route",
+                        &name,
+                        "forward.replay_body_bytes",
+                        format!("must be at most {MAX_REPLAY_BODY_BYTES} (16 MiB): larger bodies stream"),
+                    );
                 }
                 if !f.host_rewrite.is_empty() && host_pattern(&f.host_rewrite.replace(':', "")).is_err() {
                     v.err("route", &name, "forward.host_rewrite", format!("'{}' is not a host", f.host_rewrite));
