@@ -66,6 +66,11 @@ pub(crate) struct ProxyArgs {
     /// On SIGTERM/Ctrl-C: how long requests in flight may take to finish.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Memory, in bytes, for streamed request bodies kept for a retry or a mirror (each
+    /// up to its route's `replay_body_bytes`); a body announced larger than what is left
+    /// gets 503 with `x-vane-overloaded: replay_budget`.
+    #[arg(long, default_value_t = vane_data_plane::DEFAULT_REPLAY_BUDGET)]
+    replay_budget_bytes: u64,
     /// Worker threads. Default: the CPUs this process may run on. With one, the node runs
     /// on a single-threaded runtime, which costs less per request than a work-stealing
     /// runtime with one worker (see BENCHMARKS.md).
@@ -199,6 +204,7 @@ pub(crate) async fn proxy(
         token,
         tls,
         otlp_endpoint: args.otlp_endpoint,
+        replay_budget_bytes: Some(args.replay_budget_bytes),
     })
     .await?;
     let admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string());
@@ -228,6 +234,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         token: None,
         tls: None,
         otlp_endpoint: None,
+        replay_budget_bytes: None,
     })
     .await?;
 

@@ -23,6 +23,7 @@ mod support;
 mod tls;
 mod upstream;
 
+pub use http::replay::DEFAULT_REPLAY_BUDGET;
 pub use node::snapshot_store::SnapshotStoreError;
 pub use node::{Node, NodeConfig, NodeError};
 

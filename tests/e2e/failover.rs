@@ -169,3 +169,56 @@ async fn bodies_are_replayed_on_retries_and_mirrors_and_defaults_can_be_turned_o
     assert_eq!(statuses.iter().filter(|s| **s == 502).count(), 4, "{statuses:?}");
     failing_task.abort();
 }
+
+#[tokio::test]
+async fn streamed_bodies_are_read_ahead_for_a_retry_within_the_node_budget() {
+    init_logs();
+    let cp = TestControlPlane::start().await;
+    let node = vane_data_plane::Node::start(vane_data_plane::NodeConfig {
+        node_id: "budget".into(),
+        control_plane: cp.url(),
+        cache_dir: None,
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        labels: Default::default(),
+        token: None,
+        tls: None,
+        otlp_endpoint: None,
+        replay_budget_bytes: Some(4096),
+    })
+    .await
+    .unwrap();
+    let e1 = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let (failing, failing_task) = always_503().await;
+    let mut yaml = config_yaml(&[("flaky", &[failing, e1.addr()])], &[]);
+    yaml.push_str(
+        "  - name: kept\n    match: { prefix: /kept }\n    forward: { clusters: [{ name: flaky }], retry: { retry_on: [5xx, reset], backoff: 0.001s } }\n\
+         \x20 - name: small\n    match: { prefix: /small }\n    forward: { clusters: [{ name: flaky }], retry: { retry_on: [5xx, reset], backoff: 0.001s }, replay_body_bytes: 100 }\n",
+    );
+    cp.apply(&yaml).await.unwrap();
+    wait_version(&node, 1).await;
+    let web = listener(&node, "web").await;
+    // HTTP/2 bodies stream (hyper reads them): they are read ahead to be kept.
+    let client = HttpClient::h2c();
+    let put = |path: &str, n: usize| {
+        http::Request::put(format!("http://{web}{path}")).body(Full::new(Bytes::from(vec![b'x'; n]))).unwrap()
+    };
+    for _ in 0..4 {
+        let reply = client.send(put("/kept/a", 1000)).await.unwrap();
+        assert_eq!((reply.status.as_u16(), reply.backend()), (200, "echo-1"), "{}", reply.body);
+        assert!(reply.body.contains("body-bytes: 1000\n"), "{}", reply.body);
+    }
+    // Announced larger than the whole budget (4 KiB here): refused, not grown.
+    let reply = client.send(put("/kept/b", 8000)).await.unwrap();
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.headers.get("x-vane-overloaded").unwrap(), "replay_budget");
+    // Past the route's own limit the body streams once: the 503 endpoint's turn stands.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(client.send(put("/small/c", 1000)).await.unwrap().status.as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 2, "{statuses:?}");
+    // The budget is whole again once the answers are in: a body of 4 KiB fits.
+    let reply = client.send(put("/kept/d", 4096)).await.unwrap();
+    assert_eq!((reply.status.as_u16(), reply.backend()), (200, "echo-1"), "{}", reply.body);
+    failing_task.abort();
+}

@@ -163,6 +163,7 @@ pub async fn start_node_with_token(
         token,
         tls: None,
         otlp_endpoint: None,
+        replay_budget_bytes: None,
     })
     .await
     .expect("node starts")

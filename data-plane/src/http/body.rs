@@ -40,6 +40,16 @@ impl Streamed {
     }
 }
 
+impl Streamed {
+    /// Puts `frames` (read off this body, in order) back in front of what is left.
+    fn unread(&mut self, frames: Vec<Frame<Bytes>>) {
+        let ahead = self.ahead.get_or_insert_with(Box::default);
+        for frame in frames.into_iter().rev() {
+            ahead.push_front(frame);
+        }
+    }
+}
+
 impl From<Incoming> for Streamed {
     fn from(body: Incoming) -> Streamed {
         Streamed::new(body)
@@ -202,6 +212,25 @@ impl Counting<InnerBody> {
         // `Bytes` clones share the buffer: the copy costs a reference count.
         *full = Full::new(data.clone());
         Some(data)
+    }
+
+    /// Makes this body `data`, held whole: what it was read into ahead of sending
+    /// (already counted and within the limit).
+    pub(crate) fn hold(&mut self, data: Bytes) {
+        self.inner = Some(Either::Right(Full::new(data)));
+        self.counter = None;
+    }
+
+    /// Puts `frames`, read off this streamed body, back in front of the rest, uncounted
+    /// (they count when they are read again).
+    pub(crate) fn unread(&mut self, frames: Vec<Frame<Bytes>>) {
+        let n: u64 = frames.iter().filter_map(|f| f.data_ref()).map(|d| d.len() as u64).sum();
+        if let Some(counter) = &self.counter {
+            counter.fetch_sub(n, Ordering::Relaxed);
+        }
+        if let Some(Either::Left(Either::Left(streamed))) = &mut self.inner {
+            streamed.unread(frames);
+        }
     }
 
     /// Whether the body is held whole in memory (read whole by the inline server, or set

@@ -45,6 +45,9 @@ pub struct NodeConfig {
     /// OTLP/gRPC collector for request spans, e.g. `http://127.0.0.1:4317` (needs the
     /// `otlp` cargo feature).
     pub otlp_endpoint: Option<String>,
+    /// Memory for request bodies kept for a retry or a mirror, in bytes; `None`: 64 MiB
+    /// ([`crate::http::replay::DEFAULT_REPLAY_BUDGET`]).
+    pub replay_budget_bytes: Option<u64>,
 }
 
 /// Why a node could not start.
@@ -96,6 +99,9 @@ impl Node {
             node_id: config.node_id.clone(),
             serving: Arc::new(crate::proxy::Serving {
                 runtime: ArcSwapOption::empty(),
+                replay_budget: config
+                    .replay_budget_bytes
+                    .map_or_else(crate::http::replay::ReplayBudget::default, crate::http::replay::ReplayBudget::new),
                 #[cfg(feature = "otlp")]
                 tracing,
             }),

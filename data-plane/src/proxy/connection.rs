@@ -15,6 +15,8 @@ use crate::tls::TlsInfo;
 #[derive(Debug, Default)]
 pub(crate) struct Serving {
     pub(crate) runtime: arc_swap::ArcSwapOption<crate::routing::runtime::Runtime>,
+    /// Memory for request bodies kept for a retry or a mirror.
+    pub(crate) replay_budget: crate::http::replay::ReplayBudget,
     #[cfg(feature = "otlp")]
     pub(crate) tracing: Option<crate::observe::otel::Tracing>,
 }

@@ -22,8 +22,9 @@ use crate::http::body::local;
 use crate::http::headers::{
     Downstream, FORWARDING_HEADROOM, X_FORWARDED_HOST, X_REQUEST_ID, forwarding_headers, request_id, strip_hop_by_hop,
 };
-use crate::routing::actions::RetryOn;
+use crate::http::replay::{ReadAhead, read_ahead};
 use crate::routing::actions::Vars;
+use crate::routing::actions::{RetryOn, RetryPolicy};
 use crate::routing::router::Route;
 use crate::upstream::balancer::{PickContext, Picked};
 use crate::upstream::cluster::{Cluster, RetryPermit, Tried};
@@ -72,27 +73,9 @@ pub(super) async fn forward(
     if !rules.0.is_empty() {
         rules.0.apply(upstream.headers_mut(), &vars);
     }
-    if let Some((shadow, percent)) = &route.mirror
-        && (*percent >= 100 || rand::random_range(0..100) < *percent)
-    {
-        // A body is mirrored when it is held whole; a streamed one is not mirrored.
-        let body =
-            if upstream.body().is_end_stream() { Some(None) } else { upstream.body_mut().copy_buffered().map(Some) };
-        if let Some(body) = body {
-            mirror(shadow.clone(), &upstream, body, route.timeout);
-        }
-    }
     let client_broke = || edits.body_fault.is_some_and(BodyFault::broken);
     let started = Instant::now();
     let deadline = started + route.timeout;
-    let _slot = match cluster.connection_slot(tokio::time::Instant::from_std(deadline)).await {
-        Ok(slot) => slot,
-        Err(limit) => {
-            let mut response = local(StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded\n");
-            response.headers_mut().insert(X_VANE_OVERLOADED.clone(), HeaderValue::from_static(limit));
-            return (response, None);
-        }
-    };
     let policy = route.retry.as_ref().filter(|_| upgrade.is_none());
     let idempotent = matches!(
         *upstream.method(),
@@ -103,6 +86,49 @@ pub(super) async fn forward(
             | http::Method::DELETE
             | http::Method::TRACE
     );
+    // A streamed body that a retry or a mirror would send again is read ahead, to be
+    // held whole if it is small enough; its share of the budget is held until the end.
+    let mut _kept = None;
+    if upgrade.is_none()
+        && route.replay_body_bytes > 0
+        && (route.mirror.is_some() || (idempotent && policy.is_some_and(RetryPolicy::retries_received)))
+        && !upstream.body().is_end_stream()
+        && !upstream.body().is_buffered()
+        && !is_grpc(upstream.headers())
+    {
+        let budget = &conn.shared.replay_budget;
+        let until = tokio::time::Instant::from_std(deadline);
+        match read_ahead(upstream.body_mut(), route.replay_body_bytes, budget, until).await {
+            ReadAhead::Whole(charge) => _kept = charge,
+            ReadAhead::Streams => {}
+            ReadAhead::NoRoom => {
+                cluster.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                let mut response = local(StatusCode::SERVICE_UNAVAILABLE, "no memory for the request body\n");
+                response.headers_mut().insert(X_VANE_OVERLOADED.clone(), HeaderValue::from_static("replay_budget"));
+                return (response, None);
+            }
+            // The body's fault says what the client did wrong; the caller answers for it.
+            ReadAhead::Failed => return (local(StatusCode::BAD_REQUEST, "malformed request body\n"), None),
+        }
+    }
+    if let Some((shadow, percent)) = &route.mirror
+        && (*percent >= 100 || rand::random_range(0..100) < *percent)
+    {
+        // A body is mirrored when it is held whole; a streamed one is not mirrored.
+        let body =
+            if upstream.body().is_end_stream() { Some(None) } else { upstream.body_mut().copy_buffered().map(Some) };
+        if let Some(body) = body {
+            mirror(shadow.clone(), &upstream, body, route.timeout);
+        }
+    }
+    let _slot = match cluster.connection_slot(tokio::time::Instant::from_std(deadline)).await {
+        Ok(slot) => slot,
+        Err(limit) => {
+            let mut response = local(StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded\n");
+            response.headers_mut().insert(X_VANE_OVERLOADED.clone(), HeaderValue::from_static(limit));
+            return (response, None);
+        }
+    };
     // What a retry of a request the upstream received is rebuilt from (a failed connect
     // gives the request back instead): only for policies with such retries, idempotent
     // requests, and bodies empty or held whole.
@@ -379,6 +405,12 @@ pub(super) fn mirror(shadow: Arc<Cluster>, req: &Request<UpstreamBody>, body: Op
         debug!(cluster = %shadow.name, ok = matches!(result, Ok(Ok(_))), "mirrored");
         drop(_picked);
     });
+}
+
+/// gRPC streams are never read ahead: a client stream may wait for answers before it
+/// ends.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// What a retry of a received request is sent as: the request's head and its body, when

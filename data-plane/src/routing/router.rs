@@ -43,6 +43,8 @@ pub(crate) struct Route {
     pub(crate) retry: Option<crate::routing::actions::RetryPolicy>,
     /// Largest request body forwarded (0: any).
     pub(crate) max_request_bytes: u64,
+    /// Largest request body kept for a retry or a mirror (0: none).
+    pub(crate) replay_body_bytes: u64,
     /// Shadow cluster and the share of requests (percent) copied to it.
     pub(crate) mirror: Option<(Arc<Cluster>, u32)>,
     pub(crate) request_headers: HeaderRules,

@@ -106,9 +106,12 @@ impl Runtime {
                     .and_then(|m| Some((clusters.get(m.cluster.as_str())?.clone(), m.percent.unwrap_or(100)))),
                 _ => None,
             };
-            let max_request_bytes = match &r.action {
-                Some(route::Action::Forward(f)) => f.max_request_bytes,
-                _ => 0,
+            let (max_request_bytes, replay_body_bytes) = match &r.action {
+                Some(route::Action::Forward(f)) => (
+                    f.max_request_bytes,
+                    f.replay_body_bytes.map_or(crate::http::replay::DEFAULT_REPLAY_BODY_BYTES, u64::from),
+                ),
+                _ => (0, 0),
             };
             let retry = match &r.action {
                 Some(route::Action::Forward(f)) => {
@@ -147,6 +150,7 @@ impl Runtime {
                 action,
                 retry,
                 max_request_bytes,
+                replay_body_bytes,
                 mirror,
                 request_headers: HeaderRules::compile(r.request_headers.as_ref()),
                 response_headers: HeaderRules::compile(r.response_headers.as_ref()),

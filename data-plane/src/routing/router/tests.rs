@@ -18,6 +18,7 @@ fn router(routes_yaml: &str) -> Router {
             action: RouteAction::Direct(crate::routing::actions::Direct::compile(&Default::default())),
             retry: None,
             max_request_bytes: 0,
+            replay_body_bytes: 0,
             mirror: None,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
