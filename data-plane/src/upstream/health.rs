@@ -250,3 +250,60 @@ impl Checker {
         Checker(task)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: usize) -> Vec<Arc<EndpointHealth>> {
+        (0..n).map(|_| Arc::default()).collect()
+    }
+
+    #[test]
+    fn by_default_three_connect_failures_eject_and_answers_never_do() {
+        let all = endpoints(2);
+        let od = Outlier::compile(None).unwrap();
+        for _ in 0..10 {
+            assert_eq!(od.report(&all, 0, Outcome::Failed), None, "a 5xx is the application's answer");
+        }
+        assert!(od.report(&all, 0, Outcome::Unreachable).is_none());
+        assert!(od.report(&all, 0, Outcome::Unreachable).is_none());
+        let until = od.report(&all, 0, Outcome::Unreachable).expect("the third ejects");
+        assert!(!all[0].available() && all[1].available());
+        assert!((4_900..=5_100).contains(&(until - now_ms())), "5 s for a first ejection");
+        // At most half of the endpoints: the other one stays, however it fails.
+        for _ in 0..5 {
+            assert_eq!(od.report(&all, 1, Outcome::Unreachable), None);
+        }
+        assert!(all[1].available());
+    }
+
+    #[test]
+    fn an_endpoint_back_from_ejection_is_on_probation_and_its_ejections_grow() {
+        let all = endpoints(2);
+        let od = Outlier::compile(None).unwrap();
+        for _ in 0..3 {
+            od.report(&all, 0, Outcome::Unreachable);
+        }
+        // Its ejection over, one failure ejects it again, for longer.
+        all[0].ejected_until_ms.store(0, Ordering::Relaxed);
+        let until = od.report(&all, 0, Outcome::Unreachable).expect("probation");
+        assert!(until - now_ms() > 9_000, "second ejection: 10 s");
+        // Back again and answering: its ejections are forgotten.
+        all[0].ejected_until_ms.store(0, Ordering::Relaxed);
+        od.report(&all, 0, Outcome::Ok);
+        assert_eq!(all[0].ejections.load(Ordering::Relaxed), 0);
+        assert_eq!(all[0].consecutive_errors.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn explicit_settings_count_5xx_and_disabled_means_none() {
+        let all = endpoints(4);
+        let od =
+            Outlier::compile(Some(&config::OutlierDetection { consecutive_errors: 2, ..Default::default() })).unwrap();
+        assert!(od.report(&all, 0, Outcome::Failed).is_none());
+        assert!(od.report(&all, 0, Outcome::Failed).is_some());
+        let off = config::OutlierDetection { disabled: true, ..Default::default() };
+        assert_eq!(Outlier::compile(Some(&off)), None);
+    }
+}
