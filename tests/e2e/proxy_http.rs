@@ -747,6 +747,8 @@ async fn passive_ejection_bounds_the_failures_a_killed_endpoint_causes() {
         "  - name: pool\n    outlier_detection: { consecutive_errors: 3, base_ejection_time: 30s, max_ejection_percent: 50 }\n",
         1,
     );
+    // Retries off (the default would hide the failures this test counts).
+    let yaml = yaml.replace("[{ name: pool }] }", "[{ name: pool }], retry: { num_retries: 0 } }");
     cp.apply(&yaml).await.unwrap();
     wait_version(&node, 1).await;
     let web = listener(&node, "web").await;
