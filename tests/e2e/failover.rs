@@ -220,5 +220,8 @@ async fn streamed_bodies_are_read_ahead_for_a_retry_within_the_node_budget() {
     // The budget is whole again once the answers are in: a body of 4 KiB fits.
     let reply = client.send(put("/kept/d", 4096)).await.unwrap();
     assert_eq!((reply.status.as_u16(), reply.backend()), (200, "echo-1"), "{}", reply.body);
+    let metrics = HttpClient::default().get(node.admin_addr().unwrap(), "/metrics").await.unwrap().body;
+    assert_eq!(metric(&metrics, "vane_replay_budget_refused_total"), 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "vane_replay_budget_bytes_in_use"), 0.0, "{metrics}");
     failing_task.abort();
 }

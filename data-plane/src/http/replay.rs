@@ -12,6 +12,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame};
@@ -25,8 +26,13 @@ pub const DEFAULT_REPLAY_BUDGET: u64 = 64 << 20;
 pub(crate) const DEFAULT_REPLAY_BODY_BYTES: u64 = 64 << 10;
 
 /// The node's memory for kept request bodies, in bytes, shared by all its requests.
-#[derive(Debug, Clone)]
-pub(crate) struct ReplayBudget(Arc<Semaphore>);
+#[derive(Debug)]
+pub(crate) struct ReplayBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+    /// Requests refused for want of room (the `503`s).
+    refused: AtomicU64,
+}
 
 impl Default for ReplayBudget {
     fn default() -> Self {
@@ -36,8 +42,18 @@ impl Default for ReplayBudget {
 
 impl ReplayBudget {
     pub(crate) fn new(bytes: u64) -> ReplayBudget {
-        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
-        ReplayBudget(Arc::new(Semaphore::new(bytes)))
+        let total = usize::try_from(bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        ReplayBudget { bytes: Arc::new(Semaphore::new(total)), total, refused: AtomicU64::new(0) }
+    }
+
+    /// Bytes charged now.
+    pub(crate) fn in_use(&self) -> usize {
+        self.total - self.bytes.available_permits()
+    }
+
+    /// Requests refused for want of room so far.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// `n` more bytes on `charge`, if the budget has them.
@@ -46,7 +62,7 @@ impl ReplayBudget {
         if n == 0 {
             return true;
         }
-        let Ok(more) = self.0.clone().try_acquire_many_owned(n) else { return false };
+        let Ok(more) = self.bytes.clone().try_acquire_many_owned(n) else { return false };
         match charge {
             Some(held) => held.merge(more),
             None => *charge = Some(more),
@@ -86,6 +102,7 @@ pub(crate) async fn read_ahead(
             return ReadAhead::Streams;
         }
         if !budget.charge(&mut charge, announced) {
+            budget.refused.fetch_add(1, Ordering::Relaxed);
             return ReadAhead::NoRoom;
         }
     } else if hint.lower() > limit as u64 {

@@ -153,6 +153,21 @@ fn render_metrics(shared: &NodeShared) -> String {
         "1 while serving a cached snapshot not yet confirmed.",
         u8::from(stale),
     );
+    let replay = &shared.serving.replay_budget;
+    metrics::single(
+        &mut out,
+        "vane_replay_budget_bytes_in_use",
+        "gauge",
+        "Memory held by request bodies kept for a retry or a mirror.",
+        replay.in_use(),
+    );
+    metrics::single(
+        &mut out,
+        "vane_replay_budget_refused_total",
+        "counter",
+        "Requests answered 503 because their body did not fit the replay budget.",
+        replay.refused(),
+    );
     let logs = &shared.access_logs.counters;
     metrics::single(
         &mut out,
