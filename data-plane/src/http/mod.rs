@@ -4,4 +4,5 @@
 pub(crate) mod body;
 pub(crate) mod h1;
 pub(crate) mod headers;
+pub(crate) mod idle;
 pub(crate) mod template;

@@ -77,7 +77,7 @@ pub(super) async fn forward(
     {
         mirror(shadow.clone(), &upstream, route.timeout);
     }
-    let client_broke = || edits.body_fault.is_some_and(BodyFault::broken);
+    let client_broke = || edits.body_fault.is_some_and(BodyFault::clients);
     let started = Instant::now();
     let deadline = started + route.timeout;
     let _slot = match cluster.connection_slot(tokio::time::Instant::from_std(deadline)).await {
@@ -125,6 +125,10 @@ pub(super) async fn forward(
             *upstream.version_mut() = Version::HTTP_11;
         }
         let result = tokio::time::timeout(per_try, cluster.send(picked.index, upstream, sent)).await;
+        if let (Err(_), Some(fault)) = (&result, edits.body_fault) {
+            // Late while Vane still waited on the client's body: the client's fault.
+            fault.note_route_timeout();
+        }
         // Passive health sees every try: 5xx, connect failures, resets and timeouts count;
         // a failure of the client's own body does not.
         let failed = !matches!(&result, Ok(Ok((r, _))) if !r.status().is_server_error()) && !client_broke();
@@ -169,6 +173,7 @@ pub(super) async fn forward(
         time: now.saturating_duration_since(tried_at),
         request_id: request_id.clone(),
         lease: None,
+        held: None,
     });
     let timed_out_overall = now >= deadline;
     let mut response = match result {
@@ -187,7 +192,9 @@ pub(super) async fn forward(
             return (local(StatusCode::BAD_GATEWAY, "upstream unavailable\n"), info);
         }
         Err(_) => {
-            cluster.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            if !client_broke() {
+                cluster.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
             debug!(route = %route.name, cluster = %cluster.name, timed_out_overall, "upstream timed out");
             return (local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"), info);
         }

@@ -18,6 +18,8 @@ fn router(routes_yaml: &str) -> Router {
             action: RouteAction::Direct(crate::routing::actions::Direct::compile(&Default::default())),
             retry: None,
             max_request_bytes: 0,
+            request_body_timeout: Duration::from_secs(30),
+            max_response_bytes: 0,
             mirror: None,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
