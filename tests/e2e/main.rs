@@ -14,6 +14,7 @@ mod observability;
 mod parsing;
 mod proxy_http;
 mod restart;
+mod slow_and_large;
 mod store_integrity;
 mod tls;
 mod tracing;

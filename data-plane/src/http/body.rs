@@ -1,6 +1,8 @@
 //! A body read by hyper (a streamed request body, or an upstream's answer), with the
-//! frames already taken off it, if any, in front; and what a request body that failed
-//! on its way upstream says of its failure ([`BodyFault`]).
+//! frames already taken off it, if any, in front; what a request body that failed
+//! on its way upstream says of its failure ([`BodyFault`]); and the request body sent
+//! upstream ([`Counting`]: counted, held to `max_request_bytes`, and for a streamed one
+//! to the idle timeout of [`crate::http::idle`]).
 //!
 //! Why: a chunked request body is read ahead before its request goes upstream
 //! ([`crate::server::admission`]), so that a malformed one is refused before anything is sent.
@@ -12,12 +14,15 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::http::idle::{BodyTimeout, Idle};
 
 /// hyper's body, after the frames read ahead of it.
 #[derive(Debug)]
@@ -89,30 +94,63 @@ impl Body for Streamed {
 }
 
 /// What went wrong with a request body on its way upstream, shared by the body (which
-/// sees it) and the request (which answers for it).
+/// sees it) and the request (which answers for it); and whether the body is waiting on
+/// its client, for a route timeout to tell whose wait it ended.
 #[derive(Debug, Default)]
-pub(crate) struct BodyFault(AtomicU8);
+pub(crate) struct BodyFault {
+    state: AtomicU8,
+    waiting: AtomicBool,
+}
 
 impl BodyFault {
     const TOO_LARGE: u8 = 1;
     const BROKEN: u8 = 2;
+    const TIMED_OUT: u8 = 3;
 
     /// The body went past the route's `max_request_bytes`.
     pub(crate) fn set_too_large(&self) {
-        self.0.store(Self::TOO_LARGE, Ordering::Relaxed);
+        self.state.store(Self::TOO_LARGE, Ordering::Relaxed);
     }
 
     /// The client's body failed (malformed, cut short): the client's fault.
     pub(crate) fn set_broken(&self) {
-        let _ = self.0.compare_exchange(0, Self::BROKEN, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self.state.compare_exchange(0, Self::BROKEN, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The client stopped sending its body (the route's `request_body_timeout`).
+    pub(crate) fn set_timed_out(&self) {
+        let _ = self.state.compare_exchange(0, Self::TIMED_OUT, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether the body waits on its client now (set by a body with an idle timer).
+    pub(crate) fn set_waiting(&self, waiting: bool) {
+        self.waiting.store(waiting, Ordering::Relaxed);
+    }
+
+    /// The route timeout ended the exchange: when it found the body waiting on its
+    /// client, the client is the one that was late.
+    pub(crate) fn note_route_timeout(&self) {
+        if self.waiting.load(Ordering::Relaxed) {
+            self.set_timed_out();
+        }
     }
 
     pub(crate) fn too_large(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
+        self.state.load(Ordering::Relaxed) == Self::TOO_LARGE
     }
 
     pub(crate) fn broken(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::BROKEN
+        self.state.load(Ordering::Relaxed) == Self::BROKEN
+    }
+
+    pub(crate) fn timed_out(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == Self::TIMED_OUT
+    }
+
+    /// Whether the body failed by its client's doing (too large, malformed, cut short or
+    /// late): nothing the upstream is blamed for.
+    pub(crate) fn clients(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != 0
     }
 }
 
@@ -166,6 +204,8 @@ pub(crate) struct Counting<B> {
     limit: u64,
     /// Where the body says it went past the limit, or failed.
     fault: Option<Arc<BodyFault>>,
+    /// The wait for the client between two frames, bounded (streamed bodies only).
+    idle: Option<Box<Idle>>,
 }
 
 /// The error a request body gets when it passes the route's limit.
@@ -182,12 +222,19 @@ impl<B> Counting<B> {
         limit: u64,
         fault: Option<Arc<BodyFault>>,
     ) -> Counting<B> {
-        Counting { inner: Some(inner), counter, limit, fault }
+        Counting { inner: Some(inner), counter, limit, fault, idle: None }
     }
 
     /// An empty body (a retry or mirror of a bodiless request).
     pub(crate) fn empty() -> Counting<B> {
-        Counting { inner: None, counter: None, limit: 0, fault: None }
+        Counting { inner: None, counter: None, limit: 0, fault: None, idle: None }
+    }
+
+    /// The body fails with [`BodyTimeout`] when its client sends nothing for `timeout`
+    /// while it is waited on; the failure is told to its fault, as is each wait.
+    pub(crate) fn with_idle_timeout(mut self, timeout: Duration) -> Counting<B> {
+        self.idle = Some(Box::new(Idle::new(timeout)));
+        self
     }
 }
 
@@ -286,6 +333,20 @@ where
             }
             return Poll::Ready(Some(Err(Box::new(TooLarge(this.limit)))));
         }
+        if let Some(idle) = &mut this.idle {
+            let waiting = polled.is_pending();
+            if let Some(fault) = &this.fault {
+                fault.set_waiting(waiting);
+            }
+            if !waiting {
+                idle.progress();
+            } else if idle.poll_expired(cx) {
+                if let Some(fault) = &this.fault {
+                    fault.set_timed_out();
+                }
+                return Poll::Ready(Some(Err(Box::new(BodyTimeout(idle.timeout())))));
+            }
+        }
         if let (Poll::Ready(Some(Err(_))), Some(fault)) = (&polled, &this.fault) {
             fault.set_broken();
         }
@@ -303,7 +364,43 @@ where
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+
     use super::*;
+
+    /// A client that sent its head and nothing of its body since.
+    struct Silent;
+
+    impl Body for Silent {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_streamed_body_silent_for_its_idle_timeout_fails_as_the_clients_fault() {
+        let fault = Arc::new(BodyFault::default());
+        let timeout = Duration::from_secs(30);
+        let mut body = Counting::new(Silent, None, 0, Some(fault.clone())).with_idle_timeout(timeout);
+        let started = tokio::time::Instant::now();
+        let error = body.frame().await.expect("a frame or an error").expect_err("the body fails");
+        assert!(error.is::<BodyTimeout>(), "{error}");
+        assert_eq!(started.elapsed(), timeout);
+        assert!(fault.timed_out() && fault.clients());
+    }
+
+    #[test]
+    fn a_route_timeout_is_the_clients_only_while_its_body_waits_on_the_client() {
+        let fault = BodyFault::default();
+        fault.note_route_timeout();
+        assert!(!fault.clients(), "the upstream's: the body was not waiting on its client");
+        fault.set_waiting(true);
+        fault.note_route_timeout();
+        assert!(fault.timed_out() && fault.clients());
+    }
 
     #[test]
     fn body_faults_keep_the_first_cause() {

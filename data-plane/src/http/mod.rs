@@ -4,5 +4,6 @@
 pub(crate) mod body;
 pub(crate) mod h1;
 pub(crate) mod headers;
+pub(crate) mod idle;
 pub(crate) mod replay;
 pub(crate) mod template;

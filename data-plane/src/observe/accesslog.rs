@@ -53,6 +53,9 @@ pub(crate) struct Line {
     pub(crate) request_id: Option<HeaderValue>,
     pub(crate) user_agent: Option<HeaderValue>,
     pub(crate) referer: Option<HeaderValue>,
+    /// Why the exchange ended early, when it did: `request_body_timeout` (the client's
+    /// body stopped arriving), `response_too_large` (the route's `max_response_bytes`).
+    pub(crate) error: Option<&'static str>,
 }
 
 /// Where lines of one (destination, format) go.
@@ -237,11 +240,14 @@ fn json(l: &Line, out: &mut String) {
     json_opt(out, header(&l.user_agent).as_deref());
     out.push_str(",\"referer\":");
     json_opt(out, header(&l.referer).as_deref());
+    out.push_str(",\"error\":");
+    json_opt(out, l.error);
     out.push_str("}\n");
 }
 
 /// Combined log format, then Vane's fields as `key=value`:
-/// `client - - [time] "METHOD path PROTO" status bytes "referer" "agent" host=.. rt=.. ut=.. upstream=.. listener=.. route=.. cluster=.. rid=.. in=..`
+/// `client - - [time] "METHOD path PROTO" status bytes "referer" "agent" host=.. rt=.. ut=.. upstream=.. listener=.. route=.. cluster=.. rid=.. in=..`,
+/// and ` error=..` before the line's end when the exchange ended early.
 fn combined(l: &Line, out: &mut String) {
     use std::fmt::Write as _;
     let quoted = |v: &Option<HeaderValue>| header_str(v).map_or_else(|| "-".to_owned(), |s| s.replace('"', "\\\""));
@@ -267,6 +273,11 @@ fn combined(l: &Line, out: &mut String) {
         header_str(&l.request_id).unwrap_or_else(|| "-".into()),
         l.bytes_in,
     );
+    if let Some(error) = l.error {
+        // Before the newline `writeln!` ended the line with.
+        out.pop();
+        let _ = writeln!(out, " error={error}");
+    }
 }
 
 #[cfg(test)]
@@ -293,6 +304,7 @@ mod tests {
             request_id: Some(HeaderValue::from_static("abc")),
             user_agent: Some(HeaderValue::from_static("curl/8")),
             referer: None,
+            error: None,
         }
     }
 
@@ -308,6 +320,7 @@ mod tests {
         );
         assert_eq!((v["duration_ms"].as_f64(), v["upstream_ms"].as_f64()), (Some(2.5), Some(2.0)));
         assert_eq!(v["referer"], serde_json::Value::Null);
+        assert_eq!(v["error"], serde_json::Value::Null);
     }
 
     #[test]
@@ -320,6 +333,19 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["user_agent"], "evil\"\\agent");
         assert_eq!(v["path"], "/a%22b");
+    }
+
+    #[test]
+    fn an_exchange_that_ended_early_says_why_in_both_formats() {
+        let mut l = line();
+        l.error = Some("response_too_large");
+        let mut out = String::new();
+        json(&l, &mut out);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["error"], "response_too_large");
+        out.clear();
+        combined(&l, &mut out);
+        assert!(out.ends_with(" rid=abc in=12 error=response_too_large\n"), "{out}");
     }
 
     #[test]

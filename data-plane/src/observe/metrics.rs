@@ -49,6 +49,8 @@ struct Live {
     upstream: Histogram,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// Request bodies that stopped arriving (the client's fault, whatever was answered).
+    body_timeouts: AtomicU64,
 }
 
 /// The metrics of one (listener, route, cluster).
@@ -58,8 +60,8 @@ pub(crate) struct RouteStats {
 }
 
 impl RouteStats {
-    pub(crate) fn record(&self, o: &Outcome) {
-        let live = self.live.get_or_init(|| {
+    fn live(&self) -> &Live {
+        self.live.get_or_init(|| {
             Box::new(Live {
                 by_status: (0..STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
                 by_method: Default::default(),
@@ -67,8 +69,18 @@ impl RouteStats {
                 upstream: Histogram::default(),
                 bytes_in: AtomicU64::new(0),
                 bytes_out: AtomicU64::new(0),
+                body_timeouts: AtomicU64::new(0),
             })
-        });
+        })
+    }
+
+    /// Counts a request body that stopped arriving (the route's `request_body_timeout`).
+    pub(crate) fn count_body_timeout(&self) {
+        self.live().body_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record(&self, o: &Outcome) {
+        let live = self.live();
         let index = usize::from(o.status.saturating_sub(100)).min(STATUS_SLOTS - 1);
         if let Some(slot) = live.by_status.get(index) {
             slot.fetch_add(1, Ordering::Relaxed);
@@ -97,6 +109,8 @@ pub(crate) struct ClusterStats {
     pub(crate) overloaded: AtomicU64,
     /// Requests waiting for a connection slot now (a gauge).
     pub(crate) pending: AtomicU64,
+    /// Answers refused or cut at their route's `max_response_bytes`.
+    pub(crate) response_too_large: AtomicU64,
 }
 
 /// Connections of one listener.
@@ -239,6 +253,18 @@ impl Metrics {
         for (labels, s) in &active {
             let _ = writeln!(out, "vane_http_response_bytes_total{{{labels}}} {}", s.bytes_out.load(Ordering::Relaxed));
         }
+        // Apart from the status (a 408 when no answer had started): a body that stalls
+        // after the upstream began answering ends with the upstream's status.
+        header(
+            out,
+            "vane_http_request_body_timeouts_total",
+            "counter",
+            "Request bodies that stopped arriving for the route's request_body_timeout (the client's fault).",
+        );
+        for (labels, s) in &active {
+            let n = s.body_timeouts.load(Ordering::Relaxed);
+            let _ = writeln!(out, "vane_http_request_body_timeouts_total{{{labels}}} {n}");
+        }
 
         // A separate family rather than a status (nginx logs 499): a cancelled request was
         // sent no answer, and `vane_http_requests_total` counts answers; a client's burst
@@ -270,6 +296,11 @@ impl Metrics {
             ("vane_upstream_retry_budget_exhausted_total", "Retries the budget refused.", 4),
             ("vane_upstream_overloaded_total", "Requests the circuit breaker refused with 503.", 5),
             ("vane_upstream_pending_requests", "Requests waiting for a connection slot.", 6),
+            (
+                "vane_upstream_response_too_large_total",
+                "Answers over their route's max_response_bytes: refused (502) or cut as they streamed.",
+                7,
+            ),
         ] {
             header(out, name, if get == 6 { "gauge" } else { "counter" }, help);
             for (cluster, stats) in &clusters {
@@ -280,7 +311,8 @@ impl Metrics {
                     3 => &stats.retries,
                     4 => &stats.retry_budget_exhausted,
                     5 => &stats.overloaded,
-                    _ => &stats.pending,
+                    6 => &stats.pending,
+                    _ => &stats.response_too_large,
                 };
                 let _ = writeln!(out, "{name}{{cluster=\"{}\"}} {}", escape(cluster), counter.load(Ordering::Relaxed));
             }

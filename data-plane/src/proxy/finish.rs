@@ -21,6 +21,8 @@ use crate::observe::accesslog::{Line, Sink};
 use crate::observe::metrics::{Outcome, RouteStats};
 use crate::upstream::pool::Lease;
 
+use super::held::{BODY_TIMEOUT, Held, ResponseTooLarge};
+
 /// The request side of an access log line, taken before the request is forwarded.
 pub(super) fn draft_line<B>(req: &Request<B>, client: SocketAddr) -> Line {
     let headers = req.headers();
@@ -46,6 +48,7 @@ pub(super) fn draft_line<B>(req: &Request<B>, client: SocketAddr) -> Line {
         request_id: headers.get(&X_REQUEST_ID).cloned(),
         user_agent: headers.get(header::USER_AGENT).cloned(),
         referer: headers.get(header::REFERER).cloned(),
+        error: None,
     }
 }
 
@@ -76,6 +79,11 @@ impl Finish {
         }
         let total = self.start.elapsed();
         let bytes_in = self.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
+        let held = self.upstream.as_ref().and_then(|u| u.held.as_deref());
+        let error = held.and_then(Held::error);
+        if error == Some(BODY_TIMEOUT) {
+            self.stats.count_body_timeout();
+        }
         let upstream_time = self.upstream.as_ref().map(|u| u.time);
         self.stats.record(&Outcome {
             status: self.status,
@@ -108,17 +116,21 @@ impl Finish {
             line.listener = self.listener;
             line.route = self.route;
             line.cluster = self.cluster;
+            line.error = line.error.or(error);
             sink.send(line);
         }
     }
 }
 
 /// A response body that counts what it sends and records the request when it is done
-/// (fully sent, or dropped because the client went away).
+/// (fully sent, or dropped because the client went away). It ends with
+/// [`ResponseTooLarge`] rather than pass its route's `max_response_bytes`.
 #[derive(Debug)]
 pub(crate) struct Finishing<B> {
     inner: B,
     sent: u64,
+    /// Most bytes passed (0: any).
+    cap: u64,
     /// The body was sent to its end.
     ended: bool,
     finish: Option<Finish>,
@@ -126,7 +138,19 @@ pub(crate) struct Finishing<B> {
 
 impl<B: Body> Finishing<B> {
     pub(super) fn new(inner: B, finish: Option<Finish>) -> Finishing<B> {
-        Finishing { ended: inner.is_end_stream(), inner, sent: 0, finish }
+        let held = finish.as_ref().and_then(|f| f.upstream.as_ref()).and_then(|u| u.held.as_deref());
+        let cap = held.map_or(0, |h| h.max_response_bytes);
+        Finishing { ended: inner.is_end_stream(), inner, sent: 0, cap, finish }
+    }
+
+    /// The body is about to pass its cap: counted against its cluster, its access log
+    /// line says so.
+    fn cut(&mut self) {
+        let held = self.finish.as_mut().and_then(|f| f.upstream.as_mut()).and_then(|u| u.held.as_deref_mut());
+        if let Some(held) = held {
+            held.cut = true;
+            held.cluster.response_too_large.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -138,13 +162,25 @@ impl<B> Drop for Finishing<B> {
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Finishing<B> {
+impl<B> Body for Finishing<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: From<ResponseTooLarge>,
+{
     type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
+        let before = this.sent;
         let polled = poll_counting(&mut this.inner, cx, |n| this.sent += n);
+        if this.cap > 0 && this.sent > this.cap {
+            // Not a byte of the frame that crosses it: the client gets at most the cap.
+            this.sent = before;
+            this.ended = false;
+            this.cut();
+            return Poll::Ready(Some(Err(ResponseTooLarge(this.cap).into())));
+        }
         // hyper stops polling once `is_end_stream` says so: look after every frame.
         this.ended = match &polled {
             Poll::Ready(None) => true,
@@ -172,12 +208,14 @@ pub(crate) fn unrecorded(body: InnerBody) -> ProxyBody {
     Finishing::new(body, None)
 }
 
-/// Where a forwarded request went (for metrics and logs), and the upstream connection to
-/// give back to its pool once the response has been sent whole.
+/// Where a forwarded request went (for metrics and logs), the upstream connection to
+/// give back to its pool once the response has been sent whole, and the limits the
+/// exchange is held to (when its route has any or its request body streams).
 #[derive(Debug)]
 pub(crate) struct Upstream {
     pub(super) authority: Authority,
     pub(super) time: Duration,
     pub(super) request_id: Option<HeaderValue>,
     pub(super) lease: Option<Lease>,
+    pub(super) held: Option<Box<Held>>,
 }

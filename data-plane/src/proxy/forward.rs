@@ -73,7 +73,7 @@ pub(super) async fn forward(
     if !rules.0.is_empty() {
         rules.0.apply(upstream.headers_mut(), &vars);
     }
-    let client_broke = || edits.body_fault.is_some_and(BodyFault::broken);
+    let client_broke = || edits.body_fault.is_some_and(BodyFault::clients);
     let started = Instant::now();
     let deadline = started + route.timeout;
     let policy = route.retry.as_ref().filter(|_| upgrade.is_none());
@@ -153,6 +153,10 @@ pub(super) async fn forward(
             *upstream.version_mut() = Version::HTTP_11;
         }
         let mut result = tokio::time::timeout(per_try, cluster.send(picked.index, upstream, sent)).await;
+        if let (Err(_), Some(fault)) = (&result, edits.body_fault) {
+            // Late while Vane still waited on the client's body: the client's fault.
+            fault.note_route_timeout();
+        }
         // Passive health sees every try; a failure of the client's own body counts as none.
         let outcome = match &result {
             _ if client_broke() => Outcome::Ok,
@@ -213,6 +217,7 @@ pub(super) async fn forward(
         time: now.saturating_duration_since(tried_at),
         request_id: request_id.clone(),
         lease: None,
+        held: None,
     });
     let timed_out_overall = now >= deadline;
     let mut response = match result {
@@ -231,7 +236,9 @@ pub(super) async fn forward(
             return (local(StatusCode::BAD_GATEWAY, "upstream unavailable\n"), info);
         }
         Err(_) => {
-            cluster.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            if !client_broke() {
+                cluster.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
             debug!(route = %route.name, cluster = %cluster.name, timed_out_overall, "upstream timed out");
             return (local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"), info);
         }

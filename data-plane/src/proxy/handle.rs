@@ -24,6 +24,7 @@ use crate::routing::router::{Found, RouteAction};
 use super::connection::Connection;
 use super::finish::{Finish, Finishing, ProxyBody, Upstream, draft_line};
 use super::forward::{Edits, forward, take_upgrade, with_path};
+use super::limits::hold;
 
 impl Connection {
     /// Answers one request (its body as [`crate::http::body::streamed`] makes it, or held
@@ -276,7 +277,11 @@ impl Connection {
                 // held in memory cannot. Bodiless requests and inline bodies allocate nothing.
                 let streamed = matches!(req.body(), Either::Left(_)) && !req.body().is_end_stream();
                 let fault = (limit > 0 || streamed).then(|| Arc::new(BodyFault::default()));
-                let req = req.map(|body| Counting::new(body, bytes_in, limit, fault.clone()));
+                let head_request = req.method() == http::Method::HEAD;
+                let req = req.map(|body| {
+                    let body = Counting::new(body, bytes_in, limit, fault.clone());
+                    if streamed { body.with_idle_timeout(route.request_body_timeout) } else { body }
+                });
                 let edits = Edits {
                     host: host_rewrite.as_ref(),
                     downstream,
@@ -290,6 +295,9 @@ impl Connection {
                     Some(f) if f.too_large() => Some((StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")),
                     // What the upstream said, if anything, answered a request it did not get whole.
                     Some(f) if f.broken() => Some((StatusCode::BAD_REQUEST, "malformed request body\n")),
+                    Some(f) if f.timed_out() => {
+                        Some((StatusCode::REQUEST_TIMEOUT, "request body not received in time\n"))
+                    }
                     _ => None,
                 };
                 if let Some((status, why)) = refused {
@@ -299,6 +307,9 @@ impl Connection {
                     if let Some(upstream) = &mut upstream {
                         upstream.lease = None;
                     }
+                }
+                if let Some(upstream) = &mut upstream {
+                    hold(route, cluster, head_request, fault, &mut response, upstream);
                 }
                 (stats, name, Some(cluster.name.clone()), response, upstream)
             }

@@ -45,6 +45,10 @@ pub(crate) struct Route {
     pub(crate) max_request_bytes: u64,
     /// Largest request body kept for a retry or a mirror (0: none).
     pub(crate) replay_body_bytes: u64,
+    /// Longest wait for the next bytes of a request body.
+    pub(crate) request_body_timeout: Duration,
+    /// Largest response body passed to the client (0: any).
+    pub(crate) max_response_bytes: u64,
     /// Shadow cluster and the share of requests (percent) copied to it.
     pub(crate) mirror: Option<(Arc<Cluster>, u32)>,
     pub(crate) request_headers: HeaderRules,

@@ -18,6 +18,10 @@ use crate::upstream::cluster::{Cluster, ClusterRegistry};
 
 /// Route timeout when a route sets none (Envoy's default).
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait between two reads of a request body when a route sets none: a client
+/// silent this long is cut off, in its head (the listener's `request_headers_timeout`,
+/// 30 s by default) or in its body alike.
+pub(crate) const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the node loaded for a snapshot besides the config: access log sinks by listener
 /// name, and TLS material.
@@ -113,6 +117,12 @@ impl Runtime {
                 ),
                 _ => (0, 0),
             };
+            let (request_body_timeout, max_response_bytes) = match &r.action {
+                Some(route::Action::Forward(f)) => {
+                    (duration_or(f.request_body_timeout.as_ref(), DEFAULT_REQUEST_BODY_TIMEOUT), f.max_response_bytes)
+                }
+                _ => (DEFAULT_REQUEST_BODY_TIMEOUT, 0),
+            };
             let retry = match &r.action {
                 Some(route::Action::Forward(f)) => {
                     RetryPolicy::of(f.retry.as_ref(), duration_or(f.timeout.as_ref(), DEFAULT_ROUTE_TIMEOUT))
@@ -151,6 +161,8 @@ impl Runtime {
                 retry,
                 max_request_bytes,
                 replay_body_bytes,
+                request_body_timeout,
+                max_response_bytes,
                 mirror,
                 request_headers: HeaderRules::compile(r.request_headers.as_ref()),
                 response_headers: HeaderRules::compile(r.response_headers.as_ref()),

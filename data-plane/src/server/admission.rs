@@ -23,9 +23,10 @@
 //!   sees both framings.
 //! - A chunked body is read ahead up to [`READ_AHEAD`] (64 KiB, the bound of
 //!   `Content-Length` bodies the inline server reads whole, as nginx buffers request
-//!   bodies) within the listener's `request_headers_timeout`: one that ends there goes
-//!   upstream whole with its length, a malformed one is a 400 with nothing forwarded,
-//!   one that does not arrive in time a 408. A larger one is forwarded as it arrives,
+//!   bodies), waiting at most the route's `request_body_timeout` between two frames (as
+//!   the inline server between two reads): one that ends there goes upstream whole with
+//!   its length, a malformed one is a 400 with nothing forwarded, one that stops arriving
+//!   a 408 under its route ([`crate::proxy`]'s limits). A larger one is forwarded as it arrives,
 //!   after the part read ahead; should it turn out malformed later, the answer is a 400
 //!   when the upstream has not answered yet (the body records its failure in a
 //!   [`crate::http::body::BodyFault`]): the client's fault, never a 502 nor a passive-health
@@ -72,15 +73,11 @@ pub(crate) enum Refusal {
     TransferCoding,
     FramedTwice,
     MalformedBody,
-    BodyTimeout,
 }
 
 impl Refusal {
     pub(crate) fn status(self) -> StatusCode {
-        match self {
-            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            _ => StatusCode::BAD_REQUEST,
-        }
+        StatusCode::BAD_REQUEST
     }
 
     /// The answer's body.
@@ -91,7 +88,6 @@ impl Refusal {
             Refusal::TransferCoding => "only Transfer-Encoding: chunked is accepted\n",
             Refusal::FramedTwice => "both Transfer-Encoding and Content-Length\n",
             Refusal::MalformedBody => "malformed chunked body\n",
-            Refusal::BodyTimeout => "request body not received in time\n",
         }
     }
 }
@@ -121,21 +117,31 @@ fn head_refusal<B>(req: &Request<B>) -> Option<Refusal> {
     }
 }
 
-/// Reads a chunked body until its end or past [`READ_AHEAD`] bytes. One that ended comes
-/// back whole in memory (sent upstream with its length, as an inline `Content-Length`
-/// body is), unless it had trailers; a larger one as the frames read, then the rest.
-async fn read_ahead(mut body: Incoming) -> Result<InnerBody, hyper::Error> {
+/// Why a chunked body read ahead was not: malformed, or it stopped arriving (with the
+/// bytes read until then).
+enum Ahead {
+    Malformed(hyper::Error),
+    Idle(usize),
+}
+
+/// Reads a chunked body until its end or past [`READ_AHEAD`] bytes, waiting at most
+/// `idle` for each frame. One that ended comes back whole in memory (sent upstream with
+/// its length, as an inline `Content-Length` body is), unless it had trailers; a larger
+/// one as the frames read, then the rest.
+async fn read_ahead(mut body: Incoming, idle: Duration) -> Result<InnerBody, Ahead> {
     let mut frames = VecDeque::new();
     let mut size = 0;
     let mut trailers = false;
     while size <= READ_AHEAD {
-        let Some(frame) = body.frame().await else {
+        // A frame already there arms no timer.
+        let Ok(next) = tokio::time::timeout(idle, body.frame()).await else { return Err(Ahead::Idle(size)) };
+        let Some(frame) = next else {
             if trailers {
                 break;
             }
             return Ok(Either::Right(Full::new(concat(frames, size))));
         };
-        let frame = frame?;
+        let frame = frame.map_err(Ahead::Malformed)?;
         match frame.data_ref() {
             Some(data) => size += data.len(),
             None => trailers = true,
@@ -159,12 +165,8 @@ fn concat(mut frames: VecDeque<Frame<Bytes>>, size: usize) -> Bytes {
 
 impl Connection {
     /// Answers a request hyper's server read: HTTP/2, or HTTP/1 on a connection handed
-    /// over. `body_timeout` bounds reading a chunked body ahead.
-    pub(crate) async fn handle_incoming(
-        self,
-        req: Request<Incoming>,
-        body_timeout: Duration,
-    ) -> Result<Response<ProxyBody>, Infallible> {
+    /// over.
+    pub(crate) async fn handle_incoming(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
         if req.version() == Version::HTTP_2 {
             // One pending poll, for hyper to look at the stream's reset before any work.
             tokio::task::yield_now().await;
@@ -177,14 +179,17 @@ impl Connection {
             return self.handle(req.map(crate::http::body::streamed)).await;
         }
         let (parts, body) = req.into_parts();
-        let body = match tokio::time::timeout(body_timeout, read_ahead(body)).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(error)) => {
+        let head = Request::from_parts(parts, ());
+        let (since, idle) = (std::time::Instant::now(), self.request_body_timeout(&head));
+        let body = match read_ahead(body, idle).await {
+            Ok(body) => body,
+            Err(Ahead::Malformed(error)) => {
                 debug!(%error, "chunked request body refused");
-                return Ok(self.refuse(Refusal::MalformedBody, &parts.method));
+                return Ok(self.refuse(Refusal::MalformedBody, head.method()));
             }
-            Err(_) => return Ok(self.refuse(Refusal::BodyTimeout, &parts.method)),
+            Err(Ahead::Idle(read)) => return Ok(self.body_timed_out(&head, since, read as u64)),
         };
+        let (parts, ()) = head.into_parts();
         self.handle(Request::from_parts(parts, body)).await
     }
 

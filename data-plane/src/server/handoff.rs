@@ -26,12 +26,10 @@ use crate::proxy;
 /// Gives the connection to hyper's server, replaying what was read but not served.
 /// A connection with no request in progress for the idle timeout (HTTP/2 included,
 /// where hyper has no such limit) is shut down gracefully.
-/// `body_timeout` bounds a chunked body read ahead (the listener's header deadline, as
-/// for a body the inline server reads).
 pub(crate) async fn serve<I>(
     builder: &auto::Builder<TokioExecutor>,
     conn: proxy::Connection,
-    (body_timeout, idle): (Duration, Duration),
+    idle: Duration,
     mut stop: watch::Receiver<bool>,
     io: I,
     read: Bytes,
@@ -43,7 +41,7 @@ pub(crate) async fn serve<I>(
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         // Boxed: the request future is a few KB, and hyper moves the service future
         // (per request into the connection, per stream into a spawned task).
-        let answer = Box::pin(conn.clone().handle_incoming(req, body_timeout));
+        let answer = Box::pin(conn.clone().handle_incoming(req));
         Guarded { answer, guard: Some(InFlight::new(tracker.clone())) }
     });
     let served = builder.serve_connection_with_upgrades(TokioIo::new(Rewind { read, io }), service);

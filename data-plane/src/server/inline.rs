@@ -27,7 +27,9 @@
 //! RSS under 256 connections 22.0 -> 16.4 MB.
 //!
 //! Limits: the head must arrive within the listener's header deadline (from the accept
-//! for the first request, from its first byte for later ones); a connection idle between
+//! for the first request, from its first byte for later ones), then a body read whole
+//! may pause at most its route's `request_body_timeout` between reads, else it gets 408
+//! ([`crate::server::body_wait`]); a connection idle between
 //! requests is closed after the listener's idle timeout; heads over 64 KiB or 100 header
 //! lines get 431, malformed ones 400 (counted in the metrics as requests no route took,
 //! method `OTHER`). The connection is closed after those, after a
@@ -52,6 +54,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::server::body_wait::BodyWait;
 use crate::server::handoff::{self, stopped};
 use crate::{observe::metrics, proxy, server::admission, support::spare};
 
@@ -97,6 +100,8 @@ enum Next {
     Request(Request<crate::http::body::InnerBody>, bool),
     /// Not for this server: hyper takes the connection, with what was read.
     Handoff,
+    /// Send this answer (to a HEAD request or not), then close: a body stopped arriving.
+    Answer(Response<proxy::ProxyBody>, bool),
     /// Answer with this status, then close.
     Refuse(StatusCode),
     /// End of stream, timeout or stop between requests: close without a word.
@@ -132,6 +137,15 @@ impl Serve<'_> {
                         return;
                     }
                     Next::Close => return,
+                    Next::Answer(response, head_request) => {
+                        let answer = Answer { head_request, close: true, send_timeout: self.send_timeout };
+                        if write_response(&mut io, &mut out, response, answer).await.is_ok()
+                            && bounded(self.send_timeout, io.shutdown()).await.is_ok()
+                        {
+                            linger(&mut io).await;
+                        }
+                        return;
+                    }
                 };
                 let head_request = req.method() == Method::HEAD;
                 // Boxed: the request future is a few KB, and it would otherwise live in
@@ -160,8 +174,7 @@ impl Serve<'_> {
                 }
             }
         }
-        let timeouts = (self.header_timeout, self.idle_timeout);
-        handoff::serve(self.builder, self.conn, timeouts, self.stop, io, buf.freeze()).await;
+        handoff::serve(self.builder, self.conn, self.idle_timeout, self.stop, io, buf.freeze()).await;
     }
 
     /// Reads until a whole request head is buffered, and decides who serves it.
@@ -185,8 +198,10 @@ impl Serve<'_> {
         // once a new line has arrived, so a client trickling a large head byte by byte
         // costs one parse per line, not one per byte.
         let mut parsed_up_to = 0;
-        // A whole head whose body is still arriving: the bytes that head and body need.
+        // A whole head whose body is still arriving: the bytes that head and body need,
+        // and the wait for them.
         let mut wanted = 0;
+        let mut body: Option<Box<BodyWait>> = None;
         loop {
             let new_line = buf.get(parsed_up_to..).is_some_and(|fresh| fresh.contains(&b'\n'));
             let ready = if wanted > 0 { buf.len() >= wanted } else { parsed_up_to == 0 || new_line };
@@ -200,7 +215,11 @@ impl Serve<'_> {
                         Parsed::Complete(req, close) => return Next::Request(req, close),
                         Parsed::Handoff => return Next::Handoff,
                         Parsed::Partial => {}
-                        Parsed::Body(bytes) => wanted = bytes,
+                        Parsed::Body(bytes) => {
+                            wanted = bytes;
+                            let wait = body.get_or_insert_with(|| BodyWait::start(&self.conn, buf));
+                            deadline = tokio::time::Instant::now() + wait.timeout();
+                        }
                         Parsed::Invalid(status) => return Next::Refuse(status),
                     }
                 }
@@ -224,7 +243,13 @@ impl Serve<'_> {
                 read = tokio_util::io::read_buf(io, buf) => read,
                 () = timer.as_mut() => {
                     if tokio::time::Instant::now() >= deadline {
-                        return Next::Close;
+                        return match body {
+                            Some(wait) => {
+                                let (response, head_request) = wait.answer(&self.conn, buf.len());
+                                Next::Answer(response, head_request)
+                            }
+                            None => Next::Close,
+                        };
                     }
                     timer.as_mut().reset(deadline);
                     continue;
@@ -237,7 +262,11 @@ impl Serve<'_> {
                     idle = false;
                     deadline = tokio::time::Instant::now() + self.header_timeout;
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Some(wait) = &body {
+                        deadline = tokio::time::Instant::now() + wait.timeout();
+                    }
+                }
             }
         }
     }

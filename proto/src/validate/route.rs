@@ -116,6 +116,7 @@ pub(crate) fn check(config: &Config, v: &mut Validator, clusters: &HashSet<&str>
                     }
                 }
                 v.duration("route", &name, "forward.timeout", f.timeout.as_ref());
+                v.duration("route", &name, "forward.request_body_timeout", f.request_body_timeout.as_ref());
                 let is_prefix =
                     matches!(m.path, Some(route_match::Path::Prefix(_) | route_match::Path::PathSeparatedPrefix(_)));
                 let rewrites =

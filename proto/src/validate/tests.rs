@@ -35,6 +35,20 @@ fn listener_timeouts_must_be_positive() {
 }
 
 #[test]
+fn route_body_timeouts_are_positive_and_under_an_hour() {
+    let route = |timeout: &str| {
+        format!(
+            "{BASE}routes:\n  - name: r\n    match: {{prefix: /}}\n    forward: {{clusters: [{{name: c}}], \
+             request_body_timeout: {timeout}, max_response_bytes: 1048576}}\n"
+        )
+    };
+    assert_eq!(errors(&route("0.3s")), Vec::<String>::new());
+    assert_eq!(errors(&route("-1s")), vec!["route 'r': forward.request_body_timeout: must be positive"]);
+    assert_eq!(errors(&route("0s")), vec!["route 'r': forward.request_body_timeout: must be positive"]);
+    assert_eq!(errors(&route("3600s")), vec!["route 'r': forward.request_body_timeout: must be under 3600s"]);
+}
+
+#[test]
 fn duplicate_names_are_refused() {
     let errs = errors(&format!("{BASE}  - name: c\n    endpoints: [{{address: '127.0.0.1:9002'}}]\n"));
     assert_eq!(errs, vec!["cluster 'c': name: duplicate cluster name"]);

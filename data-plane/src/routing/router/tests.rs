@@ -19,6 +19,8 @@ fn router(routes_yaml: &str) -> Router {
             retry: None,
             max_request_bytes: 0,
             replay_body_bytes: 0,
+            request_body_timeout: Duration::from_secs(30),
+            max_response_bytes: 0,
             mirror: None,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
