@@ -23,8 +23,8 @@ use crate::http::headers::{
     Downstream, FORWARDING_HEADROOM, X_FORWARDED_HOST, X_REQUEST_ID, forwarding_headers, request_id, strip_hop_by_hop,
 };
 use crate::http::replay::{ReadAhead, read_ahead};
+use crate::routing::actions::RetryOn;
 use crate::routing::actions::Vars;
-use crate::routing::actions::{RetryOn, RetryPolicy};
 use crate::routing::router::Route;
 use crate::upstream::balancer::{PickContext, Picked};
 use crate::upstream::cluster::{Cluster, RetryPermit, Tried};
@@ -88,10 +88,16 @@ pub(super) async fn forward(
     );
     // A streamed body that a retry or a mirror would send again is read ahead, to be
     // held whole if it is small enough; its share of the budget is held until the end.
+    // (An HTTP/2 upstream's failed connect does not give the request back: any retry
+    // needs the body kept.)
     let mut _kept = None;
+    let resent = match policy {
+        Some(p) => (idempotent && p.retries_received()) || upstream.version() == Version::HTTP_2,
+        None => false,
+    };
     if upgrade.is_none()
         && route.replay_body_bytes > 0
-        && (route.mirror.is_some() || (idempotent && policy.is_some_and(RetryPolicy::retries_received)))
+        && (route.mirror.is_some() || resent)
         && !upstream.body().is_end_stream()
         && !upstream.body().is_buffered()
         && !is_grpc(upstream.headers())
