@@ -4,7 +4,8 @@
 //! version and hash gets nothing; at most one snapshot is unacknowledged per node and the
 //! newest published version supersedes older ones; pushes after a write are debounced
 //! (see `Debounce`), so a burst of writes costs a node a few swaps; a version a node
-//! NACKed is never sent to it again. The stream needs a `node` token when tokens are on.
+//! NACKed is never sent to it again. The node's problem reports (a cache it cannot write)
+//! go to the fleet table as they come. The stream needs a `node` token when tokens are on.
 //!
 //! A node may hold a version this store never had, or had with other content: the store
 //! was restored from a backup or replaced, or the node was fed by another control plane.
@@ -21,8 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 use vane_proto::discovery::{
-    ControlMessage, Hello, NodeMessage, Snapshot, control_message, discovery_service_server::DiscoveryService,
-    node_message,
+    ControlMessage, NodeMessage, Snapshot, control_message, discovery_service_server::DiscoveryService, node_message,
 };
 
 use crate::auth::Role;
@@ -83,10 +83,11 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
             return;
         }
     };
-    let Hello { node_id, labels, version_held, hash_held } = hello;
+    let (node_id, version_held, hash_held) = (hello.node_id.clone(), hello.version_held, hello.hash_held.clone());
     let session_id = shared.counter.fetch_add(1, Ordering::Relaxed);
-    shared.fleet.connected(session_id, &node_id, labels, peer, version_held);
-    info!(node = %node_id, version_held, "node connected");
+    let problems = hello.problems.len();
+    shared.fleet.connected(session_id, hello, peer);
+    info!(node = %node_id, version_held, problems, "node connected");
     catch_up(&shared, &node_id, version_held, &hash_held).await;
 
     let mut held = (version_held, hash_held);
@@ -151,6 +152,15 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
                             warn!(node = %node_id, version = p.version, %errors, "snapshot rejected");
                             shared.fleet.nacked(&node_id, p.version, nack.errors);
                         }
+                    }
+                    node_message::Message::Problems(report) => {
+                        for p in &report.problems {
+                            warn!(node = %node_id, kind = %p.kind, subject = %p.subject, problem = %p.message, "node reports a problem");
+                        }
+                        if report.problems.is_empty() {
+                            info!(node = %node_id, "node reports no problems");
+                        }
+                        shared.fleet.problems(&node_id, report.problems);
                     }
                     node_message::Message::Hello(_) => warn!(node = %node_id, "hello ignored mid-stream"),
                 },

@@ -1,9 +1,12 @@
 //! The node: what `vane proxy` runs. [`Node::start`] serves the admin endpoint, boots
 //! from the last-known-good snapshot when there is one, and runs the discovery client;
-//! every snapshot goes through [`shared::NodeShared::apply_snapshot`].
+//! every snapshot goes through [`shared::NodeShared::apply_snapshot`]. What goes wrong on
+//! the node while it serves (a cache it cannot write) is a problem it reports
+//! (`problems.rs`), not a NACK.
 
 pub(crate) mod admin;
 pub(crate) mod discovery;
+pub(crate) mod problems;
 pub(crate) mod shared;
 pub(crate) mod snapshot_store;
 pub(crate) mod trim;
@@ -112,6 +115,7 @@ impl Node {
             held_snapshot: Mutex::default(),
             tls_sessions: tls::Sessions::default(),
             policy_state: policy::PolicyState::default(),
+            problems: problems::Problems::default(),
         });
         if let Some(dir) = &config.cache_dir {
             match snapshot_store::read(dir) {

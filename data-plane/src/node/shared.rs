@@ -1,6 +1,6 @@
 //! The node's state behind every task: the runtime serving, listeners, caches kept
-//! across snapshots, counters; and [`NodeShared::apply_snapshot`], the one place a
-//! snapshot becomes the runtime.
+//! across snapshots, counters, problems; and [`NodeShared::apply_snapshot`], the one place
+//! a snapshot becomes the runtime.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use crate::server::listeners;
 use crate::upstream::dns;
 use crate::{policy, tls};
 
+use super::problems::Problems;
 use super::trim;
 
 /// State shared by the discovery client, the listeners and the admin endpoint.
@@ -47,6 +48,8 @@ pub(crate) struct NodeShared {
     pub(super) tls_sessions: tls::Sessions,
     /// Rate-limit buckets, JWKS keys and auth caches, kept across snapshots.
     pub(super) policy_state: policy::PolicyState,
+    /// What is wrong on this node while it serves (reported to the control plane).
+    pub(crate) problems: Problems,
 }
 
 impl NodeShared {
