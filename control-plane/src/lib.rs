@@ -4,8 +4,9 @@
 //! runs, stored by a [`Store`] as a new immutable version (durable before the call
 //! returns), then published on a `tokio::sync::watch`. Every node's discovery session
 //! watches it and pushes the newest snapshot, one unacknowledged snapshot at a time, never
-//! resending a version that node refused. Node status, with the problems nodes report
-//! about themselves, is kept in the fleet table and read by `ListNodes`.
+//! resending a version that node refused (NACKs are kept in the store, so a restart does
+//! not forget them). Node status, with the problems nodes report about themselves, is
+//! kept in the fleet table and read by `ListNodes`.
 
 mod admin;
 mod auth;
@@ -14,6 +15,7 @@ mod diff;
 mod discovery;
 mod fleet;
 mod gate;
+mod nack_history;
 mod seal;
 mod status;
 mod store;

@@ -1,5 +1,5 @@
-//! What a node reports about itself, through the real binaries: a last-known-good cache
-//! it cannot write.
+//! What a node reports about itself, through the real binaries: NACKs the control plane
+//! keeps across its own restart, a last-known-good cache it cannot write.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,6 +41,71 @@ async fn node_status(url: &str, node_id: &str) -> Option<Value> {
     let out = vane(url, &["nodes", "-o", "json"]).await;
     let json: Value = serde_json::from_str(&out.stdout).ok()?;
     json["nodes"].as_array()?.iter().find(|n| n["node_id"] == node_id).cloned()
+}
+
+#[tokio::test]
+async fn a_nacked_version_is_not_offered_again_to_its_node_after_a_control_plane_restart() {
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("store");
+    let dir = data_dir.to_str().unwrap().to_owned();
+    let cp = VaneProcess::control_plane(&data_dir, &[]).await.unwrap();
+    let url = cp.control_plane_url().unwrap();
+    let echo = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let (_node, admin) = proxy(&url, "n1", &[]).await;
+
+    let good = config_yaml(&[("echo", &[echo.addr()])], &[("api", "/api", "echo")]);
+    assert!(vane(&url, &["apply", "-f", &write_yaml(data.path(), "v1.yaml", &good)]).await.success);
+    serves(admin, 1).await;
+    // Version 2 names a certificate file this node does not have: the node NACKs it.
+    let missing = "/nonexistent/vane-e2e/site.pem";
+    let bad = format!(
+        "{good}certificates:\n  - name: site\n    certificate_chain: {{ filename: {missing} }}\n    \
+         private_key: {{ filename: /nonexistent/vane-e2e/site.key }}\n"
+    );
+    let out = vane(&url, &["apply", "-f", &write_yaml(data.path(), "v2.yaml", &bad)]).await;
+    assert!(out.stdout.starts_with("applied version 2"), "{}{}", out.stdout, out.stderr);
+    eventually(WITHIN, "the NACK of version 2 is known", || async {
+        node_status(&url, "n1").await.filter(|n| n["nack_version"] == "2")
+    })
+    .await;
+    assert_eq!(metric(&node_metrics(admin).await, "vane_config_nacks_total"), 1.0);
+
+    // SIGKILL, then a new control plane on the same data dir and port. The node, still
+    // running version 1, reconnects.
+    let addr = url.strip_prefix("http://").unwrap().to_owned();
+    cp.kill().await.unwrap();
+    let cp = eventually(WITHIN, "the control plane restarts on its port", || async {
+        VaneProcess::start(&["control-plane", "--data-dir", &dir, "--listen", &addr]).await.ok()
+    })
+    .await;
+    assert!(cp.banner.ends_with("(version 2)"), "{}", cp.banner);
+    let status = eventually(WITHIN, "the node reconnects", || async {
+        node_status(&url, "n1").await.filter(|n| n["connected"] == true)
+    })
+    .await;
+    // The restarted control plane shows the NACK it stored...
+    assert_eq!(status["nack_version"], "2", "{status}");
+    let errors = status["nack_errors"].to_string();
+    assert!(errors.contains(&format!("{missing}: No such file")), "{errors}");
+    let table = vane(&url, &["nodes"]).await.stdout;
+    assert!(table.contains(&format!("v2: certificate 'site': {missing}: No such file")), "{table}");
+
+    // ... and did not send version 2 again: a session pushes at once when a node
+    // connects, so had it been sent, it would be NACKed before version 3 is handled.
+    let next = good.replace("/api", "/v3");
+    let out = vane(&url, &["apply", "-f", &write_yaml(data.path(), "v3.yaml", &next)]).await;
+    assert!(out.stdout.starts_with("applied version 3"), "{}{}", out.stdout, out.stderr);
+    let config = serves(admin, 3).await;
+    assert_eq!(config["snapshots_received"], 3, "versions 1, 2 and 3, each once: {config}");
+    assert_eq!(metric(&node_metrics(admin).await, "vane_config_nacks_total"), 1.0, "version 2 was refused once");
+    let status = eventually(WITHIN, "version 3 is acked", || async {
+        node_status(&url, "n1").await.filter(|n| n["acked_version"] == "3")
+    })
+    .await;
+    assert_eq!(status["nack_version"], "2", "{status}");
+    let web: SocketAddr = config["listeners"]["web"].as_str().unwrap().parse().unwrap();
+    assert_eq!(HttpClient::default().get(web, "/v3/x").await.unwrap().backend(), "echo-1");
 }
 
 #[tokio::test]
