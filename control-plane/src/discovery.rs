@@ -7,7 +7,7 @@
 //! NACKed is never sent to it again, whichever control-plane process it NACKed it to: each
 //! NACK is stored before the session goes on, and read back when the node connects (see
 //! `fleet.rs` for the node restarted empty). The node's problem reports (a cache it cannot
-//! write) go to the fleet table as they come. The
+//! write, a certificate file it cannot load) go to the fleet table as they come. The
 //! stream needs a `node` token when tokens are on.
 //!
 //! A node may hold a version this store never had, or had with other content: the store

@@ -1,10 +1,12 @@
 //! What a node reports about itself, through the real binaries: NACKs the control plane
-//! keeps across its own restart, a last-known-good cache it cannot write.
+//! keeps across its own restart, a last-known-good cache it cannot write, certificate
+//! files that change on disk.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use vane_suite::tls::{Issued, TestCa, TlsClient};
 use vane_suite::*;
 
 const WITHIN: Duration = Duration::from_secs(10);
@@ -156,4 +158,101 @@ async fn a_cache_that_cannot_be_written_is_a_reported_problem_and_the_version_is
     .await;
     assert_eq!(metric(&node_metrics(admin).await, "vane_node_problems{kind=\"cache_write\"}"), 0.0);
     assert!(cache.join("snapshot.pb").is_file(), "the last good snapshot is written");
+}
+
+/// A certificate resource read from `cert` and `key` files on the node, served on `web`.
+fn files_config(cert: &str, key: &str, echo: SocketAddr) -> String {
+    json!({
+        "certificates": [{ "name": "site", "certificate_chain": { "filename": cert },
+                           "private_key": { "filename": key } }],
+        "listeners": [{ "name": "web", "address": "127.0.0.1:0", "protocol": "HTTPS",
+                        "tls": { "certificates": ["site"] } }],
+        "clusters": [{ "name": "echo", "endpoints": [{ "address": echo.to_string() }] }],
+        "routes": [{ "name": "all", "match": { "prefix": "/" }, "forward": { "clusters": [{ "name": "echo" }] } }],
+    })
+    .to_string()
+}
+
+/// Replaces `path` by rename, as certificate tools do.
+fn replace(path: &std::path::Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Waits until a full handshake (a new client, no session to resume) gets `issued`.
+async fn served(web: SocketAddr, ca: &TestCa, issued: &Issued, what: &str) {
+    eventually(WITHIN, what, || async {
+        let conn = TlsClient::new(Some(&ca.pem), None, &["http/1.1"]).connect(web, "site.test").await.ok()?;
+        (conn.peer == issued.der()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_certificate_file_changed_on_disk_is_served_at_the_next_handshake_and_a_bad_one_is_refused() {
+    init_logs();
+    let ca = TestCa::new("test ca");
+    let first = ca.server(&["site.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("site.pem"), dir.path().join("site.key"));
+    std::fs::write(&cert, &first.cert).unwrap();
+    std::fs::write(&key, &first.key).unwrap();
+    let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let cp = TestControlPlane::start().await;
+    let echo = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let (_node, admin) = proxy(&cp.url(), "n1", &["--file-poll-interval", "100ms"]).await;
+    cp.apply(&files_config(cert_arg, key_arg, echo.addr())).await.unwrap();
+    let config = serves(admin, 1).await;
+    let web: SocketAddr = config["listeners"]["web"].as_str().unwrap().parse().unwrap();
+    let mut open = TlsClient::new(Some(&ca.pem), None, &["http/1.1"]).connect(web, "site.test").await.unwrap();
+    assert_eq!(open.peer, first.der());
+    assert_eq!(metric(&node_metrics(admin).await, "vane_node_watched_files"), 2.0);
+
+    // New files, no new version: the next handshake gets the new certificate.
+    let second = ca.server(&["site.test"]);
+    replace(&key, &second.key);
+    replace(&cert, &second.cert);
+    served(web, &ca, &second, "the replaced certificate is served").await;
+    assert_eq!(open.get("site.test", "/still-open", &[]).await.unwrap().status, 200, "open connections go on");
+    assert_eq!(node_config(admin).await.unwrap()["version"], 1, "no new version was needed");
+    eventually(WITHIN, "no problem is left from the two-file replacement", || async {
+        node_status(&cp.url(), "n1").await.filter(|n| n["problems"].as_array().is_none_or(Vec::is_empty))
+    })
+    .await;
+
+    // A file that does not load: the previous certificate keeps serving, the problem shows.
+    replace(&cert, "not a certificate\n");
+    let status = eventually(WITHIN, "the bad file is reported", || async {
+        node_status(&cp.url(), "n1").await.filter(|n| n["problems"].as_array().is_some_and(|p| !p.is_empty()))
+    })
+    .await;
+    let problem = &status["problems"][0];
+    assert_eq!((problem["kind"].as_str(), problem["subject"].as_str()), (Some("tls_file"), Some(cert_arg)), "{status}");
+    let message = problem["message"].as_str().unwrap();
+    assert!(message.contains("certificate 'site': certificate_chain: holds no PEM certificate"), "{message}");
+    assert_eq!(metric(&node_metrics(admin).await, "vane_node_problems{kind=\"tls_file\"}"), 1.0);
+    served(web, &ca, &second, "the previous certificate still serves").await;
+    let table = vane(&cp.url(), &["nodes"]).await.stdout;
+    assert!(table.contains(&format!("problem: n1 tls_file {cert_arg}: certificate 'site'")), "{table}");
+
+    // A good file again: served, and the problem clears.
+    let third = ca.server(&["site.test"]);
+    replace(&cert, &third.cert);
+    replace(&key, &third.key);
+    served(web, &ca, &third, "the next good certificate is served").await;
+    eventually(WITHIN, "the problem clears", || async {
+        node_status(&cp.url(), "n1").await.filter(|n| n["problems"].as_array().is_none_or(Vec::is_empty))
+    })
+    .await;
+    assert_eq!(metric(&node_metrics(admin).await, "vane_node_problems{kind=\"tls_file\"}"), 0.0);
+
+    // A config naming no file: nothing is watched any more.
+    let inline = files_config(cert_arg, key_arg, echo.addr())
+        .replace(&format!("{{\"filename\":\"{cert_arg}\"}}"), &json!({ "inline_string": third.cert }).to_string())
+        .replace(&format!("{{\"filename\":\"{key_arg}\"}}"), &json!({ "inline_string": third.key }).to_string());
+    assert!(!inline.contains("filename"), "{inline}");
+    cp.apply(&inline).await.unwrap();
+    serves(admin, 2).await;
+    assert_eq!(metric(&node_metrics(admin).await, "vane_node_watched_files"), 0.0);
 }

@@ -61,6 +61,7 @@ async fn requests_become_spans_under_the_clients_trace_and_the_upstream_sees_the
         token: None,
         tls: None,
         otlp_endpoint: Some(otlp),
+        file_poll_interval: NodeConfig::DEFAULT_FILE_POLL_INTERVAL,
     })
     .await
     .unwrap();

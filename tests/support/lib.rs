@@ -163,6 +163,7 @@ pub async fn start_node_with_token(
         token,
         tls: None,
         otlp_endpoint: None,
+        file_poll_interval: NodeConfig::DEFAULT_FILE_POLL_INTERVAL,
     })
     .await
     .expect("node starts")

@@ -160,6 +160,14 @@ fn render_metrics(shared: &NodeShared) -> String {
         u8::from(stale),
     );
     shared.problems.render(&mut out);
+    let watched = shared.watched.borrow().len();
+    metrics::single(
+        &mut out,
+        "vane_node_watched_files",
+        "gauge",
+        "Certificate, key and CA files watched for changes.",
+        watched,
+    );
     let logs = &shared.access_logs.counters;
     metrics::single(
         &mut out,

@@ -1,13 +1,13 @@
 //! What is wrong on this node while it goes on serving: a last-known-good cache it cannot
-//! write.
+//! write, a watched certificate file that changed into something it cannot load.
 //!
-//! That is no reason to refuse (NACK) the version the node serves: the version is fine,
+//! Neither is a reason to refuse (NACK) the version the node serves: the version is fine,
 //! the node's surroundings are not, and a NACK would make the control plane believe the
 //! node still runs its previous version and never offer it this one again. So the node
 //! ACKs, and reports the problem beside: in its `Hello`, then in a `ProblemReport`
 //! whenever the set changes (`discovery.rs`), and in `/metrics` as
-//! `vane_node_problems{kind}`. A problem is keyed by kind and subject (the cache dir),
-//! keeps the time it was first seen, and is cleared when the same operation next
+//! `vane_node_problems{kind}`. A problem is keyed by kind and subject (the cache dir, the
+//! file), keeps the time it was first seen, and is cleared when the same operation next
 //! succeeds.
 
 use std::collections::BTreeMap;
@@ -25,14 +25,17 @@ use crate::observe::metrics::{escape, header};
 pub(crate) enum Kind {
     /// The last-known-good snapshot could not be written (`--cache-dir`).
     CacheWrite,
+    /// A certificate, key or CA file named by the config changed and no longer loads.
+    TlsFile,
 }
 
 impl Kind {
-    const ALL: [Kind; 1] = [Kind::CacheWrite];
+    const ALL: [Kind; 2] = [Kind::CacheWrite, Kind::TlsFile];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::CacheWrite => "cache_write",
+            Kind::TlsFile => "tls_file",
         }
     }
 }
@@ -127,23 +130,30 @@ mod tests {
     fn a_problem_is_reported_until_cleared_and_each_change_is_signalled_once() {
         let problems = Problems::default();
         let mut changes = problems.subscribe();
+        problems.set(Kind::TlsFile, "/a.pem", "holds no PEM certificate".into());
+        problems.set(Kind::TlsFile, "/b.pem", "holds no PEM certificate".into());
         problems.set(Kind::CacheWrite, "/cache", "not a directory".into());
         assert!(changes.has_changed().unwrap());
         changes.mark_unchanged();
-        let since = problems.report()[0].since;
-        problems.set(Kind::CacheWrite, "/cache", "not a directory".into());
+        let since = problems.report()[1].since;
+        problems.set(Kind::TlsFile, "/a.pem", "holds no PEM certificate".into());
         assert!(!changes.has_changed().unwrap(), "the same problem again is no change");
-        assert_eq!(problems.report()[0].since, since);
+        assert_eq!(problems.report()[1].since, since);
 
         let mut text = String::new();
         problems.render(&mut text);
         assert!(text.contains("vane_node_problems{kind=\"cache_write\"} 1"), "{text}");
+        assert!(text.contains("vane_node_problems{kind=\"tls_file\"} 2"), "{text}");
 
-        problems.clear(Kind::CacheWrite, |_| true);
+        problems.clear(Kind::TlsFile, |subject| subject == "/a.pem");
         assert!(changes.has_changed().unwrap());
+        let left: Vec<String> = problems.report().into_iter().map(|p| format!("{}:{}", p.kind, p.subject)).collect();
+        assert_eq!(left, ["cache_write:/cache", "tls_file:/b.pem"]);
+        problems.clear(Kind::CacheWrite, |_| true);
+        problems.clear(Kind::TlsFile, |_| true);
         assert!(problems.report().is_empty());
         let mut text = String::new();
         problems.render(&mut text);
-        assert!(text.contains("vane_node_problems{kind=\"cache_write\"} 0"), "{text}");
+        assert!(text.contains("vane_node_problems{kind=\"tls_file\"} 0"), "{text}");
     }
 }
