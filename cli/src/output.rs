@@ -241,13 +241,47 @@ pub(crate) fn nodes(response: &ListNodesResponse, out: Output) -> String {
                         format!("{}ms", n.push_to_ack_ms),
                         n.address.clone(),
                         timestamp(n.last_seen.as_ref()),
+                        problem_kinds(&n.problems),
                         nack,
                     ]
                 })
                 .collect();
-            table(&["NODE", "CONNECTED", "VERSION", "PUSH-TO-ACK", "ADDRESS", "LAST SEEN", "LAST NACK"], rows)
+            let mut text = table(
+                &["NODE", "CONNECTED", "VERSION", "PUSH-TO-ACK", "ADDRESS", "LAST SEEN", "PROBLEMS", "LAST NACK"],
+                rows,
+            );
+            // Each problem in full below the table: its text is too long for a column.
+            for n in &response.nodes {
+                for p in &n.problems {
+                    let line = format!(
+                        "{} {} {}: {} (since {})",
+                        n.node_id,
+                        p.kind,
+                        p.subject,
+                        p.message,
+                        timestamp(p.since.as_ref())
+                    );
+                    text.push_str(&format!("problem: {}\n", vane_proto::text::escape_controls(&line)));
+                }
+            }
+            text
         }
     }
+}
+
+/// `-`, or each kind with its count: `tls_file(2), cache_write`.
+fn problem_kinds(problems: &[vane_proto::discovery::NodeProblem]) -> String {
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for p in problems {
+        match kinds.iter_mut().find(|(k, _)| *k == p.kind) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((&p.kind, 1)),
+        }
+    }
+    if kinds.is_empty() {
+        return "-".into();
+    }
+    kinds.iter().map(|(k, n)| if *n == 1 { (*k).to_owned() } else { format!("{k}({n})") }).collect::<Vec<_>>().join(",")
 }
 
 pub(crate) fn history(response: &HistoryResponse, out: Output) -> String {

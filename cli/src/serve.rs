@@ -63,6 +63,11 @@ pub(crate) struct ProxyArgs {
     /// (builds with the `otlp` feature).
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// How often certificate, key and CA files named by the config are checked for
+    /// changes; a changed file is loaded (and served at the next handshake) without a new
+    /// version. `0s`: never.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    file_poll_interval: Duration,
     /// On SIGTERM/Ctrl-C: how long requests in flight may take to finish.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -205,6 +210,7 @@ pub(crate) async fn proxy(
         tls,
         otlp_endpoint: args.otlp_endpoint,
         replay_budget_bytes: Some(args.replay_budget_bytes),
+        file_poll_interval: args.file_poll_interval,
     })
     .await?;
     let admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string());
@@ -235,6 +241,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         tls: None,
         otlp_endpoint: None,
         replay_budget_bytes: None,
+        file_poll_interval: NodeConfig::DEFAULT_FILE_POLL_INTERVAL,
     })
     .await?;
 

@@ -11,6 +11,12 @@
 //! (nodes may hold them), the backup's newest config is published again under a new,
 //! higher number, so no number is ever given to two contents and no node is asked to go
 //! back to a number older than the one it holds.
+//!
+//! What a backup leaves out: the nodes' NACK history (`nack_history.rs`). It is what nodes
+//! said of versions, not configuration; a restore typically serves other nodes, or the
+//! same ones after a while, and the backup format stays `vane-backup-v1`. The cost: after
+//! a restore whose newest version a running node had refused, that node is offered it
+//! once more, NACKs it once more (recorded again), and is never offered it after that.
 
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};

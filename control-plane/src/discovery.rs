@@ -4,7 +4,11 @@
 //! version and hash gets nothing; at most one snapshot is unacknowledged per node and the
 //! newest published version supersedes older ones; pushes after a write are debounced
 //! (see `Debounce`), so a burst of writes costs a node a few swaps; a version a node
-//! NACKed is never sent to it again. The stream needs a `node` token when tokens are on.
+//! NACKed is never sent to it again, whichever control-plane process it NACKed it to: each
+//! NACK is stored before the session goes on, and read back when the node connects (see
+//! `fleet.rs` for the node restarted empty). The node's problem reports (a cache it cannot
+//! write, a certificate file it cannot load) go to the fleet table as they come. The
+//! stream needs a `node` token when tokens are on.
 //!
 //! A node may hold a version this store never had, or had with other content: the store
 //! was restored from a backup or replaced, or the node was fed by another control plane.
@@ -20,10 +24,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
+use vane_proto::config::ValidationError;
 use vane_proto::discovery::{
-    ControlMessage, Hello, NodeMessage, Snapshot, control_message, discovery_service_server::DiscoveryService,
-    node_message,
+    ControlMessage, NodeMessage, Snapshot, control_message, discovery_service_server::DiscoveryService, node_message,
 };
+use vane_proto::store::StoredNack;
 
 use crate::auth::Role;
 use crate::store::NewVersion;
@@ -83,10 +88,12 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
             return;
         }
     };
-    let Hello { node_id, labels, version_held, hash_held } = hello;
+    let (node_id, version_held, hash_held) = (hello.node_id.clone(), hello.version_held, hello.hash_held.clone());
+    let refused = stored_nacks(&shared, &node_id).await;
     let session_id = shared.counter.fetch_add(1, Ordering::Relaxed);
-    shared.fleet.connected(session_id, &node_id, labels, peer, version_held);
-    info!(node = %node_id, version_held, "node connected");
+    let problems = hello.problems.len();
+    shared.fleet.connected(session_id, hello, peer, &refused);
+    info!(node = %node_id, version_held, refused = refused.len(), problems, "node connected");
     catch_up(&shared, &node_id, version_held, &hash_held).await;
 
     let mut held = (version_held, hash_held);
@@ -123,6 +130,10 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
             }
         }
         let wake = send_at.filter(|_| pending.is_none()).map(tokio::time::Instant::from_std);
+        // A NACK to store before the next push and before `ListNodes` shows it, so that what
+        // it shows survives a crash (awaited after the select: its output holds a watch
+        // guard that must not live across an await).
+        let mut refused: Option<(u64, Vec<ValidationError>)> = None;
         tokio::select! {
             changed = published.changed() => {
                 if changed.is_err() {
@@ -149,8 +160,17 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
                         if let Some(p) = pending.take_if(|p| p.nonce == nack.nonce && p.version == nack.version) {
                             let errors = nack.errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ");
                             warn!(node = %node_id, version = p.version, %errors, "snapshot rejected");
-                            shared.fleet.nacked(&node_id, p.version, nack.errors);
+                            refused = Some((p.version, nack.errors));
                         }
+                    }
+                    node_message::Message::Problems(report) => {
+                        for p in &report.problems {
+                            warn!(node = %node_id, kind = %p.kind, subject = %p.subject, problem = %p.message, "node reports a problem");
+                        }
+                        if report.problems.is_empty() {
+                            info!(node = %node_id, "node reports no problems");
+                        }
+                        shared.fleet.problems(&node_id, report.problems);
                     }
                     node_message::Message::Hello(_) => warn!(node = %node_id, "hello ignored mid-stream"),
                 },
@@ -162,9 +182,45 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
                 }
             },
         }
+        if let Some((version, errors)) = refused {
+            store_nack(&shared, &node_id, version, errors.clone()).await;
+            shared.fleet.nacked(&node_id, version, errors);
+        }
     }
     shared.fleet.disconnected(session_id, &node_id);
     info!(node = %node_id, "node disconnected");
+}
+
+/// What `node_id` refused, as the store keeps it (empty, logged, when it cannot be read:
+/// the node then NACKs once more at worst).
+async fn stored_nacks(shared: &Arc<Shared>, node_id: &str) -> Vec<StoredNack> {
+    let store = shared.store.clone();
+    let node = node_id.to_owned();
+    match tokio::task::spawn_blocking(move || store.nacks(&node)).await {
+        Ok(Ok(nacks)) => nacks,
+        Ok(Err(error)) => {
+            warn!(node = %node_id, %error, "cannot read the node's nack history");
+            Vec::new()
+        }
+        Err(error) => {
+            warn!(node = %node_id, %error, "cannot read the node's nack history");
+            Vec::new()
+        }
+    }
+}
+
+/// Stores a NACK durably, so that a restarted control plane does not offer the version again.
+async fn store_nack(shared: &Arc<Shared>, node_id: &str, version: u64, errors: Vec<ValidationError>) {
+    let store = shared.store.clone();
+    let node = node_id.to_owned();
+    let nack = StoredNack { version, errors, at_unix_ms: vane_proto::unix_ms_now() };
+    let stored = tokio::task::spawn_blocking(move || store.record_nack(&node, &nack)).await;
+    let error = match stored {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => error.to_string(),
+    };
+    warn!(node = %node_id, version, %error, "nack not stored: a restarted control plane may offer this version again");
 }
 
 /// Handles a node that holds a version ahead of the store (see the module header).

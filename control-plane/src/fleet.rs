@@ -1,8 +1,15 @@
 //! What the control plane knows of each node: connection, versions held, acked and
-//! refused, push-to-ACK latency. Written by discovery sessions, read by `ListNodes`.
+//! refused, push-to-ACK latency, the problems it reports. Written by discovery sessions,
+//! read by `ListNodes`.
 //!
 //! A node that reconnects gets a new session id; only its newest session may mark it
 //! disconnected, so a late-closing old stream never hides a live one.
+//!
+//! Refused versions: the store keeps each node's NACKs (`nack_history.rs`); a session
+//! hands them over when its node connects, so a restarted control plane refuses to resend
+//! them just as a running one does. A node that connects holding version 0 (restarted
+//! empty: the local cause may be gone) may be offered them again; one holding a version
+//! never is.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -10,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use vane_proto::admin::NodeStatus;
 use vane_proto::config::ValidationError;
+use vane_proto::discovery::{Hello, NodeProblem};
+use vane_proto::store::StoredNack;
 
 #[derive(Debug, Default)]
 pub(crate) struct Fleet {
@@ -20,7 +29,7 @@ pub(crate) struct Fleet {
 struct Entry {
     status: NodeStatus,
     session: u64,
-    /// Versions this node refused: never sent to it again.
+    /// Versions this node refused: never sent to it again (while it holds a version).
     nacked: HashSet<u64>,
     /// When its last session ended (None while connected).
     disconnected_at: Option<Instant>,
@@ -38,18 +47,13 @@ impl Fleet {
         nodes.get_mut(node).map(f)
     }
 
-    /// Records a new session for `node_id`, replacing any older one.
-    pub(crate) fn connected(
-        &self,
-        session: u64,
-        node_id: &str,
-        labels: BTreeMap<String, String>,
-        address: String,
-        version_held: u64,
-    ) {
+    /// Records a new session for the node of `hello`, replacing any older one; `refused` is
+    /// its NACK history as the store keeps it.
+    pub(crate) fn connected(&self, session: u64, hello: Hello, address: String, refused: &[StoredNack]) {
+        let Hello { node_id, labels, version_held, problems, .. } = hello;
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = nodes.entry(node_id.to_owned()).or_insert_with(|| Entry {
-            status: NodeStatus { node_id: node_id.to_owned(), ..Default::default() },
+        let entry = nodes.entry(node_id.clone()).or_insert_with(|| Entry {
+            status: NodeStatus { node_id, ..Default::default() },
             session,
             nacked: HashSet::new(),
             disconnected_at: None,
@@ -57,16 +61,34 @@ impl Fleet {
         });
         entry.disconnected_at = None;
         // A node that comes back holding nothing can only serve what it is sent: give its
-        // refused versions another chance (once per restart, so never a loop).
+        // refused versions another chance (once per connection, so never a loop).
         if version_held == 0 {
             entry.nacked.clear();
+        } else {
+            entry.nacked.extend(refused.iter().map(|n| n.version));
+        }
+        // A restarted control plane knows the last NACK from the store.
+        if entry.status.nack_version == 0
+            && let Some(last) = refused.iter().max_by_key(|n| (n.at_unix_ms, n.version))
+        {
+            entry.status.nack_version = last.version;
+            entry.status.nack_errors = last.errors.clone();
         }
         entry.session = session;
         entry.status.labels = labels;
         entry.status.address = address;
         entry.status.connected = true;
         entry.status.version_held = version_held;
+        entry.status.problems = problems;
         entry.status.last_seen = now();
+    }
+
+    /// The node's problems now (replacing what it reported before).
+    pub(crate) fn problems(&self, node_id: &str, problems: Vec<NodeProblem>) {
+        self.with(node_id, |e| {
+            e.status.problems = problems;
+            e.status.last_seen = now();
+        });
     }
 
     pub(crate) fn disconnected(&self, session: u64, node_id: &str) {
@@ -124,6 +146,18 @@ impl Fleet {
         out
     }
 
+    /// `(node, kind, count)` of every problem nodes report, sorted.
+    pub(crate) fn problem_counts(&self) -> Vec<(String, String, u64)> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for (id, e) in nodes.iter() {
+            for p in &e.status.problems {
+                *counts.entry((id.clone(), p.kind.clone())).or_default() += 1;
+            }
+        }
+        counts.into_iter().map(|((node, kind), n)| (node, kind, n)).collect()
+    }
+
     /// Every known node, sorted by id.
     pub(crate) fn list(&self) -> Vec<NodeStatus> {
         let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
@@ -137,12 +171,21 @@ impl Fleet {
 mod tests {
     use super::*;
 
+    fn hello(node_id: &str, version_held: u64) -> Hello {
+        Hello { node_id: node_id.into(), version_held, ..Default::default() }
+    }
+
+    fn refused(version: u64, at_unix_ms: i64) -> StoredNack {
+        let error = ValidationError { message: format!("v{version}: port taken"), ..Default::default() };
+        StoredNack { version, errors: vec![error], at_unix_ms }
+    }
+
     #[test]
     fn disconnected_nodes_are_purged_and_a_stale_session_cannot_disconnect_a_new_one() {
         let fleet = Fleet::default();
-        fleet.connected(1, "a", BTreeMap::new(), "x".into(), 0);
-        fleet.connected(2, "b", BTreeMap::new(), "y".into(), 0);
-        fleet.connected(3, "b", BTreeMap::new(), "y".into(), 0);
+        fleet.connected(1, hello("a", 0), "x".into(), &[]);
+        fleet.connected(2, hello("b", 0), "y".into(), &[]);
+        fleet.connected(3, hello("b", 0), "y".into(), &[]);
         fleet.disconnected(2, "b");
         assert!(fleet.list()[1].connected, "the older session of b ending leaves b connected");
         fleet.disconnected(1, "a");
@@ -150,5 +193,42 @@ mod tests {
         assert_eq!(fleet.purge(Duration::from_secs(60)), Vec::<String>::new());
         assert_eq!(fleet.purge(Duration::ZERO), vec!["a".to_owned()]);
         assert_eq!(fleet.list().len(), 1);
+    }
+
+    #[test]
+    fn stored_nacks_block_a_node_holding_a_version_and_not_one_restarted_empty() {
+        let history = [refused(4, 10), refused(6, 30), refused(5, 20)];
+        // A restarted control plane: the node comes back holding version 3.
+        let fleet = Fleet::default();
+        fleet.connected(1, hello("n", 3), "x".into(), &history);
+        assert!(fleet.has_nacked("n", 4) && fleet.has_nacked("n", 6));
+        let status = &fleet.list()[0];
+        assert_eq!(status.nack_version, 6, "the newest NACK is shown");
+        assert_eq!(status.nack_errors[0].message, "v6: port taken");
+        // The same node restarted empty: it may be offered them again.
+        let fleet = Fleet::default();
+        fleet.connected(1, hello("n", 0), "x".into(), &history);
+        assert!(!fleet.has_nacked("n", 6));
+        assert_eq!(fleet.list()[0].nack_version, 6, "still shown");
+    }
+
+    #[test]
+    fn problems_are_replaced_by_each_report_and_counted_by_kind() {
+        let fleet = Fleet::default();
+        let problem = |kind: &str, subject: &str| NodeProblem {
+            kind: kind.into(),
+            subject: subject.into(),
+            message: "bad".into(),
+            since: None,
+        };
+        let mut first = hello("n", 1);
+        first.problems = vec![problem("tls_file", "/a.pem"), problem("tls_file", "/b.pem")];
+        fleet.connected(1, first, "x".into(), &[]);
+        assert_eq!(fleet.problem_counts(), vec![("n".into(), "tls_file".into(), 2)]);
+        fleet.problems("n", vec![problem("cache_write", "/cache")]);
+        assert_eq!(fleet.problem_counts(), vec![("n".into(), "cache_write".into(), 1)]);
+        fleet.problems("n", vec![]);
+        assert!(fleet.problem_counts().is_empty());
+        assert!(fleet.list()[0].problems.is_empty());
     }
 }

@@ -4,8 +4,9 @@
 //! runs, stored by a [`Store`] as a new immutable version (durable before the call
 //! returns), then published on a `tokio::sync::watch`. Every node's discovery session
 //! watches it and pushes the newest snapshot, one unacknowledged snapshot at a time, never
-//! resending a version that node refused. Node status is kept in the fleet table and read
-//! by `ListNodes`.
+//! resending a version that node refused (NACKs are kept in the store, so a restart does
+//! not forget them). Node status, with the problems nodes report about themselves, is
+//! kept in the fleet table and read by `ListNodes`.
 
 mod admin;
 mod auth;
@@ -14,6 +15,7 @@ mod diff;
 mod discovery;
 mod fleet;
 mod gate;
+mod nack_history;
 mod seal;
 mod status;
 mod store;
@@ -211,7 +213,7 @@ impl ControlPlane {
     }
 
     /// Prometheus text: fleet, versions, writes and their latency, push-to-ACK latency,
-    /// NACKs by node, store size.
+    /// NACKs by node, problems nodes report, store size.
     pub fn render_metrics(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
         use vane_proto::prom::{escape, header, single};
@@ -243,6 +245,10 @@ impl ControlPlane {
         header(&mut out, "vane_cp_nacks_total", "counter", "Snapshots refused, by node.");
         for (node, n) in shared.fleet.nack_counts() {
             let _ = writeln!(out, "vane_cp_nacks_total{{node=\"{}\"}} {n}", escape(&node));
+        }
+        header(&mut out, "vane_cp_node_problems", "gauge", "Problems nodes report about themselves, by node and kind.");
+        for (node, kind, n) in shared.fleet.problem_counts() {
+            let _ = writeln!(out, "vane_cp_node_problems{{node=\"{}\",kind=\"{}\"}} {n}", escape(&node), escape(&kind));
         }
         single(&mut out, "vane_cp_store_bytes", "gauge", "Size of the store on disk.", shared.store.size_on_disk());
         out

@@ -5,7 +5,8 @@
 //! Layout (sled trees): `versions`: big-endian u64 → `StoredVersion` with its config;
 //! `history`: the same record without the config (cheap listing); `meta`: `format` marker,
 //! `latest` version and `floor` (numbers up to it are used: the next version is above
-//! both). Beside sled's files, the seal (`seal.rs`) names the newest acknowledged version:
+//! both); `nacks`: what each node refused (`nack_history.rs`, outside the integrity check
+//! and backups). Beside sled's files, the seal (`seal.rs`) names the newest acknowledged version:
 //! a store that cannot show that version, with that content, refuses to open instead of
 //! serving an older truth.
 
@@ -18,8 +19,9 @@ use prost::Message;
 use sled::Transactional;
 use tracing::warn;
 use vane_proto::config::Config;
-use vane_proto::store::StoredVersion;
+use vane_proto::store::{StoredNack, StoredVersion};
 
+use crate::nack_history;
 use crate::seal::Seal;
 
 const FORMAT_KEY: &[u8] = b"format";
@@ -83,12 +85,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn raise_floor(&self, version: u64) -> Result<(), StoreError>;
     /// Versions newest first, without their configs; `limit` 0 means all.
     fn history(&self, limit: usize) -> Result<Vec<StoredVersion>, StoreError>;
-    /// Removes the oldest versions so that at most `keep` (at least 1) remain; returns how
-    /// many were removed.
+    /// Removes the oldest versions so that at most `keep` (at least 1) remain, with the
+    /// NACK records of those versions; returns how many versions were removed.
     fn prune(&self, keep: usize) -> Result<usize, StoreError>;
     /// Every number up to this one is used: the next version is above it (and above the
     /// latest).
     fn floor(&self) -> Result<u64, StoreError>;
+    /// Records, durably, that `node_id` refused `nack.version` (replacing an older record of
+    /// that version). At most the 64 newest versions are kept per node.
+    fn record_nack(&self, node_id: &str, nack: &StoredNack) -> Result<(), StoreError>;
+    /// The versions `node_id` refused that are still retained, oldest first.
+    fn nacks(&self, node_id: &str) -> Result<Vec<StoredNack>, StoreError>;
     /// Bytes the store takes on disk (0 when unknown).
     fn size_on_disk(&self) -> u64 {
         0
@@ -103,6 +110,7 @@ pub struct SledStore {
     versions: sled::Tree,
     history: sled::Tree,
     meta: sled::Tree,
+    nacks: sled::Tree,
     /// The seal as last written; writers hold the lock while they commit and reseal.
     seal: Mutex<Seal>,
 }
@@ -130,6 +138,7 @@ impl SledStore {
         let versions = db.open_tree("versions")?;
         let history = db.open_tree("history")?;
         let meta = db.open_tree("meta")?;
+        let nacks = db.open_tree(nack_history::TREE)?;
         match meta.get(FORMAT_KEY)? {
             Some(f) if f.as_ref() == FORMAT => {}
             Some(_) => return Err(StoreError::Foreign { path: dir.to_owned() }),
@@ -137,7 +146,7 @@ impl SledStore {
                 let foreign_trees = db
                     .tree_names()
                     .iter()
-                    .any(|t| !matches!(t.as_ref(), b"versions" | b"history" | b"meta" | b"__sled__default"));
+                    .any(|t| !matches!(t.as_ref(), b"versions" | b"history" | b"meta" | b"nacks" | b"__sled__default"));
                 if !db.is_empty() || !versions.is_empty() || foreign_trees {
                     return Err(StoreError::Foreign { path: dir.to_owned() });
                 }
@@ -151,7 +160,7 @@ impl SledStore {
                 db.flush()?;
             }
         }
-        let store = SledStore { dir: dir.to_owned(), db, versions, history, meta, seal: Mutex::default() };
+        let store = SledStore { dir: dir.to_owned(), db, versions, history, meta, nacks, seal: Mutex::default() };
         let checked = store.check(seal)?;
         checked.write(dir).map_err(|e| StoreError::Open { path: dir.to_owned(), source: sled::Error::Io(e) })?;
         *store.seal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = checked;
@@ -330,6 +339,14 @@ impl Store for SledStore {
         }
     }
 
+    fn record_nack(&self, node_id: &str, nack: &StoredNack) -> Result<(), StoreError> {
+        nack_history::record(&self.db, &self.nacks, node_id, nack)
+    }
+
+    fn nacks(&self, node_id: &str) -> Result<Vec<StoredNack>, StoreError> {
+        nack_history::list(&self.nacks, node_id)
+    }
+
     fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
@@ -382,6 +399,8 @@ impl SledStore {
             removed += 1;
         }
         if removed > 0 {
+            // A pruned number is never published again: what nodes said of it is moot.
+            nack_history::prune_below(&self.nacks, cutoff)?;
             self.db.flush()?;
         }
         Ok(removed)
@@ -447,6 +466,29 @@ mod tests {
         assert!(store.get(2).unwrap().is_none());
         assert_eq!(store.prune(3).unwrap(), 0);
         assert_eq!(store.commit(new_version("next")).unwrap().version, 6, "numbers never restart");
+    }
+
+    #[test]
+    fn nack_history_survives_reopen_and_goes_with_the_versions_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let nack = |version| StoredNack { version, errors: vec![], at_unix_ms: 1 };
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for i in 0..3 {
+                store.commit(new_version(&format!("c{i}"))).unwrap();
+            }
+            store.record_nack("edge-1", &nack(2)).unwrap();
+            store.record_nack("edge-1", &nack(3)).unwrap();
+            store.record_nack("edge-2", &nack(3)).unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let versions = |node| store.nacks(node).unwrap().iter().map(|n| n.version).collect::<Vec<_>>();
+        assert_eq!(versions("edge-1"), [2, 3]);
+        assert_eq!(versions("edge-2"), [3]);
+        assert!(versions("edge").is_empty());
+        store.commit(new_version("c3")).unwrap();
+        assert_eq!(store.prune(2).unwrap(), 2, "versions 1 and 2 go");
+        assert_eq!(versions("edge-1"), [3], "and the NACK of version 2 with them");
     }
 
     #[test]

@@ -184,6 +184,7 @@ async fn streamed_bodies_are_read_ahead_for_a_retry_within_the_node_budget() {
         tls: None,
         otlp_endpoint: None,
         replay_budget_bytes: Some(4096),
+        file_poll_interval: vane_data_plane::NodeConfig::DEFAULT_FILE_POLL_INTERVAL,
     })
     .await
     .unwrap();

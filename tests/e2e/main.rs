@@ -10,6 +10,7 @@ mod fleet;
 mod gateway;
 mod hardening;
 mod https;
+mod node_status;
 mod observability;
 mod parsing;
 mod proxy_http;

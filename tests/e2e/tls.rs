@@ -56,6 +56,7 @@ async fn mtls_control_plane_serves_the_cli_and_nodes_with_certificates_only() {
         tls,
         otlp_endpoint: None,
         replay_budget_bytes: None,
+        file_poll_interval: NodeConfig::DEFAULT_FILE_POLL_INTERVAL,
     };
     let good = Node::start(node("with-cert", Some(tls))).await.unwrap();
     let anonymous = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pki.read("ca.pem")));

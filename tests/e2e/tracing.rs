@@ -62,6 +62,7 @@ async fn requests_become_spans_under_the_clients_trace_and_the_upstream_sees_the
         tls: None,
         otlp_endpoint: Some(otlp),
         replay_budget_bytes: None,
+        file_poll_interval: NodeConfig::DEFAULT_FILE_POLL_INTERVAL,
     })
     .await
     .unwrap();

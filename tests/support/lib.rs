@@ -164,6 +164,7 @@ pub async fn start_node_with_token(
         tls: None,
         otlp_endpoint: None,
         replay_budget_bytes: None,
+        file_poll_interval: NodeConfig::DEFAULT_FILE_POLL_INTERVAL,
     })
     .await
     .expect("node starts")

@@ -1,6 +1,7 @@
 //! The node's admin endpoint: `/ready` (200 `ready`, 200 `stale` when serving a cached
 //! snapshot the control plane has not confirmed, 503 before any config) and `/config`
-//! (JSON: node id, version and hash held, bound listeners) and `/metrics` (Prometheus).
+//! (JSON: node id, version and hash held, bound listeners, problems) and `/metrics`
+//! (Prometheus).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -62,6 +63,11 @@ fn answer(shared: &NodeShared, req: &Request<Incoming>) -> Response<Full<Bytes>>
                 "snapshots_received": shared.snapshots.load(Ordering::Relaxed),
                 "swaps": shared.swaps.load(Ordering::Relaxed),
                 "listeners": listeners,
+                "problems": shared.problems.report().iter().map(|p| serde_json::json!({
+                    "kind": p.kind,
+                    "subject": p.subject,
+                    "message": p.message,
+                })).collect::<Vec<_>>(),
             });
             let mut response = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
             response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
@@ -167,6 +173,15 @@ fn render_metrics(shared: &NodeShared) -> String {
         "counter",
         "Requests answered 503 because their body did not fit the replay budget.",
         replay.refused(),
+    );
+    shared.problems.render(&mut out);
+    let watched = shared.watched.borrow().len();
+    metrics::single(
+        &mut out,
+        "vane_node_watched_files",
+        "gauge",
+        "Certificate, key and CA files watched for changes.",
+        watched,
     );
     let logs = &shared.access_logs.counters;
     metrics::single(

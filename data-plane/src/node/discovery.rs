@@ -1,6 +1,8 @@
-//! The discovery stream, node side: say Hello with the version held, apply each
-//! snapshot, answer ACK (after swap and cache write) or NACK (with every error). A
-//! snapshot that would take the node to a lower version number is refused.
+//! The discovery stream, node side: say Hello with the version held and the node's
+//! problems, apply each snapshot, answer ACK (after swap and cache write) or NACK (with
+//! every error), and send a `ProblemReport` whenever the problems change. A snapshot that
+//! would take the node to a lower version number is refused. A cache write that fails
+//! after the swap is a `cache_write` problem, not a NACK: the node serves the version.
 //!
 //! A lost stream is retried with exponential backoff and full jitter, 100 ms doubling to
 //! 30 s, reset once a stream is established; HTTP/2 keepalive detects a dead peer.
@@ -15,11 +17,12 @@ use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 use vane_proto::config::ValidationError;
 use vane_proto::discovery::{
-    Ack, Hello, Nack, NodeMessage, Snapshot, control_message, discovery_service_client::DiscoveryServiceClient,
-    node_message,
+    Ack, Hello, Nack, NodeMessage, ProblemReport, Snapshot, control_message,
+    discovery_service_client::DiscoveryServiceClient, node_message,
 };
 
 use super::NodeConfig;
+use super::problems::Kind;
 use super::shared::NodeShared;
 use super::snapshot_store;
 
@@ -65,7 +68,16 @@ async fn session(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<NodeMessage>(4);
     let (version_held, hash_held) = shared.held();
-    let hello = Hello { node_id: config.node_id.clone(), labels: config.labels.clone(), version_held, hash_held };
+    // Watched before they are read: a change after the Hello is reported.
+    let mut problems = shared.problems.subscribe();
+    problems.mark_unchanged();
+    let hello = Hello {
+        node_id: config.node_id.clone(),
+        labels: config.labels.clone(),
+        version_held,
+        hash_held,
+        problems: shared.problems.report(),
+    };
     let _ = tx.send(NodeMessage { message: Some(node_message::Message::Hello(hello)) }).await;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = &config.token {
@@ -79,15 +91,37 @@ async fn session(
     shared.stale.store(false, Ordering::Relaxed);
     *attempt = 0;
     info!(version_held, "connected to control plane");
-    while let Some(message) = inbound.message().await? {
-        let Some(control_message::Message::Snapshot(snapshot)) = message.message else { continue };
-        shared.snapshots.fetch_add(1, Ordering::Relaxed);
-        let reply = apply(shared, config, snapshot).await;
-        if tx.send(reply).await.is_err() {
-            break;
+    loop {
+        tokio::select! {
+            message = inbound.message() => {
+                let Some(message) = message? else { break };
+                let Some(control_message::Message::Snapshot(snapshot)) = message.message else { continue };
+                shared.snapshots.fetch_add(1, Ordering::Relaxed);
+                let reply = apply(shared, config, snapshot).await;
+                // Problems met while applying go first: the ACK then comes with them known.
+                if problems.has_changed().unwrap_or(false) {
+                    problems.mark_unchanged();
+                    if tx.send(report(shared)).await.is_err() {
+                        break;
+                    }
+                }
+                if tx.send(reply).await.is_err() {
+                    break;
+                }
+            }
+            changed = problems.changed() => {
+                if changed.is_err() || tx.send(report(shared)).await.is_err() {
+                    break;
+                }
+            }
         }
     }
     Ok(())
+}
+
+fn report(shared: &NodeShared) -> NodeMessage {
+    let problems = shared.problems.report();
+    NodeMessage { message: Some(node_message::Message::Problems(ProblemReport { problems })) }
 }
 
 async fn apply(shared: &Arc<NodeShared>, config: &NodeConfig, snapshot: Snapshot) -> NodeMessage {
@@ -103,14 +137,24 @@ async fn apply(shared: &Arc<NodeShared>, config: &NodeConfig, snapshot: Snapshot
         Ok(()) => shared.apply_snapshot(&snapshot),
         Err(errors) => Err(errors),
     };
-    let mut result = applied.map_err(|errors| errors.into_iter().map(ValidationError::from).collect());
+    let result = applied.map_err(|errors| errors.into_iter().map(ValidationError::from).collect::<Vec<_>>());
     if let (Ok(()), Some(dir)) = (&result, config.cache_dir.clone()) {
+        let subject = dir.display().to_string();
         let written = tokio::task::spawn_blocking(move || snapshot_store::write(&dir, &snapshot)).await;
-        // The runtime is already serving; a cache failure is reported, not rolled back.
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => result = Err(vec![cache_error(error.to_string())]),
-            Err(error) => result = Err(vec![cache_error(error.to_string())]),
+        // The runtime is already serving this version: a cache that cannot be written is
+        // the node's problem, reported beside the ACK. A NACK would have the control plane
+        // believe the node runs its previous version and never offer it this one again.
+        let failure = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(error) => Some(format!("the cache write stopped: {error}")),
+        };
+        match failure {
+            None => shared.problems.clear(Kind::CacheWrite, |_| true),
+            Some(error) => {
+                warn!(version, cache_dir = %subject, %error, "last-known-good snapshot not written; serving it all the same");
+                shared.problems.set(Kind::CacheWrite, &subject, error);
+            }
         }
     }
     let message = match result {
@@ -123,10 +167,6 @@ async fn apply(shared: &Arc<NodeShared>, config: &NodeConfig, snapshot: Snapshot
         }
     };
     NodeMessage { message: Some(message) }
-}
-
-fn cache_error(message: String) -> ValidationError {
-    ValidationError { kind: "node".into(), name: String::new(), field: "cache_dir".into(), message }
 }
 
 /// A node never moves to a lower version number than the one it runs, nor to other

@@ -1,11 +1,17 @@
 //! The node: what `vane proxy` runs. [`Node::start`] serves the admin endpoint, boots
-//! from the last-known-good snapshot when there is one, and runs the discovery client;
-//! every snapshot goes through [`shared::NodeShared::apply_snapshot`].
+//! from the last-known-good snapshot when there is one, runs the discovery client and
+//! watches the certificate files the config names; every snapshot goes through
+//! [`shared::NodeShared::apply_snapshot`]. What goes wrong on the node while it serves
+//! (a cache it cannot write, a certificate file it cannot load) is a problem it reports
+//! (`problems.rs`), not a NACK.
 
 pub(crate) mod admin;
 pub(crate) mod discovery;
+pub(crate) mod file_watch;
+pub(crate) mod problems;
 pub(crate) mod shared;
 pub(crate) mod snapshot_store;
+pub(crate) mod tls_files;
 pub(crate) mod trim;
 
 use std::collections::BTreeMap;
@@ -48,6 +54,15 @@ pub struct NodeConfig {
     /// Memory for request bodies kept for a retry or a mirror, in bytes; `None`: 64 MiB
     /// ([`crate::http::replay::DEFAULT_REPLAY_BUDGET`]).
     pub replay_budget_bytes: Option<u64>,
+    /// How often the certificate, key and CA files the config names are checked for
+    /// changes (a change is loaded without a new snapshot); zero: never.
+    /// [`NodeConfig::DEFAULT_FILE_POLL_INTERVAL`] by default.
+    pub file_poll_interval: Duration,
+}
+
+impl NodeConfig {
+    /// The default of [`NodeConfig::file_poll_interval`].
+    pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(2);
 }
 
 /// Why a node could not start.
@@ -118,6 +133,9 @@ impl Node {
             held_snapshot: Mutex::default(),
             tls_sessions: tls::Sessions::default(),
             policy_state: policy::PolicyState::default(),
+            problems: problems::Problems::default(),
+            watched: tokio::sync::watch::Sender::new(Arc::default()),
+            applying: Mutex::default(),
         });
         if let Some(dir) = &config.cache_dir {
             match snapshot_store::read(dir) {
@@ -145,6 +163,7 @@ impl Node {
             admin_addr = listener.local_addr().ok();
             tasks.push(tokio::spawn(admin::serve(listener, shared.clone())));
         }
+        tasks.push(tokio::spawn(file_watch::run(shared.clone(), config.file_poll_interval)));
         tasks.push(tokio::spawn(discovery::run(shared.clone(), endpoint, config)));
         tasks.push(tokio::spawn(shared.clone().refresh_dns()));
         Ok(Node { shared, admin_addr, tasks })

@@ -1,6 +1,8 @@
 //! The node's state behind every task: the runtime serving, listeners, caches kept
-//! across snapshots, counters; and [`NodeShared::apply_snapshot`], the one place a
-//! snapshot becomes the runtime.
+//! across snapshots, counters, problems; and [`NodeShared::apply_snapshot`], the one place
+//! a snapshot becomes the runtime. [`NodeShared::reapply`] compiles the held snapshot
+//! again when what it names outside itself changed (a DNS answer, a certificate file);
+//! both take one lock, so a recompile never swaps an older snapshot over a newer one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ use crate::server::listeners;
 use crate::upstream::dns;
 use crate::{policy, tls};
 
+use super::problems::Problems;
+use super::tls_files;
 use super::trim;
 
 /// State shared by the discovery client, the listeners and the admin endpoint.
@@ -47,6 +51,12 @@ pub(crate) struct NodeShared {
     pub(super) tls_sessions: tls::Sessions,
     /// Rate-limit buckets, JWKS keys and auth caches, kept across snapshots.
     pub(super) policy_state: policy::PolicyState,
+    /// What is wrong on this node while it serves (reported to the control plane).
+    pub(crate) problems: Problems,
+    /// The files the runtime serving was compiled from, as they were read (`file_watch.rs`).
+    pub(super) watched: tokio::sync::watch::Sender<Arc<tls_files::Files>>,
+    /// Held while a snapshot is compiled and swapped in.
+    pub(super) applying: Mutex<()>,
 }
 
 impl NodeShared {
@@ -56,6 +66,19 @@ impl NodeShared {
 
     /// Validates, compiles and swaps in a snapshot. On error nothing changed.
     pub(crate) fn apply_snapshot(self: &Arc<Self>, snapshot: &Snapshot) -> Result<(), Vec<ConfigError>> {
+        let _applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        self.compile_and_swap(snapshot)
+    }
+
+    /// Compiles the held snapshot again, reading its files (and DNS answers) anew; its
+    /// version and the outcome, or `None` when no snapshot is held.
+    pub(super) fn reapply(self: &Arc<Self>) -> Option<(u64, Result<(), Vec<ConfigError>>)> {
+        let _applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = self.held_snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        Some((snapshot.version, self.compile_and_swap(&snapshot)))
+    }
+
+    fn compile_and_swap(self: &Arc<Self>, snapshot: &Snapshot) -> Result<(), Vec<ConfigError>> {
         let default = vane_proto::config::Config::default();
         let config = snapshot.config.as_ref().unwrap_or(&default);
         if config_sha256(config) != snapshot.sha256 {
@@ -102,6 +125,8 @@ impl NodeShared {
         if !errors.is_empty() {
             return Err(errors);
         }
+        // Seen before they are read: a change after this is caught by the next poll.
+        let files = tls_files::look(tls_files::referenced(config));
         let tls = tls::Material::load(compiled_config, &self.tls_sessions)?;
         let previous = self.serving.runtime.load_full();
         let policies =
@@ -122,6 +147,7 @@ impl NodeShared {
         self.serving.runtime.store(Some(Arc::new(runtime)));
         listeners.commit(prepared, &self.serving);
         self.swaps.fetch_add(1, Ordering::Relaxed);
+        self.watched.send_replace(Arc::new(files));
         let replaced = self.held_snapshot.lock().unwrap_or_else(|p| p.into_inner()).replace(snapshot.clone());
         info!(version = snapshot.version, "snapshot applied");
         let was_large = replaced
@@ -167,9 +193,11 @@ impl NodeShared {
                 changed
             };
             if changed {
-                match self.apply_snapshot(&snapshot) {
-                    Ok(()) => info!(version = snapshot.version, "recompiled after a dns change"),
-                    Err(errors) => warn!(?errors, "recompile after a dns change failed"),
+                // The held snapshot, not this copy: a newer one may have arrived meanwhile.
+                match self.reapply() {
+                    Some((version, Ok(()))) => info!(version, "recompiled after a dns change"),
+                    Some((_, Err(errors))) => warn!(?errors, "recompile after a dns change failed"),
+                    None => {}
                 }
             }
         }
