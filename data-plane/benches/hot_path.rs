@@ -13,7 +13,7 @@ use vane_proto::config::{self, Config};
 fn config_with_routes(n: usize) -> Config {
     let cluster = config::Cluster {
         name: "c".into(),
-        endpoints: vec![config::Endpoint { address: "127.0.0.1:9001".into(), weight: 1, priority: 0 }],
+        endpoints: vec![config::Endpoint { address: "127.0.0.1:9001".into(), weight: 1, ..Default::default() }],
         ..Default::default()
     };
     let routes = (0..n)
@@ -61,7 +61,11 @@ fn balance_and_rewrite(c: &mut Criterion) {
     let spec = config::Cluster {
         name: "c".into(),
         endpoints: (0..4)
-            .map(|i| config::Endpoint { address: format!("127.0.0.1:{}", 9001 + i), weight: i + 1, priority: 0 })
+            .map(|i| config::Endpoint {
+                address: format!("127.0.0.1:{}", 9001 + i),
+                weight: i + 1,
+                ..Default::default()
+            })
             .collect(),
         ..Default::default()
     };
