@@ -118,6 +118,9 @@ pub(super) async fn forward(
     };
     let mut endpoint = endpoint;
     let mut attempt: u32 = 0;
+    // The budget's permit for the retry being tried: held until its answer is in, so that
+    // the budget and `max_retries` count retries in flight, not retries pausing.
+    let mut _retry_permit = None;
     let (result, tried_at) = loop {
         let sent = Instant::now();
         let per_try = policy.map_or(route.timeout, |p| p.per_try_timeout).min(deadline.saturating_duration_since(sent));
@@ -142,11 +145,14 @@ pub(super) async fn forward(
                     && (idempotent || cause == RetryOn::ConnectFailure)
                     && Instant::now() < deadline =>
             {
+                // The try that just failed gives its permit back before asking for another.
+                _retry_permit = None;
                 cluster.try_retry().map(|permit| (p, t, permit))
             }
             _ => None,
         };
-        let Some((p, t, _permit)) = retry else { break (result, sent) };
+        let Some((p, t, permit)) = retry else { break (result, sent) };
+        _retry_permit = Some(permit);
         attempt += 1;
         debug!(route = %route.name, cluster = %cluster.name, attempt, ?cause, "retrying");
         let pause = p.backoff_for(attempt).min(deadline.saturating_duration_since(Instant::now()));
