@@ -10,6 +10,7 @@ mod gateway;
 mod hardening;
 mod https;
 mod observability;
+mod operators;
 mod parsing;
 mod proxy_http;
 mod restart;
