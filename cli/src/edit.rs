@@ -95,6 +95,7 @@ pub(crate) struct EndpointTarget {
     /// Refuse unless the latest version is this one.
     #[arg(long)]
     expected_version: Option<u64>,
+    /// Validate and show what would change; store nothing.
     #[arg(long)]
     dry_run: bool,
 }
