@@ -71,6 +71,23 @@ fn balance_and_rewrite(c: &mut Criterion) {
     };
     let cluster = CompiledCluster::new(&spec);
     c.bench_function("round_robin_pick", |b| b.iter(|| black_box(cluster.pick())));
+    // Operators' controls: one endpoint drained; slow start set with nothing ramping, and
+    // with one endpoint (just added) ramping.
+    let mut drained = spec.clone();
+    drained.endpoints[1].drain = true;
+    let drained = CompiledCluster::new(&drained);
+    c.bench_function("round_robin_pick_one_drained", |b| b.iter(|| black_box(drained.pick())));
+    let mut slow = spec;
+    slow.slow_start = Some(config::SlowStart {
+        window: Some(pbjson_types::Duration { seconds: 1000, nanos: 0 }),
+        ..Default::default()
+    });
+    let idle = CompiledCluster::new(&slow);
+    c.bench_function("round_robin_pick_slow_start_idle", |b| b.iter(|| black_box(idle.pick())));
+    let mut fewer = slow.clone();
+    fewer.endpoints.pop();
+    let ramping = CompiledCluster::new(&fewer).changed(&slow);
+    c.bench_function("round_robin_pick_slow_start_ramping", |b| b.iter(|| black_box(ramping.pick())));
     // Rendered once, as a connection does for all of its requests.
     let peer = Peer::new("192.0.2.10:50000".parse().unwrap());
     c.bench_function("upstream_request_rewrite", |b| {
