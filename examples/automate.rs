@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
         config.clusters.retain(|c| c.name != *name);
         config.clusters.push(Cluster {
             name: name.clone(),
-            endpoints: endpoints.iter().map(|a| Endpoint { address: a.clone(), weight: 0, priority: 0 }).collect(),
+            endpoints: endpoints.iter().map(|a| Endpoint { address: a.clone(), ..Default::default() }).collect(),
             ..Default::default()
         });
         config.routes.retain(|r| r.name != *name);

@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 use vane_proto::admin::config_service_client::ConfigServiceClient;
 use vane_proto::admin::{
     ApplyRequest, ApplyResponse, DeleteRequest, DiffRequest, GetRequest, HistoryRequest, Kind, ListNodesRequest,
-    ListRequest, PutRequest, Resource, RollbackRequest, ValidateRequest, ValidateResponse,
+    ListRequest, PutRequest, Resource, RollbackRequest, SetEndpointDrainRequest, ValidateRequest, ValidateResponse,
 };
 use vane_proto::config::Config;
 use vane_proto::prost::Message;
@@ -148,6 +148,14 @@ impl Admin {
     pub(crate) async fn rollback(&self, version: u64, dry_run: bool, expected_version: u64) -> anyhow::Result<()> {
         let request = self.request(RollbackRequest { version, expected_version, dry_run })?;
         let response = self.client().await?.rollback(request).await.map_err(status_error)?.into_inner();
+        print_change(&response, dry_run)?;
+        Ok(())
+    }
+
+    pub(crate) async fn set_endpoint_drain(&self, message: SetEndpointDrainRequest) -> anyhow::Result<()> {
+        let dry_run = message.dry_run;
+        let request = self.request(message)?;
+        let response = self.client().await?.set_endpoint_drain(request).await.map_err(status_error)?.into_inner();
         print_change(&response, dry_run)?;
         Ok(())
     }

@@ -1,11 +1,12 @@
-//! One-resource commands (`vane route ...`, `vane cluster ...`, `vane certificate ...`) and `vane token new`.
+//! One-resource commands (`vane route ...`, `vane cluster ...`, `vane endpoint ...`,
+//! `vane certificate ...`) and `vane token new`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use vane_proto::admin::{Kind, Resource, resource};
+use vane_proto::admin::{Kind, Resource, SetEndpointDrainRequest, resource};
 use vane_proto::config::cluster::UpstreamProtocol;
 use vane_proto::config::data_source::Specifier;
 use vane_proto::config::{ApiKey, BasicCredential, Consumer, api_key};
@@ -74,6 +75,29 @@ pub(crate) enum ClusterCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EndpointCommand {
+    /// Drain an endpoint: no new requests go to it, those in flight finish (a new version;
+    /// every node follows).
+    Drain(EndpointTarget),
+    /// Put a drained endpoint back into rotation (with the cluster's slow start, if any).
+    Undrain(EndpointTarget),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EndpointTarget {
+    /// The cluster.
+    cluster: String,
+    /// The endpoint's address as the config spells it (`IP:PORT` or `HOSTNAME:PORT`).
+    address: String,
+    /// Refuse unless the latest version is this one.
+    #[arg(long)]
+    expected_version: Option<u64>,
+    /// Validate and show what would change; store nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -284,7 +308,7 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
             let endpoints = add
                 .endpoints
                 .iter()
-                .map(|e| weighted(e).map(|(address, weight)| Endpoint { address, weight, priority: 0 }))
+                .map(|e| weighted(e).map(|(address, weight)| Endpoint { address, weight, ..Default::default() }))
                 .collect::<anyhow::Result<_>>()?;
             let lb_policy = match add.lb_policy {
                 Policy::RoundRobin => vane_proto::config::cluster::LbPolicy::RoundRobin,
@@ -329,6 +353,21 @@ pub(crate) async fn cluster(admin: &Admin, command: ClusterCommand) -> anyhow::R
             admin.put(Resource { resource: Some(resource::Resource::Cluster(cluster)) }, add.dry_run).await
         }
     }
+}
+
+pub(crate) async fn endpoint(admin: &Admin, command: EndpointCommand) -> anyhow::Result<()> {
+    let (drain, target) = match command {
+        EndpointCommand::Drain(target) => (true, target),
+        EndpointCommand::Undrain(target) => (false, target),
+    };
+    let request = SetEndpointDrainRequest {
+        cluster: target.cluster,
+        address: target.address,
+        drain,
+        expected_version: target.expected_version.unwrap_or(0),
+        dry_run: target.dry_run,
+    };
+    admin.set_endpoint_drain(request).await
 }
 
 pub(crate) async fn consumer(admin: &Admin, command: ConsumerCommand) -> anyhow::Result<()> {

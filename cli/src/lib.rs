@@ -131,6 +131,9 @@ enum Command {
     /// Add, replace or delete one cluster.
     #[command(subcommand)]
     Cluster(edit::ClusterCommand),
+    /// Drain one endpoint of a cluster (no new requests, those in flight finish), or undrain it.
+    #[command(subcommand)]
+    Endpoint(edit::EndpointCommand),
     /// Add, replace or delete one API consumer (keys, basic auth, subjects, metadata).
     #[command(subcommand)]
     Consumer(edit::ConsumerCommand),
@@ -295,6 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete { kind, name, dry_run } => admin.delete(&kind, &name, dry_run).await,
         Command::Route(command) => edit::route(&admin, command).await,
         Command::Cluster(command) => edit::cluster(&admin, command).await,
+        Command::Endpoint(command) => edit::endpoint(&admin, command).await,
         Command::Certificate(command) => edit::certificate(&admin, command).await,
         Command::Consumer(command) => edit::consumer(&admin, command).await,
         Command::Rollback { target, dry_run, expected_version } => {

@@ -120,14 +120,22 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
                     .iter()
                     .map(|c| {
                         let policy = LbPolicy::try_from(c.lb_policy).map_or("?", |p| p.as_str_name());
-                        let endpoints =
-                            c.endpoints
-                                .iter()
-                                .map(|e| {
-                                    if e.weight > 1 { format!("{}*{}", e.address, e.weight) } else { e.address.clone() }
-                                })
-                                .collect::<Vec<_>>()
-                                .join(",");
+                        let endpoints = c
+                            .endpoints
+                            .iter()
+                            .map(|e| {
+                                let mut shown = if e.weight > 1 {
+                                    format!("{}*{}", e.address, e.weight)
+                                } else {
+                                    e.address.clone()
+                                };
+                                if e.drain {
+                                    shown.push_str("(drained)");
+                                }
+                                shown
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",");
                         vec![c.name.clone(), policy.to_owned(), endpoints]
                     })
                     .collect();

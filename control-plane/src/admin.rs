@@ -1,6 +1,6 @@
 //! The admin API (`vane.admin.v1.ConfigService`): what the CLI and automation call.
 //!
-//! Every write (`Apply`, `Put`, `Delete`, `Rollback`) takes one path, [`AdminService::change`]:
+//! Every write (`Apply`, `Put`, `Delete`, `Rollback`, `SetEndpointDrain`) takes one path, [`AdminService::change`]:
 //! under one async mutex it checks `expected_version`, derives the new config from the
 //! latest, validates it with the validator every node runs, skips unchanged content,
 //! commits durably (the version is on disk before the call returns), prunes old versions,
@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use vane_proto::admin::{
     ApplyRequest, ApplyResponse, BackupRequest, DeleteRequest, DiffRequest, DiffResponse, GetRequest, GetResponse,
     HistoryEntry, HistoryRequest, HistoryResponse, Kind, ListNodesRequest, ListNodesResponse, ListRequest,
-    ListResponse, PutRequest, Resource, RollbackRequest, ValidateRequest, ValidateResponse,
+    ListResponse, PutRequest, Resource, RollbackRequest, SetEndpointDrainRequest, ValidateRequest, ValidateResponse,
     config_service_server::ConfigService, resource,
 };
 use vane_proto::config::Config;
@@ -388,6 +388,37 @@ impl ConfigService for AdminService {
         let response =
             self.change(author, req.expected_version, req.dry_run, label, Box::new(move |_| Ok(target))).await?;
         Ok(Response::new(response))
+    }
+
+    async fn set_endpoint_drain(
+        &self,
+        request: Request<SetEndpointDrainRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let author = self.authorize(&request, Role::Write)?;
+        let req = request.into_inner();
+        if req.cluster.is_empty() || req.address.is_empty() {
+            return Err(AdminError::BadRequest("set endpoint drain needs a cluster and an address").into());
+        }
+        let target = format!("{}/{}", req.cluster, req.address);
+        let label = Some(format!("{} {target}", if req.drain { "drain" } else { "undrain" }));
+        // Read, modify and write under the writer lock (inside `change`): a drain never
+        // undoes a change that landed between a client's read and its write.
+        let derive: Derive<'_> = Box::new(move |old| {
+            let mut config = old.clone();
+            let cluster = config
+                .clusters
+                .iter_mut()
+                .find(|c| c.name == req.cluster)
+                .ok_or_else(|| AdminError::NotFound { kind: "cluster", name: req.cluster.clone() })?;
+            let endpoint = cluster
+                .endpoints
+                .iter_mut()
+                .find(|e| e.address == req.address)
+                .ok_or(AdminError::NotFound { kind: "endpoint", name: target })?;
+            endpoint.drain = req.drain;
+            Ok(config)
+        });
+        Ok(Response::new(self.change(author, req.expected_version, req.dry_run, label, derive).await?))
     }
 
     async fn validate(&self, request: Request<ValidateRequest>) -> Result<Response<ValidateResponse>, Status> {

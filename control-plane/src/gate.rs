@@ -60,7 +60,7 @@ fn needs(path: &str) -> Option<Role> {
     match service {
         "vane.admin.v1.ConfigService" => match method {
             // A backup holds private keys: as much as a write may set.
-            "Apply" | "Put" | "Delete" | "Rollback" | "Backup" => Some(Role::Write),
+            "Apply" | "Put" | "Delete" | "Rollback" | "SetEndpointDrain" | "Backup" => Some(Role::Write),
             _ => Some(Role::Read),
         },
         "vane.discovery.v1.DiscoveryService" => Some(Role::Node),
@@ -148,6 +148,7 @@ mod tests {
         assert_eq!(needs("/vane.admin.v1.ConfigService/Apply"), Some(Role::Write));
         assert_eq!(needs("/vane.admin.v1.ConfigService/Rollback"), Some(Role::Write));
         assert_eq!(needs("/vane.admin.v1.ConfigService/Backup"), Some(Role::Write));
+        assert_eq!(needs("/vane.admin.v1.ConfigService/SetEndpointDrain"), Some(Role::Write));
         assert_eq!(needs("/vane.admin.v1.ConfigService/List"), Some(Role::Read));
         assert_eq!(needs("/vane.discovery.v1.DiscoveryService/Stream"), Some(Role::Node));
         assert_eq!(needs("/grpc.health.v1.Health/Check"), None);

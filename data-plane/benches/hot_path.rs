@@ -13,7 +13,7 @@ use vane_proto::config::{self, Config};
 fn config_with_routes(n: usize) -> Config {
     let cluster = config::Cluster {
         name: "c".into(),
-        endpoints: vec![config::Endpoint { address: "127.0.0.1:9001".into(), weight: 1, priority: 0 }],
+        endpoints: vec![config::Endpoint { address: "127.0.0.1:9001".into(), weight: 1, ..Default::default() }],
         ..Default::default()
     };
     let routes = (0..n)
@@ -61,12 +61,33 @@ fn balance_and_rewrite(c: &mut Criterion) {
     let spec = config::Cluster {
         name: "c".into(),
         endpoints: (0..4)
-            .map(|i| config::Endpoint { address: format!("127.0.0.1:{}", 9001 + i), weight: i + 1, priority: 0 })
+            .map(|i| config::Endpoint {
+                address: format!("127.0.0.1:{}", 9001 + i),
+                weight: i + 1,
+                ..Default::default()
+            })
             .collect(),
         ..Default::default()
     };
     let cluster = CompiledCluster::new(&spec);
     c.bench_function("round_robin_pick", |b| b.iter(|| black_box(cluster.pick())));
+    // Operators' controls: one endpoint drained; slow start set with nothing ramping, and
+    // with one endpoint (just added) ramping.
+    let mut drained = spec.clone();
+    drained.endpoints[1].drain = true;
+    let drained = CompiledCluster::new(&drained);
+    c.bench_function("round_robin_pick_one_drained", |b| b.iter(|| black_box(drained.pick())));
+    let mut slow = spec;
+    slow.slow_start = Some(config::SlowStart {
+        window: Some(pbjson_types::Duration { seconds: 1000, nanos: 0 }),
+        ..Default::default()
+    });
+    let idle = CompiledCluster::new(&slow);
+    c.bench_function("round_robin_pick_slow_start_idle", |b| b.iter(|| black_box(idle.pick())));
+    let mut fewer = slow.clone();
+    fewer.endpoints.pop();
+    let ramping = CompiledCluster::new(&fewer).changed(&slow);
+    c.bench_function("round_robin_pick_slow_start_ramping", |b| b.iter(|| black_box(ramping.pick())));
     // Rendered once, as a connection does for all of its requests.
     let peer = Peer::new("192.0.2.10:50000".parse().unwrap());
     c.bench_function("upstream_request_rewrite", |b| {

@@ -129,6 +129,13 @@ pub mod bench {
             CompiledCluster(ClusterRegistry::new(&HashMap::new()).build(spec, Default::default(), None))
         }
 
+        /// `spec` compiled as a change of this cluster (state carried by address: added
+        /// or undrained endpoints start their slow start).
+        pub fn changed(&self, spec: &vane_proto::config::Cluster) -> CompiledCluster {
+            let previous = HashMap::from([(self.0.name.clone(), self.0.clone())]);
+            CompiledCluster(ClusterRegistry::new(&previous).build(spec, self.0.stats.clone(), None))
+        }
+
         /// The port of the next endpoint.
         pub fn pick(&self) -> Option<u16> {
             self.0.pick(None).and_then(|(_, e)| e.authority.port_u16())

@@ -12,6 +12,7 @@ mod hardening;
 mod https;
 mod node_status;
 mod observability;
+mod operators;
 mod parsing;
 mod proxy_http;
 mod restart;

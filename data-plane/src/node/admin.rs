@@ -4,6 +4,7 @@
 //! (Prometheus).
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -82,12 +83,16 @@ fn answer(shared: &NodeShared, req: &Request<Incoming>) -> Response<Full<Bytes>>
                     let endpoints: Vec<serde_json::Value> = cluster
                         .health()
                         .into_iter()
-                        .map(|(address, available, active, ejected_ms)| {
+                        .zip(cluster.operators())
+                        .map(|((address, available, active, ejected_ms), (draining, in_flight, percent))| {
                             serde_json::json!({
                                 "address": address,
                                 "available": available,
                                 "health_check_ok": active,
                                 "ejected_for_ms": ejected_ms,
+                                "draining": draining,
+                                "active_requests": in_flight,
+                                "weight_percent": percent,
                             })
                         })
                         .collect();
@@ -116,6 +121,51 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
+/// The endpoint families: drained endpoints and the requests they still have (the drain
+/// is over on this node at 0), and endpoints that slow start is ramping up. Only those
+/// endpoints have series, so a cluster of a thousand endpoints costs nothing here.
+fn render_endpoints(out: &mut String, rt: &crate::routing::runtime::Runtime) {
+    let mut clusters: Vec<_> = rt.clusters.iter().collect();
+    clusters.sort_by(|a, b| a.0.cmp(b.0));
+    let states: Vec<_> = clusters.iter().map(|(name, c)| (name, c.health(), c.operators())).collect();
+    metrics::header(
+        out,
+        "vane_upstream_endpoint_draining",
+        "gauge",
+        "Drained endpoints: requests to each still awaiting their response head (0: drained).",
+    );
+    for (name, health, ops) in &states {
+        for ((address, ..), (draining, in_flight, _)) in health.iter().zip(ops) {
+            if *draining {
+                let _ = writeln!(
+                    out,
+                    "vane_upstream_endpoint_draining{{cluster=\"{}\",endpoint=\"{}\"}} {in_flight}",
+                    metrics::escape(name),
+                    metrics::escape(address)
+                );
+            }
+        }
+    }
+    metrics::header(
+        out,
+        "vane_upstream_endpoint_weight_percent",
+        "gauge",
+        "Endpoints that slow start is ramping up: the percent of their weight they get now.",
+    );
+    for (name, health, ops) in &states {
+        for ((address, ..), (draining, _, percent)) in health.iter().zip(ops) {
+            if !*draining && *percent < 100 {
+                let _ = writeln!(
+                    out,
+                    "vane_upstream_endpoint_weight_percent{{cluster=\"{}\",endpoint=\"{}\"}} {percent}",
+                    metrics::escape(name),
+                    metrics::escape(address)
+                );
+            }
+        }
+    }
+}
+
 /// Everything `/metrics` shows: request families, listeners, config and control-plane state.
 fn render_metrics(shared: &NodeShared) -> String {
     let mut out = String::with_capacity(4096);
@@ -123,6 +173,7 @@ fn render_metrics(shared: &NodeShared) -> String {
     metrics::render_listeners(&mut out, &shared.listeners().stats());
     if let Some(rt) = shared.serving.runtime.load().as_ref() {
         rt.policies.render(&mut out);
+        render_endpoints(&mut out, rt);
     }
     let (version, _) = shared.held();
     metrics::single(&mut out, "vane_config_version", "gauge", "Config version this node serves (0: none).", version);

@@ -196,6 +196,8 @@ pub(super) async fn forward(
         }
         .or_else(|| template.as_ref().map(|t| t.request()));
         let Some(again) = again else { break (result, sent) };
+        // The try that just failed gives its permit back before asking for another.
+        _retrying = None;
         let Some(permit) = cluster.try_retry() else { break (result, sent) };
         _retrying = Some(permit);
         attempt += 1;

@@ -5,6 +5,14 @@
 //! a request without its key falls back to round robin. Keys are hashed with SipHash
 //! (std's `DefaultHasher`, fixed keys): the same key lands on the same endpoint on every
 //! node running the same build.
+//!
+//! Operators' controls live here too. A drained endpoint (`Endpoint.drain`) is left out of
+//! the round-robin schedule and the weighted draws, so those policies never see it; the
+//! hash policies keep it on their ring or table (keys do not move when it comes back) and
+//! pass over it to the next endpoint, as they pass over an unavailable one. Slow start
+//! (`upstream::slowstart`) thins the draws of ramping endpoints. An endpoint undrained,
+//! or added to a cluster that already served, is marked as back when the balancer is built
+//! (its slow start begins).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
@@ -13,6 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::HeaderMap;
 use vane_proto::config::{self, cluster::LbPolicy, hash_policy};
+
+use crate::upstream::health::EndpointHealth;
+use crate::upstream::slowstart::SlowStart;
 
 /// Ring points per unit of weight, and the most points a ring may hold.
 const POINTS_PER_WEIGHT: u64 = 100;
@@ -99,6 +110,21 @@ pub(crate) struct Balancer {
     /// Requests in flight per endpoint (LEAST_REQUEST); one counter per endpoint address,
     /// shared with the previous balancer for the addresses it had.
     in_flight: Arc<[Arc<AtomicUsize>]>,
+    /// Drained endpoints, in endpoint order; empty when none is.
+    drained: Box<[bool]>,
+    /// Endpoints not drained.
+    serving: usize,
+    slow_start: Option<SlowStart>,
+}
+
+/// What operators set on a cluster's endpoints, for [`Balancer::build`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Operators<'a> {
+    /// Per endpoint, in endpoint order (shorter: the rest are not drained).
+    pub(crate) drained: &'a [bool],
+    pub(crate) slow_start: Option<&'a config::SlowStart>,
+    /// The endpoints' health, in endpoint order: when each came back, for slow start.
+    pub(crate) health: Option<&'a Arc<[Arc<EndpointHealth>]>>,
 }
 
 /// Counts a request against its endpoint until dropped.
@@ -123,6 +149,7 @@ impl Balancer {
         weights: &[u32],
         cursor: Arc<AtomicUsize>,
         previous: Option<(&[String], &Balancer)>,
+        ops: Operators<'_>,
     ) -> Balancer {
         let strategy = match policy {
             LbPolicy::RoundRobin => Strategy::RoundRobin,
@@ -131,22 +158,71 @@ impl Balancer {
             LbPolicy::RingHash => Strategy::Ring(ring(addresses, weights)),
             LbPolicy::Maglev => Strategy::Maglev(maglev(addresses, weights)),
         };
+        let drained_at = |i: usize| ops.drained.get(i).copied().unwrap_or(false);
+        let serving = (0..addresses.len()).filter(|i| !drained_at(*i)).count();
+        // The validator keeps one endpoint undrained; should none be, serve on all of them
+        // rather than on none.
+        let drained: Box<[bool]> =
+            if serving == addresses.len() || serving == 0 { Box::new([]) } else { ops.drained.into() };
+        let serving = if drained.is_empty() { addresses.len() } else { serving };
+        let schedule_weights: Vec<u32> =
+            weights.iter().enumerate().map(|(i, w)| if drained.get(i) == Some(&true) { 0 } else { *w }).collect();
+        let old_index = |a: &String| previous.and_then(|(old, b)| Some((old.iter().position(|o| o == a)?, b)));
+        if let (Some(_), Some(health)) = (previous, ops.health) {
+            // Back into rotation: added to a cluster that already served, or undrained.
+            for (i, a) in addresses.iter().enumerate() {
+                let returned = match old_index(a) {
+                    None => true,
+                    Some((j, b)) => b.drained.get(j) == Some(&true),
+                };
+                if returned
+                    && drained.get(i) != Some(&true)
+                    && let Some(h) = health.get(i)
+                {
+                    h.mark_returned();
+                }
+            }
+        }
+        let slow_start = match (&strategy, ops.health) {
+            (Strategy::RoundRobin | Strategy::Random | Strategy::LeastRequest, Some(health)) => {
+                SlowStart::compile(ops.slow_start, health)
+            }
+            _ => None,
+        };
         Balancer {
             strategy,
             key: HashKey::compile(hash_policy),
-            schedule: smooth_weighted_schedule(weights).into(),
+            schedule: smooth_weighted_schedule(&schedule_weights).into(),
             weights: weights.into(),
             cursor,
             in_flight: addresses
                 .iter()
-                .map(|a| {
-                    previous
-                        .and_then(|(old, b)| old.iter().position(|o| o == a).and_then(|i| b.in_flight.get(i)))
-                        .cloned()
-                        .unwrap_or_default()
-                })
+                .map(|a| old_index(a).and_then(|(i, b)| b.in_flight.get(i)).cloned().unwrap_or_default())
                 .collect(),
+            drained,
+            serving,
+            slow_start,
         }
+    }
+
+    /// Whether endpoint `index` takes new requests (it is not drained).
+    #[inline]
+    pub(crate) fn serving(&self, index: usize) -> bool {
+        self.drained.get(index) != Some(&true)
+    }
+
+    /// How many endpoints take new requests.
+    pub(crate) fn serving_count(&self) -> usize {
+        self.serving
+    }
+
+    /// For the admin endpoint: drained, requests in flight (awaiting their response
+    /// head), and the percent of its weight it gets now (below 100 while it ramps up).
+    pub(crate) fn describe(&self, index: usize) -> (bool, usize, u32) {
+        let in_flight = self.in_flight.get(index).map_or(0, |n| n.load(Ordering::Relaxed));
+        let percent =
+            if self.serving(index) { self.slow_start.as_ref().map_or(100, |s| s.percent_now(index)) } else { 0 };
+        (!self.serving(index), in_flight, percent)
     }
 
     fn round_robin(&self) -> Option<usize> {
@@ -158,17 +234,41 @@ impl Balancer {
         self.schedule.get(rand::random_range(0..self.schedule.len().max(1))).map(|i| *i as usize)
     }
 
-    /// The endpoint for a request; `None` context (a retry) means "another one": round
-    /// robin for the hash policies. Endpoints `usable` refuses are passed over (the
-    /// cluster decides: health, priority level, panic mode).
-    pub(crate) fn pick(&self, ctx: Option<&PickContext<'_>>, usable: &dyn Fn(usize) -> bool) -> Option<Picked> {
-        let first = self.choose(ctx)?;
-        let index = if usable(first) { first } else { self.another(first, ctx, usable).unwrap_or(first) };
-        self.take(index)
+    /// `draw`, thinned by slow start when the cluster has it.
+    #[inline]
+    fn ramped(&self, draw: impl Fn() -> Option<usize>) -> Option<usize> {
+        match &self.slow_start {
+            None => draw(),
+            Some(slow_start) => slow_start.draw(draw),
+        }
     }
 
-    /// Counts a request against endpoint `index` chosen by other means (session affinity).
+    /// The endpoint for a request; `None` context (a retry) means "another one": round
+    /// robin for the hash policies. Endpoints `usable` refuses are passed over (the
+    /// cluster decides: health, priority level, panic mode); drained ones always are.
+    pub(crate) fn pick(&self, ctx: Option<&PickContext<'_>>, usable: &dyn Fn(usize) -> bool) -> Option<Picked> {
+        let first = self.choose(ctx)?;
+        let ok = |i: usize| self.serving(i) && usable(i);
+        let index = if ok(first) {
+            first
+        } else {
+            self.another(first, ctx, &ok)
+                .or_else(|| (!self.serving(first)).then(|| self.another(first, ctx, &|i| self.serving(i))).flatten())
+                .unwrap_or(first)
+        };
+        self.count(index)
+    }
+
+    /// Counts a request against endpoint `index` chosen by other means (session
+    /// affinity); `None` when it takes no new requests (drained).
     pub(crate) fn take(&self, index: usize) -> Option<Picked> {
+        if !self.serving(index) {
+            return None;
+        }
+        self.count(index)
+    }
+
+    fn count(&self, index: usize) -> Option<Picked> {
         let counter = self.in_flight.get(index)?.clone();
         counter.fetch_add(1, Ordering::Relaxed);
         Some(Picked { index, counter })
@@ -191,17 +291,17 @@ impl Balancer {
 
     fn choose(&self, ctx: Option<&PickContext<'_>>) -> Option<usize> {
         match (&self.strategy, ctx) {
-            (Strategy::RoundRobin, _) => self.round_robin(),
-            (Strategy::Random, _) => self.weighted_draw(),
+            (Strategy::RoundRobin, _) => self.ramped(|| self.round_robin()),
+            (Strategy::Random, _) => self.ramped(|| self.weighted_draw()),
             (Strategy::LeastRequest, _) => {
                 // Two distinct candidates when the cluster has them (a few redraws at most).
-                let a = self.weighted_draw()?;
-                let mut b = self.weighted_draw()?;
+                let a = self.ramped(|| self.weighted_draw())?;
+                let mut b = self.ramped(|| self.weighted_draw())?;
                 for _ in 0..3 {
                     if b != a {
                         break;
                     }
-                    b = self.weighted_draw()?;
+                    b = self.ramped(|| self.weighted_draw())?;
                 }
                 let load = |i: usize| self.in_flight.get(i).map_or(0, |n| n.load(Ordering::Relaxed));
                 let weight = |i: usize| self.weights.get(i).copied().unwrap_or(1).max(1) as usize;
@@ -331,7 +431,8 @@ mod tests {
             [LbPolicy::RoundRobin, LbPolicy::Random, LbPolicy::LeastRequest, LbPolicy::RingHash, LbPolicy::Maglev]
         {
             let hash = config::HashPolicy { key: Some(hash_policy::Key::Path(true)) };
-            let b = Balancer::build(policy, Some(&hash), &addrs(3), &weights, Arc::default(), None);
+            let b =
+                Balancer::build(policy, Some(&hash), &addrs(3), &weights, Arc::default(), None, Operators::default());
             let c = counts(&b, 3, 16_000);
             for (i, w) in weights.iter().enumerate() {
                 let share = c[i] as f64 / 16_000.0;
@@ -349,8 +450,10 @@ mod tests {
     fn hash_policies_keep_keys_and_move_about_one_nth_when_an_endpoint_goes() {
         for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
             let hash = config::HashPolicy { key: Some(hash_policy::Key::Path(true)) };
-            let five = Balancer::build(policy, Some(&hash), &addrs(5), &[1; 5], Arc::default(), None);
-            let four = Balancer::build(policy, Some(&hash), &addrs(4), &[1; 4], Arc::default(), None);
+            let five =
+                Balancer::build(policy, Some(&hash), &addrs(5), &[1; 5], Arc::default(), None, Operators::default());
+            let four =
+                Balancer::build(policy, Some(&hash), &addrs(4), &[1; 4], Arc::default(), None, Operators::default());
             let headers = HeaderMap::new();
             let (mut moved, keys) = (0, 10_000);
             for k in 0..keys {
@@ -371,7 +474,15 @@ mod tests {
 
     #[test]
     fn least_request_avoids_a_busy_endpoint_and_counts_are_released() {
-        let b = Balancer::build(LbPolicy::LeastRequest, None, &addrs(2), &[1, 1], Arc::default(), None);
+        let b = Balancer::build(
+            LbPolicy::LeastRequest,
+            None,
+            &addrs(2),
+            &[1, 1],
+            Arc::default(),
+            None,
+            Operators::default(),
+        );
         let busy: Vec<Picked> = (0..50).filter_map(|_| b.pick(None, &|_| true)).filter(|p| p.index == 0).collect();
         assert!(!busy.is_empty());
         let c = counts(&b, 2, 1000);
@@ -383,7 +494,15 @@ mod tests {
     #[test]
     fn in_flight_counts_follow_addresses_into_a_rebuilt_balancer() {
         let old_addrs = addrs(2);
-        let old = Balancer::build(LbPolicy::LeastRequest, None, &old_addrs, &[1, 1], Arc::default(), None);
+        let old = Balancer::build(
+            LbPolicy::LeastRequest,
+            None,
+            &old_addrs,
+            &[1, 1],
+            Arc::default(),
+            None,
+            Operators::default(),
+        );
         let held = old.take(1).unwrap();
         let mut new_addrs = addrs(3);
         new_addrs.swap(0, 1);
@@ -394,6 +513,7 @@ mod tests {
             &[1, 1, 1],
             Arc::default(),
             Some((&old_addrs, &old)),
+            Operators::default(),
         );
         assert_eq!(new.in_flight[0].load(Ordering::Relaxed), 1, "10.0.0.1 still has its request in flight");
         drop(held);
@@ -409,6 +529,7 @@ mod tests {
             &[1; 8],
             Arc::default(),
             None,
+            Operators::default(),
         );
         let mut with = HeaderMap::new();
         with.insert(http::header::COOKIE, "theme=dark; session=abc123".parse().unwrap());
@@ -416,5 +537,47 @@ mod tests {
         for path in ["/b", "/c", "/d"] {
             assert_eq!(b.pick(Some(&ctx_for(&with, path)), &|_| true).unwrap().index, first);
         }
+    }
+
+    #[test]
+    fn drained_endpoints_get_no_new_requests_and_hash_keys_of_the_others_stay() {
+        let hash = config::HashPolicy { key: Some(hash_policy::Key::Path(true)) };
+        let drained = [false, true, false];
+        for policy in
+            [LbPolicy::RoundRobin, LbPolicy::Random, LbPolicy::LeastRequest, LbPolicy::RingHash, LbPolicy::Maglev]
+        {
+            let all =
+                Balancer::build(policy, Some(&hash), &addrs(3), &[1; 3], Arc::default(), None, Operators::default());
+            let ops = Operators { drained: &drained, ..Default::default() };
+            let b = Balancer::build(policy, Some(&hash), &addrs(3), &[1; 3], Arc::default(), None, ops);
+            assert_eq!(b.serving_count(), 2);
+            let headers = HeaderMap::new();
+            for k in 0..3000 {
+                let path = format!("/k{k}");
+                let ctx = ctx_for(&headers, &path);
+                let before = all.pick(Some(&ctx), &|_| true).unwrap().index;
+                let now = b.pick(Some(&ctx), &|_| true).unwrap().index;
+                assert_ne!(now, 1, "{policy:?}: a drained endpoint gets nothing");
+                if matches!(policy, LbPolicy::RingHash | LbPolicy::Maglev) && before != 1 {
+                    assert_eq!(now, before, "{policy:?}: keys of the serving endpoints stay");
+                }
+                // Retries and panic mode ("any endpoint") pass over it too.
+                assert_ne!(b.pick(None, &|_| true).unwrap().index, 1);
+                // Even when the cluster refuses every endpoint (all unhealthy).
+                assert_ne!(b.pick(Some(&ctx), &|_| false).unwrap().index, 1);
+            }
+            assert!(b.take(1).is_none(), "affinity cannot pin a drained endpoint");
+            assert!(b.take(0).is_some());
+            assert_eq!(b.describe(1), (true, 0, 0));
+        }
+    }
+
+    #[test]
+    fn a_cluster_with_every_endpoint_drained_still_serves() {
+        let ops = Operators { drained: &[true, true], ..Default::default() };
+        let b = Balancer::build(LbPolicy::RoundRobin, None, &addrs(2), &[1, 1], Arc::default(), None, ops);
+        assert_eq!(b.serving_count(), 2, "the validator refuses this; should it come, all serve");
+        let c = counts(&b, 2, 10);
+        assert_eq!(c, vec![5, 5]);
     }
 }

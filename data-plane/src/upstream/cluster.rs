@@ -22,7 +22,7 @@ use crate::http::body::UpstreamResponseBody;
 use crate::observe::metrics::ClusterStats;
 use crate::support::duration_or;
 use crate::tls::{self, UpstreamTls};
-use crate::upstream::balancer::{Balancer, PickContext, Picked};
+use crate::upstream::balancer::{Balancer, Operators, PickContext, Picked};
 use crate::upstream::health::{self, Checker, EndpointHealth, Outcome, Outlier};
 use crate::upstream::pool::{Http1Pool, Lease, SendError};
 use crate::upstream::sticky::Sticky;
@@ -204,6 +204,12 @@ impl Cluster {
             .collect()
     }
 
+    /// `(drained, requests in flight, weight percent now)` per endpoint, in the order of
+    /// [`Cluster::health`]: what operators set and what slow start makes of it.
+    pub(crate) fn operators(&self) -> Vec<(bool, usize, u32)> {
+        (0..self.spec.endpoints.len()).map(|i| self.balancer.describe(i)).collect()
+    }
+
     /// Counts a request in flight, or refuses it when the circuit breaker's limit is
     /// reached (the name of the limit is returned).
     pub(crate) fn start_request(&self) -> Result<InFlight, &'static str> {
@@ -312,10 +318,12 @@ impl Cluster {
             let endpoint = self.endpoints.get(picked.index)?;
             return Some((picked, endpoint));
         }
-        let healthy = |i: usize| self.health.get(i).is_none_or(|h| h.available());
+        // Drained endpoints count on neither side of the panic threshold: draining one
+        // must not spread traffic back onto it.
+        let healthy = |i: usize| self.balancer.serving(i) && self.health.get(i).is_none_or(|h| h.available());
         let available = |i: usize| !tried.has(i) && healthy(i);
-        let total = self.health.len();
-        let up = (0..total).filter(|i| healthy(*i)).count();
+        let total = self.balancer.serving_count();
+        let up = (0..self.health.len()).filter(|i| healthy(*i)).count();
         // Panic: too few endpoints available anywhere: spread over all of them.
         let panic = up == 0 || up * 100 < self.panic_percent as usize * total;
         let picked = if panic {
@@ -338,7 +346,7 @@ impl Cluster {
             let (mut members, mut up) = (0usize, 0usize);
             for (i, p) in self.priorities.iter().enumerate() {
                 if p == level {
-                    members += 1;
+                    members += usize::from(self.balancer.serving(i));
                     up += usize::from(available(i));
                 }
             }
@@ -439,6 +447,7 @@ impl<'a> ClusterRegistry<'a> {
                 .collect();
             Checker::start(hc, targets, tls.cloned())
         });
+        let drained: Vec<bool> = spec.endpoints.iter().map(|e| e.drain).collect();
         let balancer = Balancer::build(
             LbPolicy::try_from(spec.lb_policy).unwrap_or(LbPolicy::RoundRobin),
             spec.hash_policy.as_ref(),
@@ -446,6 +455,7 @@ impl<'a> ClusterRegistry<'a> {
             &weights,
             cursor.clone(),
             old.map(|o| (o.addresses.as_ref(), &o.balancer)),
+            Operators { drained: &drained, slow_start: spec.slow_start.as_ref(), health: Some(&health) },
         );
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -529,7 +539,11 @@ mod tests {
             endpoints: weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| config::Endpoint { address: format!("127.0.0.1:{}", 9000 + i), weight: *w, priority: 0 })
+                .map(|(i, w)| config::Endpoint {
+                    address: format!("127.0.0.1:{}", 9000 + i),
+                    weight: *w,
+                    ..Default::default()
+                })
                 .collect(),
             ..Default::default()
         }
@@ -549,5 +563,32 @@ mod tests {
         let changed = ClusterRegistry::new(&previous).build(&spec(&[1, 1, 2]), stats, None);
         assert!(!Arc::ptr_eq(&changed, &cluster));
         assert_eq!(changed.cursor.load(Ordering::Relaxed), 4, "the cursor is carried over");
+    }
+
+    #[tokio::test]
+    async fn a_cookie_naming_a_drained_endpoint_is_moved_elsewhere() {
+        let mut spec = spec(&[1, 1]);
+        spec.sticky_session = Some(config::StickySession { secret: "0123456789abcdef".into(), ..Default::default() });
+        let stats = Arc::new(ClusterStats::default());
+        let empty = HashMap::new();
+        let serving = ClusterRegistry::new(&empty).build(&spec, stats.clone(), None);
+        let cookie = serving.set_cookie_for(0).unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::COOKIE, cookie.to_str().unwrap().split(';').next().unwrap().parse().unwrap());
+        let ctx = PickContext { client: "192.0.2.1".parse().unwrap(), path: "/", headers: &headers };
+        let (picked, _, set) = serving.pick_sticky(&ctx).unwrap();
+        assert_eq!((picked.index, set), (0, None), "the cookie keeps its endpoint");
+        drop(picked);
+
+        spec.endpoints[0].drain = true;
+        let previous = HashMap::from([(serving.name.clone(), serving.clone())]);
+        let draining = ClusterRegistry::new(&previous).build(&spec, stats, None);
+        for _ in 0..4 {
+            let (picked, _, set) = draining.pick_sticky(&ctx).unwrap();
+            assert_eq!(picked.index, 1, "re-pinned to a serving endpoint");
+            assert_eq!(set, draining.set_cookie_for(1), "with a new cookie naming it");
+        }
+        assert_eq!(draining.operators()[0], (true, 0, 0));
+        assert_eq!(draining.operators()[1], (false, 0, 100));
     }
 }

@@ -127,8 +127,8 @@ mod tests {
             clusters: vec![Cluster {
                 name: "c".into(),
                 endpoints: vec![
-                    Endpoint { address: "api.internal:8080".into(), weight: 3, priority: 1 },
-                    Endpoint { address: "10.0.0.9:80".into(), weight: 1, priority: 0 },
+                    Endpoint { address: "api.internal:8080".into(), weight: 3, priority: 1, ..Default::default() },
+                    Endpoint { address: "10.0.0.9:80".into(), weight: 1, ..Default::default() },
                 ],
                 ..Default::default()
             }],

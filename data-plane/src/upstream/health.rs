@@ -4,6 +4,11 @@
 //!
 //! Health state belongs to an endpoint address, not to a snapshot: a cluster rebuilt by a
 //! swap keeps the state of the endpoints it still has.
+//!
+//! Each endpoint also remembers when it last came back into rotation (its ejection ended,
+//! it passed its checks again, it was undrained or added), for slow start
+//! (`upstream::slowstart`); every such event bumps one process-wide counter, so that a
+//! balancer learns of it with one load instead of scanning its endpoints on every pick.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -24,6 +29,14 @@ pub(crate) fn now_ms() -> u64 {
     u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Comings back into rotation of any endpoint of this process (see the module docs).
+static RETURNS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times any endpoint has come back (or been scheduled to, by an ejection).
+pub(crate) fn returns() -> u64 {
+    RETURNS.load(Ordering::Relaxed)
+}
+
 /// One endpoint's health.
 #[derive(Debug)]
 pub(crate) struct EndpointHealth {
@@ -31,6 +44,8 @@ pub(crate) struct EndpointHealth {
     ejected_until_ms: AtomicU64,
     ejections: AtomicU32,
     active_healthy: AtomicBool,
+    /// When it last came back by a health check or a config change ([`now_ms`]; 0: never).
+    returned_ms: AtomicU64,
 }
 
 impl Default for EndpointHealth {
@@ -40,6 +55,7 @@ impl Default for EndpointHealth {
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             active_healthy: AtomicBool::new(true),
+            returned_ms: AtomicU64::new(0),
         }
     }
 }
@@ -57,6 +73,18 @@ impl EndpointHealth {
     /// When its ejection ends (ms on this module's clock; 0: never ejected).
     pub(crate) fn ejected_until(&self) -> u64 {
         self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// When it last came back into rotation ([`now_ms`]; 0: never): the later of the end
+    /// of its last ejection (which may lie ahead) and its last recovery or config return.
+    pub(crate) fn back_since_ms(&self) -> u64 {
+        self.returned_ms.load(Ordering::Relaxed).max(self.ejected_until_ms.load(Ordering::Relaxed))
+    }
+
+    /// Records that it came back now (passed its checks again, undrained, added).
+    pub(crate) fn mark_returned(&self) {
+        self.returned_ms.store(now_ms().max(1), Ordering::Relaxed);
+        RETURNS.fetch_add(1, Ordering::Relaxed);
     }
 
     /// For the admin endpoint: (available, actively healthy, ms of ejection left).
@@ -158,6 +186,8 @@ impl Outlier {
         h.ejected_until_ms.store(until, Ordering::Relaxed);
         // Probation: one more failure once it is back ejects it again.
         h.consecutive_errors.store(self.consecutive_errors - 1, Ordering::Relaxed);
+        // Its return is now scheduled (see `back_since_ms`).
+        RETURNS.fetch_add(1, Ordering::Relaxed);
         info!(endpoint = index, ejections = n, "endpoint ejected");
         Some(until)
     }
@@ -239,6 +269,7 @@ impl Checker {
                         info!(%addr, "endpoint unhealthy");
                     } else if !healthy && *streak >= i64::from(rise) {
                         health.active_healthy.store(true, Ordering::Relaxed);
+                        health.mark_returned();
                         info!(%addr, "endpoint healthy again");
                     }
                     debug!(%addr, ok, "health check");

@@ -1,5 +1,5 @@
 //! Upstreams: clusters and their endpoints, the connection pool, balancers, active and
-//! passive health, DNS, sticky sessions.
+//! passive health, slow start, DNS, sticky sessions.
 
 pub(crate) mod balancer;
 pub(crate) mod cluster;
@@ -7,4 +7,5 @@ pub(crate) mod dns;
 pub(crate) mod health;
 pub(crate) mod pool;
 pub(crate) mod sidecall;
+pub(crate) mod slowstart;
 pub(crate) mod sticky;

@@ -1,5 +1,6 @@
-//! Clusters: balancing, outlier detection, health checks, sticky sessions, budgets and
-//! endpoints (ip:port or hostname:port, none twice, bounded weights).
+//! Clusters: balancing, outlier detection, health checks, sticky sessions, budgets, slow
+//! start and endpoints (ip:port or hostname:port, none twice, bounded weights, not all
+//! drained).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -64,6 +65,16 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
         }
         if c.endpoints.is_empty() {
             v.err("cluster", &name, "endpoints", "at least one endpoint is required".into());
+        } else if c.endpoints.iter().all(|e| e.drain) {
+            v.err(
+                "cluster",
+                &name,
+                "endpoints",
+                "every endpoint is drained: at least one must take new requests".into(),
+            );
+        }
+        if let Some(ss) = &c.slow_start {
+            slow_start(v, &name, c.lb_policy, ss);
         }
         let mut seen = HashSet::new();
         let mut seen_names = HashSet::new();
@@ -95,5 +106,31 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
             }
         }
         v.duration("cluster", &name, "connect_timeout", c.connect_timeout.as_ref());
+    }
+}
+
+/// Slow start: a window, bounded parameters, and a policy that can ramp.
+fn slow_start(v: &mut Validator, name: &str, lb_policy: i32, ss: &config::SlowStart) {
+    if ss.window.is_none() {
+        v.err("cluster", name, "slow_start.window", "is required".into());
+    }
+    v.duration("cluster", name, "slow_start.window", ss.window.as_ref());
+    if ss.min_weight_percent.is_some_and(|p| p > 100) {
+        v.err("cluster", name, "slow_start.min_weight_percent", "must be at most 100".into());
+    }
+    if let Some(a) = ss.aggression
+        && !(a > 0.0 && a <= 100.0)
+    {
+        v.err("cluster", name, "slow_start.aggression", "must be above 0 and at most 100".into());
+    }
+    if matches!(LbPolicy::try_from(lb_policy), Ok(LbPolicy::RingHash | LbPolicy::Maglev)) {
+        v.err(
+            "cluster",
+            name,
+            "slow_start",
+            "RING_HASH and MAGLEV cannot ramp an endpoint up without moving keys between endpoints; \
+             use ROUND_ROBIN, LEAST_REQUEST or RANDOM"
+                .into(),
+        );
     }
 }

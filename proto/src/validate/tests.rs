@@ -149,3 +149,40 @@ fn unsupported_protocols_say_so() {
     let errs = errors("listeners:\n  - {name: a, address: '127.0.0.1:8443', protocol: HTTPS}\n");
     assert_eq!(errs, vec!["listener 'a': tls: an HTTPS listener needs tls.certificates"]);
 }
+
+#[test]
+fn draining_every_endpoint_of_a_cluster_is_refused() {
+    let two = "clusters:\n  - name: c\n    endpoints: [{address: '127.0.0.1:9001', drain: true}, \
+               {address: '127.0.0.1:9002', drain: DRAIN2}]\n";
+    assert_eq!(errors(&two.replace("DRAIN2", "false")), Vec::<String>::new(), "one of two drained is fine");
+    assert_eq!(
+        errors(&two.replace("DRAIN2", "true")),
+        vec!["cluster 'c': endpoints: every endpoint is drained: at least one must take new requests"]
+    );
+}
+
+#[test]
+fn slow_start_needs_a_window_sane_parameters_and_a_policy_that_can_ramp() {
+    let with = |policy: &str, ss: &str| {
+        errors(&format!(
+            "clusters:\n  - name: c\n    lb_policy: {policy}\n    slow_start: {ss}\n    \
+             endpoints: [{{address: '127.0.0.1:9001'}}]\n"
+        ))
+    };
+    for policy in ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"] {
+        assert_eq!(with(policy, "{window: 30s, min_weight_percent: 5, aggression: 2}"), Vec::<String>::new());
+    }
+    assert_eq!(with("ROUND_ROBIN", "{}"), vec!["cluster 'c': slow_start.window: is required"]);
+    assert_eq!(
+        with("ROUND_ROBIN", "{window: 1s, min_weight_percent: 101, aggression: 0}"),
+        vec![
+            "cluster 'c': slow_start.min_weight_percent: must be at most 100",
+            "cluster 'c': slow_start.aggression: must be above 0 and at most 100",
+        ]
+    );
+    for policy in ["RING_HASH", "MAGLEV"] {
+        let errs = with(policy, "{window: 30s}");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("cluster 'c': slow_start: RING_HASH and MAGLEV cannot ramp"), "{errs:?}");
+    }
+}
