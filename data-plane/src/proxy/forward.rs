@@ -104,7 +104,9 @@ pub(super) async fn forward(
     {
         let budget = &conn.shared.replay_budget;
         let until = tokio::time::Instant::from_std(deadline);
-        match read_ahead(upstream.body_mut(), route.replay_body_bytes, budget, until).await {
+        // Boxed: reading ahead is rare and its future large; every request's future would
+        // carry its room otherwise.
+        match Box::pin(read_ahead(upstream.body_mut(), route.replay_body_bytes, budget, until)).await {
             ReadAhead::Whole(charge) => _kept = charge,
             ReadAhead::Streams => {}
             ReadAhead::NoRoom => {
@@ -172,7 +174,9 @@ pub(super) async fn forward(
         };
         cluster.report(picked.index, outcome);
         let cause = match &result {
-            Ok(Ok((response, _))) => policy.and_then(|p| p.on_status(response.status())),
+            Ok(Ok((response, _))) => {
+                policy.filter(|p| p.retries_received()).and_then(|p| p.on_status(response.status()))
+            }
             Ok(Err(error)) if error.is_connect() => Some(RetryOn::ConnectFailure),
             Ok(Err(_)) => Some(RetryOn::Reset),
             Err(_) => Some(RetryOn::Timeout),
