@@ -192,10 +192,17 @@ pub fn node_main() -> ExitCode {
     match runtime.block_on(serve::proxy(args, cli.token, &cli.tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once (see `error_chain`), with no
+/// control characters: errors may quote a file, a name or a server's message.
+fn one_line(e: &anyhow::Error) -> String {
+    let line = vane_proto::text::error_chain(e.as_ref()).replace('\n', " ");
+    vane_proto::text::escape_controls(&line).into_owned()
 }
 
 /// Writes to stdout and flushes.
@@ -228,10 +235,7 @@ pub fn main() -> ExitCode {
         // `vane history | head -1`: the reader has what it wanted, as with other CLIs.
         Err(e) if is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            // Errors may quote a file, a name or a server's message: no control characters
-            // reach the terminal.
-            let line = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {}", vane_proto::text::escape_controls(&line));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }

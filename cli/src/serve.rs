@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use vane_control_plane::{ControlPlane, ControlPlaneConfig, Tokens};
-use vane_data_plane::{Node, NodeConfig};
+use vane_data_plane::{Node, NodeConfig, NodeError};
 use vane_proto::admin::ApplyRequest;
 use vane_proto::admin::config_service_client::ConfigServiceClient;
 use vane_proto::{Format, load};
@@ -212,7 +212,15 @@ pub(crate) async fn proxy(
         replay_budget_bytes: Some(args.replay_budget_bytes),
         file_poll_interval: args.file_poll_interval,
     })
-    .await?;
+    .await
+    .map_err(|e| match &e {
+        // The second node on a host, started with the first one's flags.
+        NodeError::Admin { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => anyhow!(
+            "admin endpoint {addr} is in use by another process (another node on this host? \
+             give each node its own --admin ADDR, and its own --cache-dir)"
+        ),
+        _ => anyhow::Error::from(e),
+    })?;
     let admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string());
     println!("vane proxy {} admin on {admin}", args.node_id);
     stop_signal().await;

@@ -4,6 +4,7 @@
 mod admin_api;
 mod apply_and_serve;
 mod cancellation;
+mod cli_errors;
 mod control_plane;
 mod failover;
 mod fleet;
