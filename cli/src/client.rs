@@ -167,6 +167,11 @@ impl Admin {
         let request = self.request(DiffRequest { config: Some(config) })?;
         let response = self.client().await?.diff(request).await.map_err(status_error)?.into_inner();
         out!("{}", output::diff(&response, out))?;
+        // What would change is shown either way; a file that apply would refuse fails the
+        // command with what `vane validate` says of it.
+        if !response.errors.is_empty() {
+            bail!("invalid config: {}", problems(&response.errors))
+        }
         Ok(())
     }
 

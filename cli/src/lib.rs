@@ -109,8 +109,9 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Output,
     },
-    /// Show what applying a config file would change, per resource. Always exits 0
-    /// when the file is valid YAML/JSON, changes or not.
+    /// Show what applying a config file would change, per resource. Exits 0 whether or
+    /// not anything changes; non-zero, with every problem as `validate` says them, when
+    /// the file is invalid (apply would refuse it).
     Diff {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,

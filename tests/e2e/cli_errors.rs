@@ -1,5 +1,6 @@
-//! What the `vane` command says when something is wrong: each cause once, and the fix
-//! when there is an obvious one.
+//! What the `vane` command says when something is wrong: each cause once, the fix when
+//! there is an obvious one, and an invalid file called invalid by every command that reads
+//! one.
 
 use vane_suite::*;
 
@@ -42,4 +43,36 @@ async fn a_second_node_on_a_taken_admin_port_says_so_once_and_what_to_change() {
         )
     );
     drop(taken);
+}
+
+#[tokio::test]
+async fn diff_of_an_invalid_file_shows_the_changes_then_fails_naming_the_field() {
+    init_logs();
+    let serving = Serving::start(|e| config_yaml(&[("echo", &[e])], &[("api", "/api", "echo")])).await;
+    let url = serving.cp.url();
+    let dir = tempfile::tempdir().unwrap();
+    let valid = config_yaml(&[("echo", &[serving.echo.addr()])], &[("api", "/v2", "echo")]);
+    let invalid = write_yaml(dir.path(), "bad.yaml", &valid.replace("name: echo }", "name: nope }"));
+
+    let out = vane(&url, &["diff", "-f", &invalid]).await;
+    assert!(!out.success, "an invalid file fails diff as it fails validate: {}", out.stdout);
+    assert!(out.stdout.contains("~ route api"), "the changes are still shown: {}", out.stdout);
+    let validate = vane(&url, &["validate", "-f", &invalid]).await;
+    assert!(!validate.success);
+    assert_eq!(out.stderr, validate.stderr, "diff says what validate says");
+    assert_eq!(
+        out.stderr.trim(),
+        "error: invalid config: route 'api': forward.clusters[0].name: unknown cluster 'nope'"
+    );
+
+    let json = vane(&url, &["diff", "-f", &invalid, "-o", "json"]).await;
+    assert!(!json.success);
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(json["errors"][0]["field"], "forward.clusters[0].name", "{json}");
+
+    // A valid file: exit 0, no errors, changes or not.
+    let ok = vane(&url, &["diff", "-f", &write_yaml(dir.path(), "ok.yaml", &valid), "-o", "json"]).await;
+    assert!(ok.success, "{}", ok.stderr);
+    let json: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
+    assert!(json["errors"].is_null(), "{json}");
 }
