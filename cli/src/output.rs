@@ -63,6 +63,9 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
                         if let Some(t) = &l.tls {
                             protocol.push_str(&format!(" certs={}", t.certificates.join(",")));
                         }
+                        if l.enable_reuse_port {
+                            protocol.push_str(" reuse_port");
+                        }
                         if l.https_redirect_port != 0 {
                             protocol.push_str(&format!(" ->https:{}", l.https_redirect_port));
                         }
