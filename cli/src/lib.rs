@@ -70,6 +70,9 @@ enum Command {
     ControlPlane(serve::ControlPlaneArgs),
     /// Run a data-plane node.
     Proxy(serve::ProxyArgs),
+    /// Run demo echo backends (as `vane dev` does): each answers with its name in
+    /// `x-backend` and echoes the request.
+    DemoBackend(serve::DemoBackendArgs),
     /// Apply a config file (YAML or JSON) as the new version.
     Apply {
         /// The config file; `-` reads standard input.
@@ -291,6 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logs(cli.log_format);
             serve::proxy(args, cli.token, &cli.tls).await
         }
+        Command::DemoBackend(args) => serve::demo_backend(args).await,
         Command::Apply { file, dry_run, expected_version, allow_empty } => {
             let expected_version = expected_version.unwrap_or(0);
             admin.apply(&file, client::ApplyFlags { dry_run, expected_version, allow_empty }).await

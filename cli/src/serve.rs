@@ -99,6 +99,16 @@ pub(crate) struct DevArgs {
     backends: Vec<SocketAddr>,
 }
 
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoBackendArgs {
+    /// Where to listen, one backend per address (port 0 for any).
+    #[arg(required = true, value_name = "ADDR")]
+    addresses: Vec<SocketAddr>,
+    /// Names, in the order of the addresses (default echo-1, echo-2, ...).
+    #[arg(long = "name")]
+    names: Vec<String>,
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("'{s}' is not key=value"))?;
     Ok((k.to_owned(), v.to_owned()))
@@ -229,6 +239,24 @@ pub(crate) async fn proxy(
         tracing::warn!(left, "connections still open at the drain deadline");
     }
     drop(node);
+    Ok(())
+}
+
+/// `vane demo-backend`: the echo servers of `vane dev`, for a fleet run by hand. Prints
+/// one line once every backend listens, then serves until Ctrl-C or SIGTERM.
+pub(crate) async fn demo_backend(args: DemoBackendArgs) -> anyhow::Result<()> {
+    if args.names.len() > args.addresses.len() {
+        bail!("{} names for {} addresses", args.names.len(), args.addresses.len());
+    }
+    let mut servers = Vec::with_capacity(args.addresses.len());
+    for (i, addr) in args.addresses.iter().enumerate() {
+        let name = args.names.get(i).cloned().unwrap_or_else(|| format!("echo-{}", i + 1));
+        let server = EchoServer::start(&name, *addr).await.with_context(|| format!("demo backend on {addr}"))?;
+        servers.push((name, server));
+    }
+    let listening: Vec<String> = servers.iter().map(|(name, s)| format!("{name} on {}", s.addr())).collect();
+    println!("vane demo-backend {}", listening.join(", "));
+    stop_signal().await;
     Ok(())
 }
 
