@@ -8,6 +8,7 @@ mod cli_errors;
 mod control_plane;
 mod failover;
 mod fleet;
+mod fleet_recipe;
 mod gateway;
 mod hardening;
 mod https;
