@@ -1,5 +1,6 @@
 //! Admin commands: each reads its input, makes one admin API call and prints the answer.
 
+use std::error::Error as _;
 use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
@@ -94,10 +95,11 @@ impl Admin {
         if let Some(tls) = self.tls.config(&self.server)? {
             endpoint = endpoint.tls_config(tls).context("tls settings")?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| anyhow!("cannot reach control plane at {}: {}", self.server, source_chain(&e)))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            // tonic's own message ("transport error") says nothing its causes do not.
+            let cause = e.source().map_or_else(|| e.to_string(), vane_proto::text::error_chain);
+            anyhow!("cannot reach control plane at {}: {cause}", self.server)
+        })?;
         Ok(ConfigServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_REQUEST_BYTES))
@@ -165,6 +167,11 @@ impl Admin {
         let request = self.request(DiffRequest { config: Some(config) })?;
         let response = self.client().await?.diff(request).await.map_err(status_error)?.into_inner();
         out!("{}", output::diff(&response, out))?;
+        // What would change is shown either way; a file that apply would refuse fails the
+        // command with what `vane validate` says of it.
+        if !response.errors.is_empty() {
+            bail!("invalid config: {}", problems(&response.errors))
+        }
         Ok(())
     }
 
@@ -262,15 +269,4 @@ fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
             bail!("unknown kind '{other}': use listeners, routes, clusters, certificates, policies, consumers or all")
         }
     })
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -223,12 +223,19 @@ pub(crate) struct CertificateAdd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenCommand {
-    /// Print a new random token (line 1) and its token-file entry (line 2).
+    /// Print a new random token (line 1) and its token-file entry (line 2); with
+    /// `--add-to FILE`, add the entry to FILE and print only the token.
     New {
         /// Who uses it; shown as the author in `vane history`.
         name: String,
         #[arg(long, value_enum)]
         role: TokenRole,
+        /// Append the entry to this token file (created, readable by its owner only, with
+        /// its directory when missing) and print only the token, so that
+        /// `TOKEN=$(vane token new ops --role write --add-to tokens)` keeps it. The control
+        /// plane reads the file when it starts.
+        #[arg(long, value_name = "FILE")]
+        add_to: Option<PathBuf>,
     },
 }
 
@@ -427,9 +434,9 @@ fn read_inline(path: &Path) -> anyhow::Result<DataSource> {
 }
 
 pub(crate) fn token(command: TokenCommand) -> anyhow::Result<()> {
-    let TokenCommand::New { name, role } = command;
-    if name.is_empty() || name.chars().any(char::is_whitespace) {
-        bail!("a token name may not be empty or hold spaces");
+    let TokenCommand::New { name, role, add_to } = command;
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '#') {
+        bail!("a token name may not be empty or hold spaces or '#'");
     }
     let role = match role {
         TokenRole::Read => "read",
@@ -437,9 +444,55 @@ pub(crate) fn token(command: TokenCommand) -> anyhow::Result<()> {
         TokenRole::Node => "node",
     };
     let token = vane_control_plane::generate_token();
+    let entry = format!("{name} {role} {}", vane_control_plane::hash_token(&token));
+    if let Some(file) = add_to {
+        append_entry(&file, &entry).with_context(|| format!("cannot add the token to {}", file.display()))?;
+        outln!("{token}")?;
+        eprintln!("token '{name}' ({role}) added to {}; its value (stdout) is shown only now", file.display());
+        return Ok(());
+    }
     outln!("{token}")?;
-    outln!("{name} {role} {}", vane_control_plane::hash_token(&token))?;
+    outln!("{entry}")?;
     eprintln!("line 1 is the token: give it to its user, it is shown only now.");
     eprintln!("line 2 goes into the --admin-token-file of the control plane.");
     Ok(())
+}
+
+/// Appends one line to a token file, creating it (mode 0600) and its directory when missing.
+fn append_entry(file: &Path, entry: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(file)?;
+    // A file whose last line has no newline yet would run into this entry.
+    let ends_open = std::fs::read(file)?.last().is_some_and(|b| *b != b'\n');
+    let line = if ends_open { format!("\n{entry}\n") } else { format!("{entry}\n") };
+    f.write_all(line.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_entries_are_appended_one_per_line_to_an_owner_only_file() {
+        let dir = std::env::temp_dir().join(format!("vane-token-test-{}", std::process::id()));
+        let file = dir.join("etc/tokens");
+        super::append_entry(&file, "ops write aa").unwrap();
+        // A file edited by hand, its last line without a newline.
+        std::fs::write(&file, "ops write aa\n# note").unwrap();
+        super::append_entry(&file, "edge node bb").unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "ops write aa\n# note\nedge node bb\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -70,6 +70,9 @@ enum Command {
     ControlPlane(serve::ControlPlaneArgs),
     /// Run a data-plane node.
     Proxy(serve::ProxyArgs),
+    /// Run demo echo backends (as `vane dev` does): each answers with its name in
+    /// `x-backend` and echoes the request.
+    DemoBackend(serve::DemoBackendArgs),
     /// Apply a config file (YAML or JSON) as the new version.
     Apply {
         /// The config file; `-` reads standard input.
@@ -109,8 +112,9 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Output,
     },
-    /// Show what applying a config file would change, per resource. Always exits 0
-    /// when the file is valid YAML/JSON, changes or not.
+    /// Show what applying a config file would change, per resource. Exits 0 whether or
+    /// not anything changes; non-zero, with every problem as `validate` says them, when
+    /// the file is invalid (apply would refuse it).
     Diff {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
@@ -192,10 +196,17 @@ pub fn node_main() -> ExitCode {
     match runtime.block_on(serve::proxy(args, cli.token, &cli.tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once (see `error_chain`), with no
+/// control characters: errors may quote a file, a name or a server's message.
+fn one_line(e: &anyhow::Error) -> String {
+    let line = vane_proto::text::error_chain(e.as_ref()).replace('\n', " ");
+    vane_proto::text::escape_controls(&line).into_owned()
 }
 
 /// Writes to stdout and flushes.
@@ -228,10 +239,7 @@ pub fn main() -> ExitCode {
         // `vane history | head -1`: the reader has what it wanted, as with other CLIs.
         Err(e) if is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            // Errors may quote a file, a name or a server's message: no control characters
-            // reach the terminal.
-            let line = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {}", vane_proto::text::escape_controls(&line));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -286,6 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logs(cli.log_format);
             serve::proxy(args, cli.token, &cli.tls).await
         }
+        Command::DemoBackend(args) => serve::demo_backend(args).await,
         Command::Apply { file, dry_run, expected_version, allow_empty } => {
             let expected_version = expected_version.unwrap_or(0);
             admin.apply(&file, client::ApplyFlags { dry_run, expected_version, allow_empty }).await

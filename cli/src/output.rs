@@ -63,6 +63,9 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
                         if let Some(t) = &l.tls {
                             protocol.push_str(&format!(" certs={}", t.certificates.join(",")));
                         }
+                        if l.enable_reuse_port {
+                            protocol.push_str(" reuse_port");
+                        }
                         if l.https_redirect_port != 0 {
                             protocol.push_str(&format!(" ->https:{}", l.https_redirect_port));
                         }
@@ -242,11 +245,18 @@ pub(crate) fn nodes(response: &ListNodesResponse, out: Output) -> String {
                             .collect();
                         format!("v{}: {}", n.nack_version, errors.join("; "))
                     };
+                    // What the node serves: the version it held when it connected, then each
+                    // one it acknowledged (`-`: nothing yet). A push-to-ACK time exists only
+                    // for a version this control-plane process pushed: none right after a
+                    // restart, until the next version.
+                    let version = if n.version_held == 0 { "-".to_owned() } else { n.version_held.to_string() };
+                    let push_to_ack =
+                        if n.acked_version == 0 { "-".to_owned() } else { format!("{}ms", n.push_to_ack_ms) };
                     vec![
                         n.node_id.clone(),
                         if n.connected { "yes".into() } else { "no".into() },
-                        n.acked_version.to_string(),
-                        format!("{}ms", n.push_to_ack_ms),
+                        version,
+                        push_to_ack,
                         n.address.clone(),
                         timestamp(n.last_seen.as_ref()),
                         problem_kinds(&n.problems),
@@ -364,5 +374,43 @@ pub(crate) fn diff(response: &DiffResponse, out: Output) -> String {
             }
             text
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vane_proto::admin::{ListNodesResponse, NodeStatus};
+
+    use super::*;
+
+    fn row(table: &str, node: &str) -> Vec<String> {
+        let line = table.lines().find(|l| l.starts_with(node)).unwrap_or_else(|| panic!("{table}"));
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn nodes_show_the_version_they_serve_and_no_push_time_before_a_push() {
+        let node = |id: &str, held: u64, acked: u64, ms: u64| NodeStatus {
+            node_id: id.into(),
+            connected: true,
+            version_held: held,
+            acked_version: acked,
+            push_to_ack_ms: ms,
+            ..Default::default()
+        };
+        let response = ListNodesResponse {
+            nodes: vec![
+                // Reconnected to a restarted control plane, serving version 2: nothing pushed.
+                node("held", 2, 0, 0),
+                // Pushed and acknowledged in this process's life, in under a millisecond.
+                node("pushed", 3, 3, 0),
+                // Connected holding nothing yet.
+                node("empty", 0, 0, 0),
+            ],
+        };
+        let table = nodes(&response, Output::Table);
+        assert_eq!(row(&table, "held")[1..4], ["yes", "2", "-"], "{table}");
+        assert_eq!(row(&table, "pushed")[1..4], ["yes", "3", "0ms"], "{table}");
+        assert_eq!(row(&table, "empty")[1..4], ["yes", "-", "-"], "{table}");
     }
 }

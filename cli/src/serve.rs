@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use vane_control_plane::{ControlPlane, ControlPlaneConfig, Tokens};
-use vane_data_plane::{Node, NodeConfig};
+use vane_data_plane::{Node, NodeConfig, NodeError};
 use vane_proto::admin::ApplyRequest;
 use vane_proto::admin::config_service_client::ConfigServiceClient;
 use vane_proto::{Format, load};
@@ -97,6 +97,16 @@ pub(crate) struct DevArgs {
     /// Addresses of the two demo echo backends (the quickstart routes to these).
     #[arg(long, num_args = 2, default_values = ["127.0.0.1:9001", "127.0.0.1:9002"])]
     backends: Vec<SocketAddr>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoBackendArgs {
+    /// Where to listen, one backend per address (port 0 for any).
+    #[arg(required = true, value_name = "ADDR")]
+    addresses: Vec<SocketAddr>,
+    /// Names, in the order of the addresses (default echo-1, echo-2, ...).
+    #[arg(long = "name")]
+    names: Vec<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -212,7 +222,15 @@ pub(crate) async fn proxy(
         replay_budget_bytes: Some(args.replay_budget_bytes),
         file_poll_interval: args.file_poll_interval,
     })
-    .await?;
+    .await
+    .map_err(|e| match &e {
+        // The second node on a host, started with the first one's flags.
+        NodeError::Admin { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => anyhow!(
+            "admin endpoint {addr} is in use by another process (another node on this host? \
+             give each node its own --admin ADDR, and its own --cache-dir)"
+        ),
+        _ => anyhow::Error::from(e),
+    })?;
     let admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string());
     println!("vane proxy {} admin on {admin}", args.node_id);
     stop_signal().await;
@@ -221,6 +239,24 @@ pub(crate) async fn proxy(
         tracing::warn!(left, "connections still open at the drain deadline");
     }
     drop(node);
+    Ok(())
+}
+
+/// `vane demo-backend`: the echo servers of `vane dev`, for a fleet run by hand. Prints
+/// one line once every backend listens, then serves until Ctrl-C or SIGTERM.
+pub(crate) async fn demo_backend(args: DemoBackendArgs) -> anyhow::Result<()> {
+    if args.names.len() > args.addresses.len() {
+        bail!("{} names for {} addresses", args.names.len(), args.addresses.len());
+    }
+    let mut servers = Vec::with_capacity(args.addresses.len());
+    for (i, addr) in args.addresses.iter().enumerate() {
+        let name = args.names.get(i).cloned().unwrap_or_else(|| format!("echo-{}", i + 1));
+        let server = EchoServer::start(&name, *addr).await.with_context(|| format!("demo backend on {addr}"))?;
+        servers.push((name, server));
+    }
+    let listening: Vec<String> = servers.iter().map(|(name, s)| format!("{name} on {}", s.addr())).collect();
+    println!("vane demo-backend {}", listening.join(", "));
+    stop_signal().await;
     Ok(())
 }
 

@@ -440,9 +440,12 @@ impl ConfigService for AdminService {
         let (base_version, old) = self.config_at(0).await?;
         restore_keys(&mut config, &old)?;
         vane_proto::hash_api_keys(&mut config);
+        // As Apply validates (after the same two steps), so a diff never looks like a plan
+        // that Apply would then refuse.
+        let errors = validate(&config).err().map(|e| e.to_proto()).unwrap_or_default();
         let changes = diff::changes(&redacted(old), &redacted(config));
         let summary = diff::summary(&changes);
-        Ok(Response::new(DiffResponse { base_version, changes, summary }))
+        Ok(Response::new(DiffResponse { base_version, changes, summary, errors }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {

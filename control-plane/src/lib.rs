@@ -224,7 +224,9 @@ impl ControlPlane {
         single(&mut out, "vane_cp_nodes_connected", "gauge", "Nodes with a live discovery stream.", connected);
         single(&mut out, "vane_cp_nodes_known", "gauge", "Nodes listed by ListNodes.", nodes.len());
         single(&mut out, "vane_cp_config_version", "gauge", "Latest stored version.", self.latest_version());
-        let behind = nodes.iter().filter(|n| n.connected && n.acked_version < self.latest_version()).count();
+        // What each node serves (held at connect, or acked since): a node that reconnects to
+        // a restarted control plane holding the latest version is not behind.
+        let behind = nodes.iter().filter(|n| n.connected && n.version_held < self.latest_version()).count();
         single(&mut out, "vane_cp_nodes_behind", "gauge", "Connected nodes not at the latest version.", behind);
         header(&mut out, "vane_cp_writes_total", "counter", "Config writes (apply, put, delete, rollback) by outcome.");
         for (i, outcome) in ["stored", "unchanged", "invalid", "stale", "dry_run"].iter().enumerate() {

@@ -1,6 +1,7 @@
 //! Text from configs and requests, made safe to show: control characters escaped (a name
 //! or path echoed in an error must not drive the user's terminal) and lengths bounded (a
-//! gRPC status travels in HTTP/2 headers, which peers cap at 16 KiB by default).
+//! gRPC status travels in HTTP/2 headers, which peers cap at 16 KiB by default), and
+//! error chains said with each cause once (see [`error_chain`]).
 
 use std::borrow::Cow;
 
@@ -39,6 +40,29 @@ pub fn truncate(text: &str, max: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}...", &text[..end]))
 }
 
+/// `e` and its causes (`source()`), joined by `: `, each cause said once.
+///
+/// Errors disagree on whether their message includes their cause: Vane's own say it
+/// (`admin endpoint 127.0.0.1:9901: Address already in use (os error 98)`, so that a log
+/// line with `%error` is whole) and also return it as `source()`; some libraries wrap an
+/// error in one that displays as it does (tonic's connect error around hyper's). Walking
+/// the chain naively, as `anyhow`'s `{:#}` does, then repeats the cause
+/// (`tcp connect error: tcp connect error`). Here a cause whose text the line already ends
+/// with is skipped, so every cause appears once whichever convention an error follows.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !said.is_empty() && !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +81,48 @@ mod tests {
         assert_eq!(truncate("abcdefghij", 8), "abcde...");
         let cut = truncate("ééééé", 8);
         assert!(cut.len() <= 8 && cut.ends_with("..."), "{cut}");
+    }
+
+    #[derive(Debug)]
+    struct Wrap {
+        message: String,
+        source: Option<Box<dyn std::error::Error + 'static>>,
+    }
+
+    impl std::fmt::Display for Wrap {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.message)
+        }
+    }
+
+    impl std::error::Error for Wrap {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.source.as_deref()
+        }
+    }
+
+    fn wrap(message: &str, source: impl std::error::Error + 'static) -> Wrap {
+        Wrap { message: message.into(), source: Some(Box::new(source)) }
+    }
+
+    fn refused() -> std::io::Error {
+        std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+    }
+
+    #[test]
+    fn each_cause_is_said_once_whether_or_not_a_message_includes_its_source() {
+        let io = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        // A message that includes its source, and returns it too.
+        let admin = wrap(&format!("admin endpoint 127.0.0.1:9901: {}", io()), io());
+        assert_eq!(error_chain(&admin), format!("admin endpoint 127.0.0.1:9901: {}", io()));
+        // A wrapper that displays as what it wraps (tonic around hyper's connect error).
+        let hyper = wrap("tcp connect error", refused());
+        let tonic = wrap("transport error", wrap("tcp connect error", hyper));
+        assert_eq!(error_chain(&tonic), format!("transport error: tcp connect error: {}", refused()));
+        // A message that leaves its source out: the source is added.
+        assert_eq!(
+            error_chain(&wrap("reading the document", refused())),
+            format!("reading the document: {}", refused())
+        );
     }
 }

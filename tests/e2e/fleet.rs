@@ -69,7 +69,9 @@ async fn snapshot_with_a_taken_port_is_nacked_and_the_node_keeps_its_listeners()
     let v2 = v1.replacen("listeners:\n", &format!("listeners:\n  - name: admin-api\n    address: \"{taken}\"\n"), 1);
     assert_eq!(cp.apply(&v2).await.unwrap().version, 2, "the control plane accepts it: the port is node-local");
 
-    let expected = format!("{taken}: address in use");
+    let expected = format!(
+        "{taken}: address in use by another process (nodes on one host share a port with enable_reuse_port: true)"
+    );
     let table = eventually(Duration::from_secs(5), "the NACK shows in vane nodes", || async {
         let out = vane(&cp.url(), &["nodes"]).await;
         out.stdout.contains(&expected).then_some(out.stdout)

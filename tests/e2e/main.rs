@@ -4,9 +4,11 @@
 mod admin_api;
 mod apply_and_serve;
 mod cancellation;
+mod cli_errors;
 mod control_plane;
 mod failover;
 mod fleet;
+mod fleet_recipe;
 mod gateway;
 mod hardening;
 mod https;

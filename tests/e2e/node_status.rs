@@ -3,6 +3,7 @@
 //! files that change on disk.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -108,6 +109,67 @@ async fn a_nacked_version_is_not_offered_again_to_its_node_after_a_control_plane
     assert_eq!(status["nack_version"], "2", "{status}");
     let web: SocketAddr = config["listeners"]["web"].as_str().unwrap().parse().unwrap();
     assert_eq!(HttpClient::default().get(web, "/v3/x").await.unwrap().backend(), "echo-1");
+}
+
+/// `node`'s row of the `vane nodes` table, split into its columns.
+fn table_row(table: &str, node: &str) -> Vec<String> {
+    let line = table.lines().find(|l| l.starts_with(&format!("{node} "))).unwrap_or_else(|| panic!("{table}"));
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn vane_nodes_after_a_control_plane_restart_shows_the_version_each_node_serves() {
+    init_logs();
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("store").to_str().unwrap().to_owned();
+    let cp = VaneProcess::control_plane(Path::new(&dir), &[]).await.unwrap();
+    let url = cp.control_plane_url().unwrap();
+    let echo = EchoServer::start("echo-1", ([127, 0, 0, 1], 0).into()).await.unwrap();
+    let (_node, admin) = proxy(&url, "n1", &[]).await;
+    let v1 = config_yaml(&[("echo", &[echo.addr()])], &[("api", "/api", "echo")]);
+    let v2 = v1.replace("/api", "/v2");
+    for (name, yaml) in [("v1.yaml", &v1), ("v2.yaml", &v2)] {
+        assert!(vane(&url, &["apply", "-f", &write_yaml(data.path(), name, yaml)]).await.success);
+    }
+    serves(admin, 2).await;
+    eventually(WITHIN, "version 2 is acked", || async {
+        node_status(&url, "n1").await.filter(|n| n["acked_version"] == "2")
+    })
+    .await;
+    let received = node_config(admin).await.unwrap()["snapshots_received"].clone();
+    let before = table_row(&vane(&url, &["nodes"]).await.stdout, "n1");
+    assert_eq!(before[1..3], ["yes", "2"]);
+    assert!(before[3].ends_with("ms"), "a push-to-ACK time: {before:?}");
+
+    // SIGKILL, then a new control plane on the same data dir and port; the node, serving
+    // version 2, reconnects and is sent nothing (it holds the latest).
+    let addr = url.strip_prefix("http://").unwrap().to_owned();
+    cp.kill().await.unwrap();
+    let _cp = eventually(WITHIN, "the control plane restarts on its port", || async {
+        VaneProcess::start(&["control-plane", "--data-dir", &dir, "--listen", &addr]).await.ok()
+    })
+    .await;
+    let status = eventually(WITHIN, "the node reconnects", || async {
+        node_status(&url, "n1").await.filter(|n| n["connected"] == true)
+    })
+    .await;
+    assert_eq!(status["version_held"], "2", "{status}");
+    assert!(status["acked_version"].is_null(), "nothing acknowledged to this process: {status}");
+    let table = vane(&url, &["nodes"]).await.stdout;
+    assert_eq!(table_row(&table, "n1")[1..4], ["yes", "2", "-"], "version 2, no push time:\n{table}");
+    assert!(!table.contains("0ms"), "{table}");
+    assert_eq!(node_config(admin).await.unwrap()["snapshots_received"], received, "nothing sent again");
+
+    // The next version is pushed, and its push-to-ACK time shows.
+    let v3 = v1.replace("/api", "/v3");
+    assert!(vane(&url, &["apply", "-f", &write_yaml(data.path(), "v3.yaml", &v3)]).await.success);
+    eventually(WITHIN, "version 3 is acked", || async {
+        node_status(&url, "n1").await.filter(|n| n["acked_version"] == "3")
+    })
+    .await;
+    let after = table_row(&vane(&url, &["nodes"]).await.stdout, "n1");
+    assert_eq!(after[1..3], ["yes", "3"]);
+    assert!(after[3].ends_with("ms"), "{after:?}");
 }
 
 #[tokio::test]

@@ -332,14 +332,15 @@ impl VaneProcess {
 
     /// As `start`, with a given `vane` binary (benchmarks use a release build).
     pub async fn start_binary(vane: &Path, args: &[&str]) -> anyhow::Result<VaneProcess> {
-        let mut child = tokio::process::Command::new(vane)
-            .args(args)
-            .env_remove("VANE_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
+        let mut command = tokio::process::Command::new(vane);
+        command.args(args).env_remove("VANE_TOKEN").stderr(Stdio::null());
+        VaneProcess::spawn(command).await
+    }
+
+    /// Starts `command` as prepared (arguments, environment, working dir, stderr) and
+    /// waits for its readiness line on stdout.
+    pub async fn spawn(mut command: tokio::process::Command) -> anyhow::Result<VaneProcess> {
+        let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
         let banner = tokio::time::timeout(Duration::from_secs(20), lines.next_line())

@@ -62,7 +62,10 @@ async fn session(
     config: &NodeConfig,
     attempt: &mut u32,
 ) -> Result<(), tonic::Status> {
-    let channel = endpoint.connect().await.map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connect: {}", vane_proto::text::error_chain(&e))))?;
     let mut client = DiscoveryServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

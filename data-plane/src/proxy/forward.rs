@@ -244,7 +244,8 @@ pub(super) async fn forward(
             if !client_broke() {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
-            debug!(route = %route.name, cluster = %cluster.name, %error, "upstream failed");
+            let (route, cluster) = (&route.name, &cluster.name);
+            debug!(%route, %cluster, error = %vane_proto::text::error_chain(&error), "upstream failed");
             return (local(StatusCode::BAD_GATEWAY, "upstream unavailable\n"), info);
         }
         Err(_) => {

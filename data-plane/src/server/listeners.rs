@@ -9,6 +9,13 @@
 //! A listener whose address is unchanged keeps its socket and its slot id
 //! even when renamed; the runtime maps slot ids to routers, so connections always route
 //! with the newest runtime.
+//!
+//! `enable_reuse_port` binds with SO_REUSEPORT so that nodes on one host can share a port.
+//! It is read when a socket is bound: a running listener keeps its socket when only this
+//! flag changes (re-binding would mean closing first, which a snapshot that then fails
+//! could not undo), and says so in the log. Linux lets a SO_REUSEPORT socket join a port
+//! only when every socket already on it set the flag too, so an address held without it
+//! is still refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,6 +61,8 @@ struct Slot {
     id: u64,
     name: String,
     address: String,
+    /// Whether its socket was bound with SO_REUSEPORT.
+    reuse_port: bool,
     local: SocketAddr,
     stop: watch::Sender<bool>,
     stats: Arc<ListenerStats>,
@@ -111,11 +120,19 @@ impl Listeners {
                     && (!ephemeral(&l.address) || s.name == l.name)
             });
             if let Some(slot) = reusable {
+                if slot.reuse_port != l.enable_reuse_port {
+                    warn!(
+                        listener = %l.name,
+                        address = %slot.local,
+                        enable_reuse_port = l.enable_reuse_port,
+                        "listener keeps its socket: enable_reuse_port takes effect when the node next binds this address"
+                    );
+                }
                 taken.push(slot.id);
                 ids.insert(l.name.clone(), slot.id);
                 continue;
             }
-            match bind(&l.address) {
+            match bind(&l.address, l.enable_reuse_port) {
                 Ok((socket, local)) => {
                     self.next_id += 1;
                     ids.insert(l.name.clone(), self.next_id);
@@ -175,7 +192,17 @@ impl Listeners {
                 }
                 Err(error) => warn!(listener = %spec.name, %error, "listener could not be registered"),
             }
-            self.slots.push(Slot { id, name: spec.name, address: spec.address, local, stop, stats, timeouts });
+            let reuse_port = spec.enable_reuse_port;
+            self.slots.push(Slot {
+                id,
+                name: spec.name,
+                address: spec.address,
+                reuse_port,
+                local,
+                stop,
+                stats,
+                timeouts,
+            });
         }
     }
 
@@ -207,23 +234,43 @@ fn ephemeral(address: &str) -> bool {
     address.parse::<SocketAddr>().is_ok_and(|a| a.port() == 0)
 }
 
-fn bind(address: &str) -> Result<(std::net::TcpListener, SocketAddr), String> {
+/// Binds and listens on `address` (with SO_REUSEPORT when `reuse_port`); the error is
+/// the NACK's message.
+fn bind(address: &str, reuse_port: bool) -> Result<(std::net::TcpListener, SocketAddr), String> {
     let addr: SocketAddr = address.parse().map_err(|_| format!("'{address}' is not an ip:port address"))?;
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
         .map_err(|e| format!("{addr}: {e}"))?;
     let describe = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::AddrInUse => format!("{addr}: address in use"),
+        std::io::ErrorKind::AddrInUse if reuse_port => {
+            format!("{addr}: address in use by another process that did not set SO_REUSEPORT (or runs as another user)")
+        }
+        std::io::ErrorKind::AddrInUse => format!(
+            "{addr}: address in use by another process (nodes on one host share a port with enable_reuse_port: true)"
+        ),
         std::io::ErrorKind::AddrNotAvailable => format!("{addr}: address not available on this node"),
         std::io::ErrorKind::PermissionDenied => format!("{addr}: permission denied"),
         _ => format!("{addr}: {e}"),
     };
     socket.set_reuse_address(true).map_err(describe)?;
+    if reuse_port {
+        set_reuse_port(&socket).map_err(describe)?;
+    }
     socket.set_nonblocking(true).map_err(describe)?;
     socket.bind(&addr.into()).map_err(describe)?;
     socket.listen(1024).map_err(describe)?;
     let listener: std::net::TcpListener = socket.into();
     let local = listener.local_addr().map_err(describe)?;
     Ok((listener, local))
+}
+
+#[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
+fn set_reuse_port(socket: &socket2::Socket) -> std::io::Result<()> {
+    socket.set_reuse_port(true)
+}
+
+#[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin")))))]
+fn set_reuse_port(_: &socket2::Socket) -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "enable_reuse_port is not supported on this platform"))
 }
 
 /// How connections are served: HTTP/1.1 and h2c, with explicit limits.
@@ -347,4 +394,29 @@ async fn accept_loop(
         );
     }
     debug!("accept loop stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn two_sockets_share_an_address_only_when_both_set_reuse_port() {
+        let (first, addr) = bind("127.0.0.1:0", true).unwrap();
+        let (_second, again) = bind(&addr.to_string(), true).unwrap();
+        assert_eq!(again, addr);
+        let refused = bind(&addr.to_string(), false).unwrap_err();
+        assert_eq!(
+            refused,
+            format!(
+                "{addr}: address in use by another process (nodes on one host share a port with enable_reuse_port: true)"
+            )
+        );
+        drop(first);
+        let (plain, addr) = bind("127.0.0.1:0", false).unwrap();
+        let refused = bind(&addr.to_string(), true).unwrap_err();
+        assert!(refused.contains("did not set SO_REUSEPORT"), "{refused}");
+        drop(plain);
+    }
 }

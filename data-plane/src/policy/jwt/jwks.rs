@@ -212,7 +212,7 @@ async fn fetch(client: &HttpClient, uri: &Uri) -> Result<(KeySet, Vec<String>), 
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let work = async {
-        let response = client.request(request).await.map_err(|e| error_chain(&e))?;
+        let response = client.request(request).await.map_err(|e| vane_proto::text::error_chain(&e))?;
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }
@@ -224,16 +224,4 @@ async fn fetch(client: &HttpClient, uri: &Uri) -> Result<(KeySet, Vec<String>), 
         parse_jwks(&body)
     };
     tokio::time::timeout(FETCH_TIMEOUT, work).await.map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
-}
-
-/// An error with its causes: hyper's own display ("client error (Connect)") says little.
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
