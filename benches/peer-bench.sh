@@ -162,11 +162,12 @@ rss_kb() {  # VmRSS over the process tree
   echo "$t"
 }
 CLK_TCK=$(getconf CLK_TCK)
-upstream_conns() {  # connections both backends have accepted since they started
+upstream_conns() {  # connections both backends have accepted since they started (NA: no /stats)
   local t=0 p v
   for p in $UP1 $UP2; do
     v=$(curl -s --max-time 2 "http://127.0.0.1:$p/stats" | sed -n 's/.*"connections":\([0-9]*\).*/\1/p')
-    t=$((t + ${v:-0}))
+    [ -n "$v" ] || { echo NA; return 0; }
+    t=$((t + v))
   done
   echo "$t"
 }
@@ -319,18 +320,19 @@ for rep in $(seq "$REPS"); do
         res=$(load "$row" "$t" "$c" "$SECS" latency || true)
         wait "$sampler" 2>/dev/null || true
         c1=$(cpu_ticks "$pid"); u1=$(upstream_conns)
+        up=NA; [ "$u0" != NA ] && [ "$u1" != NA ] && up=$((u1 - u0))
         rss=$(cat "$TMP/runs/rss" 2>/dev/null || echo 0)
         for f in "$TMP/nginx-log/access.log" "$TMP"/access-*.log; do [ -f "$f" ] && : >"$f"; done   # keep /tmp small
         if [ -z "$res" ]; then
           log "[$n/$total] rep$rep $row c=$c $t: the load generator FAILED (see $TMP/logs, kept until exit)"
-          echo "$rep,$row,$c,$t,0,0,NA,NA,NA,$rss,$((u1 - u0))" >>"$RAW"
+          echo "$rep,$row,$c,$t,0,0,NA,NA,NA,$rss,$up" >>"$RAW"
           continue
         fi
         read -r rate cnt p99 errs <<<"$res"
         cpu=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v r="$cnt" 'BEGIN { printf "%.2f", (r > 0 ? t * 1e6 / hz / r : 0) }')
-        echo "$rep,$row,$c,$t,$rate,$cnt,$p99,$errs,$cpu,$rss,$((u1 - u0))" >>"$RAW"
+        echo "$rep,$row,$c,$t,$rate,$cnt,$p99,$errs,$cpu,$rss,$up" >>"$RAW"
         log "$(printf '[%d/%d] rep%d %-10s c=%-3s %-10s %9.0f req/s p99 %sus cpu %sus/req rss %sKB upstream conns %s errors %s' \
-          "$n" "$total" "$rep" "$row" "$c" "$t" "$rate" "$p99" "$cpu" "$rss" $((u1 - u0)) "$errs")"
+          "$n" "$total" "$rep" "$row" "$c" "$t" "$rate" "$p99" "$cpu" "$rss" "$up" "$errs")"
         sleep 1   # let closed connections settle between runs
       done
     done
@@ -379,7 +381,9 @@ for row, c in keys:
         rate = med(rs, "rate") or 0.0
         lo, hi = min(float(r["rate"]) for r in rs), max(float(r["rate"]) for r in rs)
         count = sum(float(r["count"]) for r in rs)
-        per_k = sum(float(r["upstream_conns"]) for r in rs) * 1000 / count if count else None
+        known = [r for r in rs if r["upstream_conns"] != "NA"]   # NA: a backend without /stats
+        per_k = (sum(float(r["upstream_conns"]) for r in known) * 1000 / sum(float(r["count"]) for r in known)
+                 if known and count else None)
         ratio = f"{rate / base:.2f}" if base else "-"
         errs = str(sum(int(r["errors"]) for r in rs)) + (f" ({failed} runs failed)" if failed else "")
         cpu, rss = med(rs, "cpu_us_per_req"), med(rs, "rss_kb")
