@@ -228,9 +228,9 @@ note() { echo "$*" >>"$NOTES"; log "$*"; }
 head -c 16384 /dev/zero | tr '\0' x >"$TMP/body-16k"
 for t in $TARGETS; do
   port=${PORT_OF[$t]}
-  seen=$(for _ in 1 2 3 4 5 6; do curl -s --max-time 2 "http://127.0.0.1:$port/" | awk '{print $2}'; done | sort -u | paste -sd' ')
+  seen=$(for _ in 1 2 3 4 5 6; do { curl -s --max-time 2 "http://127.0.0.1:$port/" | awk 'match($0, /[0-9][0-9][0-9][0-9][0-9]/) { print substr($0, RSTART, 5) }'; } || true; done | sort -u | paste -sd' ')
   echoed=$(curl -s -o /dev/null -D - --max-time 5 --data-binary @"$TMP/body-16k" "http://127.0.0.1:$port/" |
-    tr -d '\r' | awk -F': ' 'tolower($1) == "x-body-bytes" {print $2}')
+    tr -d '\r' | awk -F': ' 'tolower($1) == "x-body-bytes" {print $2}' || true)
   h2=$(curl -s -o /dev/null -w '%{http_version} %{http_code}' --max-time 5 --http2-prior-knowledge \
     "http://127.0.0.1:${H2PORT_OF[$t]}/" || true)
   note "- $t (:$port, h2c :${H2PORT_OF[$t]}): GET / answered by backends ${seen:-none}; a 16 KiB POST reached a backend with ${echoed:-?} body bytes; h2c GET / -> HTTP/$h2"
