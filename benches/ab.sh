@@ -12,16 +12,17 @@
 # HAProxy (1 thread, the peer-bench config) runs beside nginx on core 1 when it is installed.
 # Prints one line per run and, at the end, the medians per target. A build's node runs as
 # `vane-node` when one sits next to its `vane` binary (VANE_NODE is not used here).
-# Needs nginx and wrk (apt-get install -y nginx wrk) and the peer-bench backend
-# (BACKEND_BIN; `../shared/bench/peer_bench.sh --quick` builds it). Loopback only;
-# everything started here is stopped on exit.
+# Needs nginx and wrk (apt-get install -y nginx wrk); the backends are benches/backend
+# (built on first use; BACKEND_BIN overrides, see benches/backend.sh), which read request
+# bodies to the end. Loopback only; everything started here is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BACKEND_BIN=${BACKEND_BIN:-/tmp/vane-bench-target/release/peer-backend}
 D=${D:-6}
 : "${VANES:?VANES=\"name=/path/to/vane ...\"}"
 for tool in nginx wrk taskset curl python3 ${H2:+h2load}; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
-[ -x "$BACKEND_BIN" ] || { echo "no backend at $BACKEND_BIN" >&2; exit 1; }
+# shellcheck source=benches/backend.sh
+. "$HERE/backend.sh"
+bench_backend || exit 1
 TMP=$(mktemp -d /tmp/vane-ab.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }

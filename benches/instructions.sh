@@ -13,17 +13,18 @@
 #
 # A build's node is its `vane-node` when one sits next to its `vane`, else `vane proxy`.
 # Needs valgrind and h2load (apt-get install -y valgrind nghttp2-client), nginx and
-# haproxy for PEERS=1, and the peer-bench backend (BACKEND_BIN). Loopback only;
-# everything started here is stopped on exit.
+# haproxy for PEERS=1; the backends are benches/backend (built on first use; BACKEND_BIN
+# overrides). Loopback only; everything started here is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BACKEND_BIN=${BACKEND_BIN:-/tmp/vane-bench-target/release/peer-backend}
 N=${N:-20000}
 : "${VANES:?VANES=\"name=/path/to/vane ...\"}"
 for tool in valgrind callgrind_control callgrind_annotate h2load taskset curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
-[ -x "$BACKEND_BIN" ] || { echo "no backend at $BACKEND_BIN" >&2; exit 1; }
+# shellcheck source=benches/backend.sh
+. "$HERE/backend.sh"
+bench_backend || exit 1
 TMP=$(mktemp -d /tmp/vane-instr.XXXXXX)
 OUT=${KEEP:-$TMP}
 mkdir -p "$OUT"
@@ -49,12 +50,12 @@ count() {
   load "$port" "$N" >"$TMP/load.txt"
   callgrind_control -i off "$pid" >/dev/null 2>&1
   callgrind_control -d "$pid" >/dev/null 2>&1
-  local done failed total
-  done=$(awk '/^requests:/{print $8}' "$TMP/load.txt")
+  local answered failed total
+  answered=$(awk '/^requests:/{print $8}' "$TMP/load.txt")
   failed=$(awk '/^requests:/{print $10 + $12}' "$TMP/load.txt")
   for _ in $(seq 50); do [ -s "$OUT/$name.out.1" ] && break; sleep 0.2; done
   total=$(callgrind_annotate "$OUT/$name.out.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",", "", $1); print $1}')
-  awk -v n="$name" -v t="$total" -v d="$done" -v f="$failed" \
+  awk -v n="$name" -v t="$total" -v d="$answered" -v f="$failed" \
     'BEGIN { printf "%-10s %9.0f instructions/request  (%d requests, %d failed)\n", n, t / d, d, f }'
 }
 cg() { echo valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$OUT/$1.out"; }

@@ -1,18 +1,25 @@
-# peer-configs.sh: the nginx and HAProxy configurations that benches/ab.sh and
-# benches/instructions.sh run Vane against, as ../shared/bench/peer_bench.sh configures
-# them (1 worker / 1 thread, upstream keep-alive, forwarding headers). Sourced, not run.
+# shellcheck shell=bash
+# peer-configs.sh: the nginx and HAProxy configurations that Vane is measured against
+# (benches/peer-bench.sh, ab.sh, instructions.sh): 1 worker / 1 thread, round robin over
+# two backends with upstream keep-alive, forwarding headers, Debian's packages as they come
+# otherwise. Sourced, not run.
 
-# write_nginx_conf DIR PORT H2PORT BACKEND1 BACKEND2 MASTER(on|off): DIR/nginx.conf, with
-# HTTP/1.1 on PORT and h2c on H2PORT. MASTER=off keeps the one worker in the foreground
-# process (for valgrind).
+# write_nginx_conf DIR PORT H2PORT BACKEND1 BACKEND2 MASTER(on|off) [ACCESS_LOG(on|off)]:
+# DIR/nginx.conf, with HTTP/1.1 on PORT and h2c on H2PORT. MASTER=off keeps the one worker
+# in the foreground process (for valgrind). ACCESS_LOG=on logs every request to
+# DIR/access.log in nginx's combined format. NGINX_CLIENT_BODY_BUFFER (e.g. 64k) sets
+# client_body_buffer_size: nginx's default (16k on x86-64) writes a 16 KiB request body to
+# a temporary file, with a warning in err.log, for every request.
 write_nginx_conf() {
-  local dir=$1 port=$2 h2port=$3 up1=$4 up2=$5 master=$6
+  local dir=$1 port=$2 h2port=$3 up1=$4 up2=$5 master=$6 alog="access_log off;"
+  [ "${7:-off}" = on ] && alog="access_log $dir/access.log combined;"
+  [ -n "${NGINX_CLIENT_BODY_BUFFER:-}" ] && alog="$alog client_body_buffer_size $NGINX_CLIENT_BODY_BUFFER;"
   mkdir -p "$dir/tmp"
   cat >"$dir/nginx.conf" <<NG
 worker_processes 1; daemon off; master_process $master; user www-data;
 pid $dir/nginx.pid; error_log $dir/err.log warn;
 events { worker_connections 8192; use epoll; multi_accept on; }
-http { access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_timeout 65s; keepalive_requests 100000;
+http { $alog sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_timeout 65s; keepalive_requests 100000;
  client_body_temp_path $dir/tmp/b; proxy_temp_path $dir/tmp/p; fastcgi_temp_path $dir/tmp/f;
  uwsgi_temp_path $dir/tmp/u; scgi_temp_path $dir/tmp/s;
  upstream backends { server $up1; server $up2; keepalive 512; keepalive_requests 100000; }

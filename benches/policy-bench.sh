@@ -9,6 +9,8 @@
 #
 #   benches/policy-bench.sh [--quick]        # needs wrk, python3; VANE=path/to/vane
 #
+# The backend is benches/backend (built on first use; BACKEND_BIN overrides).
+#
 # The proxy runs alone on core 1 (PROXY_CPUS), wrk and the backend on core 0. Loopback only;
 # every run is bounded; everything started here is stopped on exit.
 set -euo pipefail
@@ -19,17 +21,15 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-50}
 PROXY_CPUS=${PROXY_CPUS:-1}
 LOAD_CPUS=${LOAD_CPUS:-0}
-VANE=${VANE:-$REPO/target/release/vane}
-BACKEND_BIN=${BACKEND_BIN:-/tmp/vane-bench-target/release/peer-backend}
-PEER_BENCH_DIR=${PEER_BENCH_DIR:-$REPO/../shared/bench}
+VANE=${VANE:-${CARGO_TARGET_DIR:-$REPO/target}/release/vane}
 [ "${1:-}" = "--quick" ] && { REPS=1; DURATION=3s; }
 PORT=18520 CP=127.0.0.1:18521 ADMIN=127.0.0.1:18522 BACKEND_PORT=18523
 
 for tool in wrk python3 taskset curl; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
-if [ ! -x "$VANE" ]; then (cd "$REPO" && cargo build --release -p vane); VANE=$REPO/target/release/vane; fi
-if [ ! -x "$BACKEND_BIN" ]; then
-  (cd "$PEER_BENCH_DIR/backend" && CARGO_TARGET_DIR=/tmp/vane-bench-target cargo build --release --locked -q)
-fi
+if [ ! -x "$VANE" ]; then (cd "$REPO" && cargo build --release --locked -p vane); VANE=${CARGO_TARGET_DIR:-$REPO/target}/release/vane; fi
+# shellcheck source=benches/backend.sh
+. "$HERE/backend.sh"
+bench_backend || exit 1
 
 TMP=$(mktemp -d /tmp/policy-bench.XXXXXX)
 PIDS=()

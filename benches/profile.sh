@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # profile.sh: where a Vane node spends its CPU under the peer-bench load (HTTP/1.1,
 # keep-alive, 64-byte responses, 50 connections). Runs `benches/vane-sut.sh` (real control
-# plane and node) in front of the peer-bench backend, loads it with wrk for DURATION, samples
+# plane and node) in front of two benches/backend (built on first use; BACKEND_BIN
+# overrides), loads it with wrk for DURATION, samples
 # the node with `perf record -e cpu-clock` and prints the hottest symbols, then the same
 # grouped by crate. No hardware counters are needed (cpu-clock is a software event).
 #
@@ -12,14 +13,15 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO=$(git -C "$HERE" rev-parse --show-toplevel)
-export VANE=${VANE:-$REPO/target/release/vane}
+export VANE=${VANE:-${CARGO_TARGET_DIR:-$REPO/target}/release/vane}
 DURATION=${DURATION:-15s}
 TOP=${TOP:-40}
-BACKEND_BIN=${BACKEND_BIN:-/tmp/vane-bench-target/release/peer-backend}
 PORT=18600 BACKENDS=127.0.0.1:18601,127.0.0.1:18602
 for tool in perf wrk taskset curl; do command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y linux-perf wrk)" >&2; exit 1; }; done
-[ -x "$VANE" ] || (cd "$REPO" && cargo build --release -p vane)
-[ -x "$BACKEND_BIN" ] || { echo "no backend at $BACKEND_BIN: run ../shared/bench/peer_bench.sh --quick once, or set BACKEND_BIN" >&2; exit 1; }
+[ -x "$VANE" ] || (cd "$REPO" && cargo build --release --locked -p vane)
+# shellcheck source=benches/backend.sh
+. "$HERE/backend.sh"
+bench_backend || exit 1
 
 TMP=$(mktemp -d /tmp/vane-profile.XXXXXX)
 PIDS=()

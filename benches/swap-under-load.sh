@@ -4,13 +4,15 @@
 # a loop applies a changed config 10 times a second; the run must show no non-2xx answer
 # and no socket error. A first run without swaps gives the baseline for the req/s dip.
 #
-#   VANE=target/release/vane BACKEND_BIN=/tmp/vane-bench-target/release/peer-backend \
-#     DURATION=30 benches/swap-under-load.sh
-# The backend is ../shared/bench/backend (peer_bench.sh builds it). Loopback only;
-# every process started here is stopped on exit.
+#   VANE=target/release/vane DURATION=30 benches/swap-under-load.sh
+# The backends are benches/backend (built on first use; BACKEND_BIN overrides). Loopback
+# only; every process started here is stopped on exit.
 set -euo pipefail
 VANE=${VANE:-target/release/vane}
-BACKEND_BIN=${BACKEND_BIN:-/tmp/vane-bench-target/release/peer-backend}
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=benches/backend.sh
+. "$HERE/backend.sh"
+bench_backend || exit 1
 DURATION=${DURATION:-30}
 PORT=${PORT:-18420}
 CP=127.0.0.1:18930
@@ -22,7 +24,7 @@ trap cleanup EXIT INT TERM
 "$BACKEND_BIN" 18081 1 >/dev/null 2>&1 & pids+=($!)
 "$BACKEND_BIN" 18082 1 >/dev/null 2>&1 & pids+=($!)
 PB_LISTEN=127.0.0.1:$PORT PB_BACKENDS=127.0.0.1:18081,127.0.0.1:18082 \
-  VANE="$VANE" VANE_BENCH_CP=$CP VANE_BENCH_ADMIN=127.0.0.1:18931 benches/vane-sut.sh & pids+=($!)
+  VANE="$VANE" VANE_BENCH_CP=$CP VANE_BENCH_ADMIN=127.0.0.1:18931 "$HERE/vane-sut.sh" & pids+=($!)
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/" >/dev/null 2>&1 && break; sleep 0.1; done
 
 config() {  # config N: the bench config with a per-version route timeout

@@ -3,7 +3,7 @@
 # tls-bench.sh — HTTPS termination: Vane (rustls) against nginx (OpenSSL), loopback only.
 #
 # One command builds what it needs (Vane from a clone of this repo's HEAD, never touching
-# the work tree's target/; the 1-thread hyper backend of ../shared/bench/peer_bench.sh),
+# the work tree's target/; the 1-thread benchmark backend of benches/backend),
 # makes a throwaway CA and an ECDSA P-256 certificate for bench.test (+ IP SAN 127.0.0.1),
 # starts one backend, nginx (1 worker) and a real Vane control plane + node, and runs
 # REPS repetitions of this matrix, both targets interleaved within every repetition:
@@ -25,7 +25,7 @@
 # (VmRSS summed over the tree) after the run, and errors. Prints a markdown table of medians
 # with the vane/nginx ratio on the rate and writes it to $OUT (raw rows beside it, .csv).
 #
-# Layout (like peer_bench's "dedicated"): the proxy under load (nginx master+worker, or the
+# Layout (as benches/peer-bench.sh): the proxy under load (nginx master+worker, or the
 # `vane proxy` process) alone on core 1 (PROXY_CPUS); load generator, backend and the Vane
 # control plane on core 0 (LOADGEN_CPUS / BACKEND_CPUS / CP_CPUS). With a 2-core machine the
 # client side of a full handshake (ECDHE + signature check) costs about as much as the
@@ -40,10 +40,9 @@
 #   ROWS ["handshakes handshakes-resumed keepalive-h1 h2"]  TARGETS ["nginx vane"]
 #   VANE               a vane binary; unset = clone HEAD of this repo into a temp dir and
 #                      `cargo build --release -p vane` there with CARGO_TARGET_DIR
-#   CARGO_TARGET_DIR   [/tmp/vane-bench-target] (Vane and the backend are built here)
-#   BACKEND_BIN        [$CARGO_TARGET_DIR/release/peer-backend]; built like peer_bench.sh
-#                      does (cargo --locked, PEER_BENCH_DIR/backend) when missing
-#   PEER_BENCH_DIR     [../shared/bench beside the repo, else /work/shared/bench]
+#   CARGO_TARGET_DIR   [/tmp/vane-bench-target] (Vane is built here, the backend in
+#                      its bench-backend/ subdirectory)
+#   BACKEND_BIN        [benches/backend, built on first use: see benches/backend.sh]
 #   OUT                [/tmp/tls-bench-results.md]   (raw rows: ${OUT%.md}.csv)
 #   S_TIME_PROCS [8]   parallel `openssl s_time` when ab is missing
 #   H2_LATENCY [1]     h2load --log-file for p50/p99 (0: rate only, a little less client work)
@@ -65,11 +64,6 @@ WARMUP=${WARMUP:-2s}
 ROWS=${ROWS:-"handshakes handshakes-resumed keepalive-h1 h2"}
 TARGETS=${TARGETS:-"nginx vane"}
 CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/vane-bench-target}
-BACKEND_BIN=${BACKEND_BIN:-$CARGO_TARGET_DIR/release/peer-backend}
-if [ -z "${PEER_BENCH_DIR:-}" ]; then
-  if [ -d "$REPO/../shared/bench/backend" ]; then PEER_BENCH_DIR="$REPO/../shared/bench"
-  else PEER_BENCH_DIR=/work/shared/bench; fi
-fi
 OUT=${OUT:-/tmp/tls-bench-results.md}
 S_TIME_PROCS=${S_TIME_PROCS:-8}
 H2_LATENCY=${H2_LATENCY:-1}
@@ -182,17 +176,15 @@ else
   VANE_REV=$(git -C "$REPO" rev-parse --short HEAD)
   log "building vane at $VANE_REV (clone of $REPO HEAD; CARGO_TARGET_DIR=$CARGO_TARGET_DIR) ..."
   git clone -q "$REPO" "$TMP/src"
-  if ! (cd "$TMP/src" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR" cargo build --release -p vane) >"$TMP/logs/build.log" 2>&1; then
+  if ! (cd "$TMP/src" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR" cargo build --release --locked -p vane) >"$TMP/logs/build.log" 2>&1; then
     tail -30 "$TMP/logs/build.log" >&2; die "cargo build failed"
   fi
   cp "$CARGO_TARGET_DIR/release/vane" "$TMP/vane-bin"   # fixed copy: a later build can't swap it mid-run
   VANE_BIN="$TMP/vane-bin"
 fi
-if [ ! -x "$BACKEND_BIN" ]; then
-  log "building peer-backend like peer_bench.sh does ($PEER_BENCH_DIR/backend) ..."
-  cargo build --release -q --locked --manifest-path "$PEER_BENCH_DIR/backend/Cargo.toml" --target-dir "$CARGO_TARGET_DIR"
-  BACKEND_BIN="$CARGO_TARGET_DIR/release/peer-backend"
-fi
+# shellcheck source=benches/backend.sh
+. "$HERE/backend.sh"
+bench_backend || die "no benchmark backend"
 
 # ----------------------------------------------------------------------------- 2. certificates
 PKI="$TMP/pki"
@@ -445,7 +437,7 @@ run_s_time() {  # S_TIME_PROCS parallel `openssl s_time -new`: full handshakes +
 run_h2load() {
   local url=$1 out rate n bad lat="" alpn
   if [ "$H2_LATENCY" = 1 ]; then lat="--log-file=$TMP/runs/h2.log"; rm -f "$TMP/runs/h2.log"; fi
-  out=$(taskset -c "$LOADGEN_CPUS" timeout -k 5 "$RUN_LIMIT" h2load -t1 -c"$CONNS" -m10 -D "$SECS" $lat "$url" 2>&1 || true)
+  out=$(taskset -c "$LOADGEN_CPUS" timeout -k 5 "$RUN_LIMIT" h2load -t1 -c"$CONNS" -m10 -D "$SECS" ${lat:+"$lat"} "$url" 2>&1 || true)
   echo "$out" >>"$TMP/logs/h2load.log"
   alpn=$(echo "$out" | sed -n 's/^Application protocol: //p' | head -1)
   [ "$alpn" = h2 ] || echo "h2load negotiated '${alpn:-nothing}' instead of h2 on $url" >>"$TMP/alpn-warnings"
@@ -480,7 +472,7 @@ run_row() {  # run_row ROW TARGET
   echo
   echo "- vane $VANE_REV vs $(nginx -v 2>&1 | sed 's/^nginx version: //') ($(openssl version)); http2 syntax: $H2_STYLE; $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); $(h2load --version | head -1); ab: $([ "$HAVE_AB" = 1 ] && echo yes || echo "missing -> openssl s_time x$S_TIME_PROCS")"
   echo "- reps=$REPS duration=${SECS}s conns=$CONNS; proxy on cpu $PROXY_CPUS; load generator cpu $LOADGEN_CPUS, backend cpu $BACKEND_CPUS, vane control plane cpu $CP_CPUS; nproc=$(nproc)"
-  echo "- certificate: ECDSA P-256 leaf for bench.test + IP 127.0.0.1 (test CA); backend: peer-backend 1 thread, 64-byte body on /"
+  echo "- certificate: ECDSA P-256 leaf for bench.test + IP 127.0.0.1 (test CA); backend: vane-bench-backend 1 thread, 64-byte body on /"
 } >"$TMP/meta.md"
 cat "$TMP/meta.md" >&2
 
@@ -490,10 +482,10 @@ if [ -n "$WARMUP" ] && [ "$WARMUP" != 0 ] && [ "$WARMUP" != 0s ]; then
     taskset -c "$LOADGEN_CPUS" timeout -k 5 60 wrk -t1 -c"$CONNS" -d"$WARMUP" "https://127.0.0.1:${PORT_OF[$t]}/" >/dev/null 2>&1 || true
   done
 fi
-total=$((REPS * $(echo $ROWS | wc -w) * $(echo $TARGETS | wc -w))); n=0
+total=$((REPS * $(wc -w <<<"$ROWS") * $(wc -w <<<"$TARGETS"))); n=0
 for rep in $(seq "$REPS"); do
   order=$TARGETS
-  [ $((rep % 2)) = 0 ] && order=$(echo $TARGETS | tr ' ' '\n' | tac | tr '\n' ' ')   # alternate who goes first
+  [ $((rep % 2)) = 0 ] && order=$(tr ' ' '\n' <<<"$TARGETS" | tac | tr '\n' ' ')   # alternate who goes first
   for row in $ROWS; do
     for t in $order; do
       n=$((n + 1))
