@@ -5,6 +5,7 @@ mod admin_api;
 mod apply_and_serve;
 mod cancellation;
 mod control_plane;
+mod dev;
 mod failover;
 mod fleet;
 mod gateway;
