@@ -18,6 +18,7 @@ mod client;
 pub mod demo;
 mod edit;
 mod output;
+mod quickstart;
 mod serve;
 mod store_cmd;
 mod tls;

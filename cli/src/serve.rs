@@ -8,14 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use vane_control_plane::{ControlPlane, ControlPlaneConfig, Tokens};
 use vane_data_plane::{Node, NodeConfig, NodeError};
-use vane_proto::admin::ApplyRequest;
 use vane_proto::admin::config_service_client::ConfigServiceClient;
-use vane_proto::{Format, load};
+use vane_proto::admin::{ApplyRequest, ListNodesRequest};
 
 use crate::demo::EchoServer;
-
-/// The config `vane dev` applies to a fresh data dir.
-const QUICKSTART: &str = include_str!("../../examples/quickstart.yaml");
+use crate::quickstart;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ControlPlaneArgs {
@@ -97,6 +94,10 @@ pub(crate) struct DevArgs {
     /// Addresses of the two demo echo backends (the quickstart routes to these).
     #[arg(long, num_args = 2, default_values = ["127.0.0.1:9001", "127.0.0.1:9002"])]
     backends: Vec<SocketAddr>,
+    /// Address of the quickstart's `web` listener, the proxy (default: as the quickstart
+    /// says, 127.0.0.1:8080). Only when the quickstart is applied (an empty store).
+    #[arg(long)]
+    web: Option<SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -260,15 +261,18 @@ pub(crate) async fn demo_backend(args: DemoBackendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The node id of `vane dev`'s node.
+const DEV_NODE: &str = "dev-node";
+
 pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let [b1, b2] = args.backends[..] else { bail!("--backends takes two addresses") };
     let echo1 = EchoServer::start("echo-1", b1).await.with_context(|| format!("demo backend on {b1}"))?;
     let echo2 = EchoServer::start("echo-2", b2).await.with_context(|| format!("demo backend on {b2}"))?;
-    let (cp, addr, cp_task) =
-        start_control_plane(ControlPlaneConfig::new(args.data_dir.join("store")), args.listen).await?;
+    let store = args.data_dir.join("store");
+    let (cp, addr, cp_task) = start_control_plane(ControlPlaneConfig::new(store.clone()), args.listen).await?;
     let server = format!("http://{addr}");
     let node = Node::start(NodeConfig {
-        node_id: "dev-node".into(),
+        node_id: DEV_NODE.into(),
         control_plane: server.clone(),
         cache_dir: Some(args.data_dir.join("node")),
         admin: Some(args.admin),
@@ -281,30 +285,56 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
     })
     .await?;
 
-    if cp.latest_version() == 0 {
-        let mut config = load(QUICKSTART, Format::Yaml).context("embedded quickstart")?;
-        // Point the demo cluster at the backends actually started.
-        for cluster in config.clusters.iter_mut().filter(|c| c.name == "echo") {
-            for (endpoint, backend) in cluster.endpoints.iter_mut().zip([echo1.addr(), echo2.addr()]) {
-                endpoint.address = backend.to_string();
-            }
-        }
+    let applied_from = if cp.latest_version() == 0 {
+        let dir = std::env::current_dir().context("current directory")?;
+        let (mut config, source) = quickstart::load_from(&dir)?;
+        quickstart::adapt(&mut config, [echo1.addr(), echo2.addr()], args.web);
         let mut client = ConfigServiceClient::connect(server.clone()).await?;
         let applied = client
             .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0, allow_empty: false })
             .await
-            .map_err(|s| anyhow!("applying the quickstart: {}", s.message()))?
+            .map_err(|s| anyhow!("applying {source}: {}", s.message()))?
             .into_inner();
-        tracing::info!(version = applied.version, "quickstart applied");
-    }
+        tracing::info!(version = applied.version, %source, "quickstart applied");
+        Some(source)
+    } else {
+        None
+    };
+    let latest = cp.latest_version();
+    // Until the node serves the latest version or refuses it (a port in use, most often).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while node.version() < cp.latest_version() && Instant::now() < deadline {
+    let mut refused = None;
+    let mut next_check = Instant::now() + Duration::from_millis(200);
+    while node.version() < latest && refused.is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        if Instant::now() >= next_check {
+            refused = refusal(&server, latest).await;
+            next_check = Instant::now() + Duration::from_millis(200);
+        }
+    }
+    // The first line says whether it is ready, and which config it serves.
+    let config = match &applied_from {
+        Some(source) => format!("version {latest}, applied from {source}"),
+        None => format!(
+            "version {latest}, from the store in {} (the quickstart is applied to an empty store only)",
+            store.display()
+        ),
+    };
+    if node.version() >= latest {
+        println!("\nvane dev is running: {config}");
+    } else {
+        let why = refused.unwrap_or_else(|| "no answer in 10 s: see `vane nodes`".into());
+        println!("\nvane dev started, but its node does not serve {config}: {why}");
     }
     let web = node.listener_addr("web").map_or_else(|| "(no listener named web)".into(), |a| a.to_string());
+    let next = match applied_from {
+        Some(quickstart::Source::File(_)) => {
+            format!("edit {path}, then: vane apply -f {path}", path = quickstart::PATH)
+        }
+        _ => "vane get all -o yaml > vane.yaml; edit it, then: vane apply -f vane.yaml".to_owned(),
+    };
     println!(
-        "\nvane dev is running (version {version})\n\
-         \x20 proxy        http://{web}\n\
+        "\x20 proxy        http://{web}\n\
          \x20 control plane {server}  (vane --server {server} ...)\n\
          \x20 node admin   http://{admin}/ready  /config\n\
          \x20 backends     echo-1 {e1}, echo-2 {e2}\n\n\
@@ -313,8 +343,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
          \x20 vane get routes\n\
          \x20 vane nodes\n\
          \x20 vane history\n\
-         edit examples/quickstart.yaml, then: vane apply -f examples/quickstart.yaml\n",
-        version = node.version(),
+         {next}\n",
         admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string()),
         e1 = echo1.addr(),
         e2 = echo2.addr(),
@@ -322,4 +351,20 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
     cp_task.await.map_err(|e| anyhow!("control plane task: {e}"))??;
     drop(node);
     Ok(())
+}
+
+/// Why the dev node refused `version`, as `vane nodes` shows it; `None` when it has not.
+async fn refusal(server: &str, version: u64) -> Option<String> {
+    let mut client = ConfigServiceClient::connect(server.to_owned()).await.ok()?;
+    let nodes = client.list_nodes(ListNodesRequest::default()).await.ok()?.into_inner();
+    let node = nodes.nodes.into_iter().find(|n| n.node_id == DEV_NODE)?;
+    if node.nack_version != version {
+        return None;
+    }
+    let errors: Vec<String> = node
+        .nack_errors
+        .iter()
+        .map(|e| if e.name.is_empty() { e.message.clone() } else { format!("{} '{}': {}", e.kind, e.name, e.message) })
+        .collect();
+    Some(format!("it refused version {}: {}", node.nack_version, errors.join("; ")))
 }

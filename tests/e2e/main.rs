@@ -6,6 +6,7 @@ mod apply_and_serve;
 mod cancellation;
 mod cli_errors;
 mod control_plane;
+mod dev;
 mod failover;
 mod fleet;
 mod fleet_recipe;

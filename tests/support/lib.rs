@@ -360,6 +360,39 @@ impl VaneProcess {
         VaneProcess::start(&args).await
     }
 
+    /// Starts `vane ARGS` with `dir` as its current directory (`vane dev` reads
+    /// `examples/quickstart.yaml` from there) and waits until it prints a stdout line that
+    /// starts with `until`; `banner` is every non-blank line up to that one, joined by `\n`.
+    pub async fn start_in(dir: &Path, args: &[&str], until: &str) -> anyhow::Result<VaneProcess> {
+        let mut child = tokio::process::Command::new(vane_bin())
+            .args(args)
+            .current_dir(dir)
+            .env_remove("VANE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
+        let read = async {
+            while let Some(line) = lines.next_line().await? {
+                let done = line.starts_with(until);
+                if !line.trim().is_empty() {
+                    banner.push(line);
+                }
+                if done {
+                    return Ok(());
+                }
+            }
+            bail!("vane exited before printing '{until}': {banner:?}")
+        };
+        tokio::time::timeout(Duration::from_secs(20), read).await.context("no readiness line in time")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(VaneProcess { child, banner: banner.join("\n") })
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
