@@ -337,7 +337,7 @@ for t in $TARGETS; do IDLE_KB[$t]=$(rss_kb "${PID_OF[$t]}"); done
   for name in "${VANE_NAMES[@]}"; do echo "- $name: ${VANE_BIN[$name]} ($("${VANE_BIN[$name]}" --version 2>/dev/null | head -1))"; done
   echo "- nginx client_body_buffer_size: ${NGINX_CLIENT_BODY_BUFFER:-default (16k)}"
   echo "- rows: $ROWS; conns: $CONNS; $REPS reps of ${SECS}s, interleaved; warm-up ${WARM}s per row and target in rep 1"
-  echo "- proxies on cpu $PROXY_CPUS; load generator, backends (vane-bench-backend, $BACKEND_THREADS thread) and Vane's control planes on cpu $LOAD_CPUS; nproc=$(nproc); $(uname -sr); load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- proxies on cpu $PROXY_CPUS; load generator, backends ($(basename "$BACKEND_BIN"), $BACKEND_THREADS thread) and Vane's control planes on cpu $LOAD_CPUS; nproc=$(nproc); $(uname -sr); load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$TMP/meta.md"
 
 total=$((REPS * $(wc -w <<<"$ROWS") * $(wc -w <<<"$CONNS") * $(wc -w <<<"$TARGETS"))); n=0
