@@ -7,7 +7,7 @@
 # `vane apply`), runs the same bounded load matrix against every target, interleaved
 # within each repetition, and prints a markdown table of medians with ratios to nginx.
 #
-#   benches/peer-bench.sh                     # the default matrix, about 10 minutes
+#   benches/peer-bench.sh                     # the default matrix, about 6 minutes
 #   benches/peer-bench.sh --quick             # smoke run: 1 rep of 3 s, GET / and h2c /
 #   VANES="before=/tmp/old/vane after=target/release/vane" benches/peer-bench.sh
 #   ROWS="get:/ get:/big" CONNS="50 256" REPS=3 DURATION=10s TARGETS="direct nginx haproxy" \
