@@ -24,6 +24,9 @@ for tool in nginx wrk taskset curl python3 ${H2:+h2load}; do command -v "$tool" 
 . "$HERE/backend.sh"
 bench_backend || exit 1
 TMP=$(mktemp -d /tmp/vane-ab.XXXXXX)
+# nginx's worker (www-data) writes request bodies over 16 KiB to files under it: without
+# this it answered every such POST with a 500 (open() failed: permission denied).
+chmod 755 "$TMP"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
 trap cleanup EXIT INT TERM
@@ -93,7 +96,8 @@ for rep in ${REPS:-1 2 3}; do
         reqs=$(awk '/requests in/{print $1}' "$TMP/wrk.txt")
         rps=$(awk '/Requests\/sec/{print $2}' "$TMP/wrk.txt")
         p99=$(awk '$1 == "99%" {print $2}' "$TMP/wrk.txt")
-        errors=$(grep -cE "Non-2xx|Socket errors" "$TMP/wrk.txt" || true)
+        # "Non-2xx or 3xx responses: N" and "Socket errors: connect N, read N, write N, timeout N"
+        errors=$(awk '/^ *Non-2xx/ { e += $NF } /Socket errors/ { gsub(",", ""); e += $4 + $6 + $8 + $10 } END { print e + 0 }' "$TMP/wrk.txt")
       fi
       # utime/stime are in clock ticks (100 per second): ticks * 1e4 / requests = us/request.
       awk -v c="$c" -v rep="$rep" -v name="$name" -v rps="$rps" -v p99="$p99" -v r="$reqs" -v u=$((u1 - u0)) \
@@ -109,10 +113,10 @@ python3 - "$TMP/lines" <<'PY'
 import re, statistics, sys, collections
 runs = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    m = re.match(r"c=(\d+) rep\d+ (\S+)\s+(\d+) req/s p99 (\S+) user\s+([\d.]+) kernel\s+([\d.]+) total\s+([\d.]+) us/req rss\s+([\d.]+)", line)
+    m = re.match(r"c=(\d+) rep\d+ (\S+)\s+(\d+) req/s p99 (\S+) user\s+([\d.]+) kernel\s+([\d.]+) total\s+([\d.]+) us/req rss\s+([\d.]+) MB errors (\d+)", line)
     if m:
         runs[(m[1], m[2])].append(m)
 for (c, name), ms in runs.items():
     med = lambda i: statistics.median(float(m[i]) for m in ms)
-    print(f"c={c} {name:10s} {med(3):9.0f} req/s user {med(5):5.2f} kernel {med(6):5.2f} total {med(7):5.2f} us/req rss {med(8):5.1f} MB ({len(ms)} runs)")
+    print(f"c={c} {name:10s} {med(3):9.0f} req/s user {med(5):5.2f} kernel {med(6):5.2f} total {med(7):5.2f} us/req rss {med(8):5.1f} MB errors {sum(int(m[9]) for m in ms)} ({len(ms)} runs)")
 PY

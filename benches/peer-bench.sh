@@ -7,7 +7,7 @@
 # `vane apply`), runs the same bounded load matrix against every target, interleaved
 # within each repetition, and prints a markdown table of medians with ratios to nginx.
 #
-#   benches/peer-bench.sh                     # the default matrix, about 10 minutes
+#   benches/peer-bench.sh                     # the default matrix, about 6 minutes
 #   benches/peer-bench.sh --quick             # smoke run: 1 rep of 3 s, GET / and h2c /
 #   VANES="before=/tmp/old/vane after=target/release/vane" benches/peer-bench.sh
 #   ROWS="get:/ get:/big" CONNS="50 256" REPS=3 DURATION=10s TARGETS="direct nginx haproxy" \
@@ -308,8 +308,8 @@ measure() {
   wait "$sampler" 2>/dev/null || true
   t1=$(date +%s%N); w1=$(core_user); read -r pu1 pk1 < <(cpu_ticks "$pid"); u1=$(upstream_conns)
   up=NA; [ "$u0" != NA ] && [ "$u1" != NA ] && up=$((u1 - u0))
-  RUN_BUSY=NA
-  if [ "$w0" != NA ]; then
+  RUN_BUSY=NA   # direct runs on the load core: nothing to tell there
+  if [ "$w0" != NA ] && [ "$t" != direct ]; then
     RUN_BUSY=$(awk -v w=$((w1 - w0 - (pu1 - pu0))) -v ns=$((t1 - t0)) -v hz="$CLK_TCK" \
       'BEGIN { b = w * 1e9 / hz / ns * 100; printf "%.1f", (b > 0 ? b : 0) }')
   fi
@@ -337,7 +337,7 @@ for t in $TARGETS; do IDLE_KB[$t]=$(rss_kb "${PID_OF[$t]}"); done
   for name in "${VANE_NAMES[@]}"; do echo "- $name: ${VANE_BIN[$name]} ($("${VANE_BIN[$name]}" --version 2>/dev/null | head -1))"; done
   echo "- nginx client_body_buffer_size: ${NGINX_CLIENT_BODY_BUFFER:-default (16k)}"
   echo "- rows: $ROWS; conns: $CONNS; $REPS reps of ${SECS}s, interleaved; warm-up ${WARM}s per row and target in rep 1"
-  echo "- proxies on cpu $PROXY_CPUS; load generator, backends (vane-bench-backend, $BACKEND_THREADS thread) and Vane's control planes on cpu $LOAD_CPUS; nproc=$(nproc); $(uname -sr); load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- proxies on cpu $PROXY_CPUS; load generator, backends ($(basename "$BACKEND_BIN"), $BACKEND_THREADS thread) and Vane's control planes on cpu $LOAD_CPUS; nproc=$(nproc); $(uname -sr); load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$TMP/meta.md"
 
 total=$((REPS * $(wc -w <<<"$ROWS") * $(wc -w <<<"$CONNS") * $(wc -w <<<"$TARGETS"))); n=0
@@ -351,7 +351,9 @@ for rep in $(seq "$REPS"); do
         n=$((n + 1))
         pid=${PID_OF[$t]}
         kill -0 "$pid" 2>/dev/null || die "$t (pid $pid) is gone: $(tail -5 "$TMP/logs/$t.log" 2>/dev/null)"
-        [ "$rep" = 1 ] && [ "$WARM" -gt 0 ] && load "$row" "$t" "$c" "$WARM" >/dev/null
+        # A warm-up whose load generator reports nothing (h2load given too short a time for
+        # its connections) is no reason to stop.
+        if [ "$rep" = 1 ] && [ "$WARM" -gt 0 ]; then load "$row" "$t" "$c" "$WARM" >/dev/null || true; fi
         for attempt in 1 2 3 4; do
           measure "$row" "$t" "$c"
           # Another process busy on the proxy core (a build on a shared machine) takes CPU
@@ -377,9 +379,10 @@ for t in $TARGETS; do echo "$t,${IDLE_KB[$t]}"; done >"$TMP/idle.csv"
 echo "- load average at the end $(cut -d' ' -f1-3 /proc/loadavg)" >>"$TMP/meta.md"
 
 # ----------------------------------------------------------------------------- table
-python3 - "$RAW" "$TMP/idle.csv" "$TMP/meta.md" "$NOTES" "$TARGETS" <<'PY' | tee "$OUT"
+python3 - "$RAW" "$TMP/idle.csv" "$TMP/meta.md" "$NOTES" "$TARGETS" "$RETRY_BUSY" <<'PY' | tee "$OUT"
 import csv, statistics as st, sys
 raw, idle_csv, meta, notes, targets = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5].split()
+retry_busy = float(sys.argv[6]) if sys.argv[6] else None
 rows = list(csv.DictReader(open(raw)))
 idle = dict(line.strip().split(",") for line in open(idle_csv) if line.strip())
 print(open(meta).read().rstrip())
@@ -399,15 +402,18 @@ def label(row):
 keys = []
 for r in rows:
     if (r["row"], r["conns"]) not in keys: keys.append((r["row"], r["conns"]))
-print("| load | conns | target | req/s (median) | spread min..max | p99 | CPU us/req | RSS idle/load MB | upstream conns per 1k req | vs nginx | others on proxy core | errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| load | conns | target | req/s (median) | spread min..max | p99 | CPU us/req | RSS idle/load MB | upstream conns per 1k req | vs nginx | others on proxy core | runs | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for row, c in keys:
     at = lambda t: [r for r in rows if r["row"] == row and r["conns"] == c and r["target"] == t]
-    ok = lambda rs: [r for r in rs if r["errors"] != "NA"]   # a run whose load generator failed has no figures
+    # A run whose load generator failed has no figures; with RETRY_BUSY, a run that stayed
+    # contended after its retries is left out too (the "runs" column counts what is left).
+    ok = lambda rs: [r for r in rs if r["errors"] != "NA" and not (
+        retry_busy and r["others_busy_pct"] not in ("NA", "") and float(r["others_busy_pct"]) > retry_busy)]
     nginx_by_rep = {r["rep"]: float(r["rate"]) for r in ok(at("nginx"))}
     for t in targets:
-        failed = len(at(t)) - len(ok(at(t)))
         rs = ok(at(t))
+        failed = sum(1 for r in at(t) if r["errors"] == "NA")
         if not rs: continue
         rate = med(rs, "rate") or 0.0
         lo, hi = min(float(r["rate"]) for r in rs), max(float(r["rate"]) for r in rs)
@@ -425,14 +431,16 @@ for row, c in keys:
         cpu, rss = med(rs, "cpu_us_per_req"), med(rs, "rss_kb")
         print(f"| {label(row)} | {c} | {t} | {rate:,.0f} | {lo:,.0f}..{hi:,.0f} | {us(med(rs, 'p99_us'))} | "
               f"{'-' if cpu is None else f'{cpu:.1f}'} | {int(idle.get(t, 0)) / 1024:.1f}/{'-' if rss is None else f'{rss / 1024:.1f}'} | "
-              f"{'-' if per_k is None else f'{per_k:.2f}'} | {ratio} | {'-' if busy is None else f'{busy:.0f}%'} | {errs} |")
+              f"{'-' if per_k is None else f'{per_k:.2f}'} | {ratio} | {'-' if busy is None else f'{busy:.0f}%'} | "
+              f"{len(rs)}/{len(at(t))} | {errs} |")
 print()
 print("Medians over reps. CPU us/req: the proxy's utime + stime over the run / requests (nginx: master + worker; "
       "Vane: the node, its control plane is on the load core); RSS: VmRSS over the same processes, idle before "
       "the runs and sampled mid-run; upstream conns: connections the two backends accepted during the runs per "
       "1,000 requests (for direct: the client's own). p99: wrk's, or h2load's per-request times. vs nginx: the median "
       "over reps of each run's rate over nginx's in the same rep. Others on proxy core: the share of the proxy's core "
-      "that other processes used during the run (user time), about 0% on an otherwise idle machine.")
+      "that other processes used during the run (user time), about 0% on an otherwise idle machine; runs: the runs "
+      "counted (with RETRY_BUSY, those still above it after their retries are not) of those made.")
 PY
 cp "$RAW" "${OUT%.md}.csv"
 log "table written to $OUT (raw rows: ${OUT%.md}.csv)"
