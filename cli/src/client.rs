@@ -264,9 +264,13 @@ fn parse_kind(kind: &str) -> anyhow::Result<Kind> {
         "certificate" | "certificates" | "cert" | "certs" => Kind::Certificate,
         "policy" | "policies" => Kind::Policy,
         "consumer" | "consumers" => Kind::Consumer,
+        "cache" | "caches" => Kind::Cache,
+        "compression" | "compressions" => Kind::Compression,
         "all" | "config" => Kind::Unspecified,
         other => {
-            bail!("unknown kind '{other}': use listeners, routes, clusters, certificates, policies, consumers or all")
+            bail!(
+                "unknown kind '{other}': use listeners, routes, clusters, certificates, policies, consumers, caches, compressions or all"
+            )
         }
     })
 }

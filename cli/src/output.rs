@@ -159,6 +159,14 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
                     .collect();
                 text.push_str(&table(&["CONSUMER", "API KEYS", "BASIC USER", "SUBJECTS"], rows));
             }
+            if all || kind == Kind::Cache {
+                let rows = config.caches.iter().map(|c| vec![c.name.clone()]).collect();
+                text.push_str(&table(&["CACHE"], rows));
+            }
+            if all || kind == Kind::Compression {
+                let rows = config.compressions.iter().map(|c| vec![c.name.clone()]).collect();
+                text.push_str(&table(&["COMPRESSION"], rows));
+            }
             if all || kind == Kind::Certificate {
                 let rows = config.certificates.iter().map(certificate_row).collect();
                 text.push_str(&table(&["CERTIFICATE", "NAMES", "NOT AFTER", "SOURCE"], rows));
@@ -329,6 +337,8 @@ fn resource_yaml(resource: Option<&Resource>) -> String {
         Some(resource::Resource::Certificate(c)) => config.certificates.push(c),
         Some(resource::Resource::Policy(p)) => config.policies.push(p),
         Some(resource::Resource::Consumer(c)) => config.consumers.push(c),
+        Some(resource::Resource::Cache(c)) => config.caches.push(c),
+        Some(resource::Resource::Compression(c)) => config.compressions.push(c),
         None => return String::new(),
     }
     render(&config, Format::Yaml)
@@ -354,6 +364,8 @@ pub(crate) fn diff(response: &DiffResponse, out: Output) -> String {
                     Kind::Certificate => "certificate",
                     Kind::Policy => "policy",
                     Kind::Consumer => "consumer",
+                    Kind::Cache => "cache",
+                    Kind::Compression => "compression",
                     Kind::Unspecified => "resource",
                 });
                 text.push_str(&format!("{op} {kind} {}\n", change.name));

@@ -15,8 +15,8 @@ use tracing::{info, warn};
 use vane_proto::admin::{
     ApplyRequest, ApplyResponse, BackupRequest, DeleteRequest, DiffRequest, DiffResponse, GetRequest, GetResponse,
     HistoryEntry, HistoryRequest, HistoryResponse, Kind, ListNodesRequest, ListNodesResponse, ListRequest,
-    ListResponse, PutRequest, Resource, RollbackRequest, SetEndpointDrainRequest, ValidateRequest, ValidateResponse,
-    config_service_server::ConfigService, resource,
+    ListResponse, PurgeCacheRequest, PurgeCacheResponse, PutRequest, Resource, RollbackRequest,
+    SetEndpointDrainRequest, ValidateRequest, ValidateResponse, config_service_server::ConfigService, resource,
 };
 use vane_proto::config::Config;
 use vane_proto::{ValidationErrors, config_sha256, validate};
@@ -227,6 +227,8 @@ fn select(config: Config, kind: Kind, name: Option<&str>) -> Config {
         certificates: pick(config.certificates, Kind::Certificate, kind, name, |r| &r.name),
         policies: pick(config.policies, Kind::Policy, kind, name, |r| &r.name),
         consumers: pick(config.consumers, Kind::Consumer, kind, name, |r| &r.name),
+        caches: pick(config.caches, Kind::Cache, kind, name, |r| &r.name),
+        compressions: pick(config.compressions, Kind::Compression, kind, name, |r| &r.name),
     }
 }
 
@@ -335,6 +337,8 @@ impl ConfigService for AdminService {
                 resource::Resource::Certificate(c) => upsert(&mut config.certificates, c, |c| &c.name),
                 resource::Resource::Policy(p) => upsert(&mut config.policies, p, |p| &p.name),
                 resource::Resource::Consumer(c) => upsert(&mut config.consumers, c, |c| &c.name),
+                resource::Resource::Cache(c) => upsert(&mut config.caches, c, |c| &c.name),
+                resource::Resource::Compression(c) => upsert(&mut config.compressions, c, |c| &c.name),
             }
             Ok(config)
         });
@@ -358,6 +362,8 @@ impl ConfigService for AdminService {
                 Kind::Certificate => remove(&mut config.certificates, &name, |c| &c.name),
                 Kind::Policy => remove(&mut config.policies, &name, |p| &p.name),
                 Kind::Consumer => remove(&mut config.consumers, &name, |c| &c.name),
+                Kind::Cache => remove(&mut config.caches, &name, |c| &c.name),
+                Kind::Compression => remove(&mut config.compressions, &name, |c| &c.name),
                 Kind::Unspecified => false,
             };
             if !found {
@@ -388,6 +394,11 @@ impl ConfigService for AdminService {
         let response =
             self.change(author, req.expected_version, req.dry_run, label, Box::new(move |_| Ok(target))).await?;
         Ok(Response::new(response))
+    }
+
+    async fn purge_cache(&self, _request: Request<PurgeCacheRequest>) -> Result<Response<PurgeCacheResponse>, Status> {
+        // TODO(issue 19, this session): purges are being wired.
+        Err(Status::unimplemented("cache purge is not wired yet"))
     }
 
     async fn set_endpoint_drain(

@@ -23,6 +23,15 @@ pub(crate) fn changes(old: &Config, new: &Config) -> Vec<ResourceChange> {
     );
     diff_kind(&mut out, Kind::Policy, &old.policies, &new.policies, |p| &p.name, resource::Resource::Policy);
     diff_kind(&mut out, Kind::Consumer, &old.consumers, &new.consumers, |c| &c.name, resource::Resource::Consumer);
+    diff_kind(&mut out, Kind::Cache, &old.caches, &new.caches, |c| &c.name, resource::Resource::Cache);
+    diff_kind(
+        &mut out,
+        Kind::Compression,
+        &old.compressions,
+        &new.compressions,
+        |c| &c.name,
+        resource::Resource::Compression,
+    );
     out
 }
 
@@ -77,6 +86,8 @@ pub(crate) fn kind_name(kind: Kind) -> &'static str {
         Kind::Certificate => "certificate",
         Kind::Policy => "policy",
         Kind::Consumer => "consumer",
+        Kind::Cache => "cache",
+        Kind::Compression => "compression",
     }
 }
 
@@ -90,6 +101,8 @@ fn kind_plural(kind: Kind) -> &'static str {
         Kind::Certificate => "certificates",
         Kind::Policy => "policies",
         Kind::Consumer => "consumers",
+        Kind::Cache => "caches",
+        Kind::Compression => "compressions",
     }
 }
 

@@ -173,6 +173,8 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
                         shared.fleet.problems(&node_id, report.problems);
                     }
                     node_message::Message::Hello(_) => warn!(node = %node_id, "hello ignored mid-stream"),
+                    // TODO(issue 19, this session): purges are being wired.
+                    node_message::Message::PurgeDone(_) => {}
                 },
                 Ok(Some(NodeMessage { message: None })) => {}
                 Ok(None) => break,

@@ -138,6 +138,8 @@ fn field_path(config: &Config, prefix: &str, e: &ConfigError) -> String {
         "certificate" => ("certificates", index(&config.certificates, &e.name, |r| &r.name)),
         "policy" => ("policies", index(&config.policies, &e.name, |r| &r.name)),
         "consumer" => ("consumers", index(&config.consumers, &e.name, |r| &r.name)),
+        "cache" => ("caches", index(&config.caches, &e.name, |r| &r.name)),
+        "compression" => ("compressions", index(&config.compressions, &e.name, |r| &r.name)),
         _ => ("", None),
     };
     let resource = match at {

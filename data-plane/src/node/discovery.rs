@@ -80,6 +80,8 @@ async fn session(
         version_held,
         hash_held,
         problems: shared.problems.report(),
+        // TODO(issue 19, this session): purges are being wired.
+        purge_seq_held: 0,
     };
     let _ = tx.send(NodeMessage { message: Some(node_message::Message::Hello(hello)) }).await;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));

@@ -5,8 +5,10 @@
 //! kind first (references are checked against the valid ones), then each kind in its own
 //! module; `check` holds the tools they share and `error` what they report, both leaves.
 
+mod cache;
 mod check;
 mod cluster;
+mod compress;
 mod error;
 mod listener;
 mod policy;
@@ -30,6 +32,8 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
     route::check(config, &mut v, &clusters, &listeners);
     tls::check(config, &mut v);
     policy::check(config, &mut v);
+    cache::check(config, &mut v);
+    compress::check(config, &mut v);
     v.finish()
 }
 
