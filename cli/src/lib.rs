@@ -14,6 +14,7 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+mod cache_cmd;
 mod client;
 pub mod demo;
 mod edit;
@@ -163,6 +164,9 @@ enum Command {
     /// Back up the control plane's store, or restore one from a backup.
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
+    /// Purge cached responses on every node.
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCommand),
 }
 
 /// `vane-node`: `vane proxy` alone, in a binary that links nothing else (no control plane,
@@ -317,6 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => edit::token(command),
         Command::Top(args) => top::top(args).await,
         Command::Store(command) => store_cmd::run(&admin, command).await,
+        Command::Cache(command) => cache_cmd::run(&admin, command).await,
     }
 }
 

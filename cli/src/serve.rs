@@ -47,8 +47,10 @@ pub(crate) struct ProxyArgs {
     /// This node's unique id.
     #[arg(long)]
     node_id: String,
-    /// Where the last good snapshot is kept (served when the control plane is down).
-    #[arg(long)]
+    /// The node's own state: its last good snapshot (served when the control plane is
+    /// down) and the last cache purge it applied. Not the response caches' disk tier (a
+    /// cache resource names its own directory). `--cache-dir` is the old name.
+    #[arg(long = "state-dir", visible_alias = "cache-dir", value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// Admin endpoint (/ready, /config).
     #[arg(long, default_value = "127.0.0.1:9901")]
@@ -228,7 +230,7 @@ pub(crate) async fn proxy(
         // The second node on a host, started with the first one's flags.
         NodeError::Admin { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => anyhow!(
             "admin endpoint {addr} is in use by another process (another node on this host? \
-             give each node its own --admin ADDR, and its own --cache-dir)"
+             give each node its own --admin ADDR, and its own --state-dir)"
         ),
         _ => anyhow::Error::from(e),
     })?;

@@ -43,7 +43,12 @@ pub(crate) fn record(db: &sled::Db, tree: &sled::Tree, purge: CachePurge) -> Res
     record_keeping(db, tree, purge, KEEP)
 }
 
-fn record_keeping(db: &sled::Db, tree: &sled::Tree, mut purge: CachePurge, keep: usize) -> Result<CachePurge, StoreError> {
+fn record_keeping(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    mut purge: CachePurge,
+    keep: usize,
+) -> Result<CachePurge, StoreError> {
     let seq = latest(tree)?.checked_add(1).ok_or(StoreError::Exhausted)?;
     purge.seq = seq;
     tree.insert(seq.to_be_bytes(), purge.encode_to_vec())?;
@@ -105,7 +110,10 @@ mod tests {
             assert_eq!(record(&db, &tree, purge(key)).unwrap().seq, i as u64 + 1);
         }
         let MissedPurges::These(missed) = after(&tree, 1).unwrap() else { panic!("node at 1 is within what is kept") };
-        assert_eq!(missed.iter().map(|p| (p.seq, p.key.as_str())).collect::<Vec<_>>(), [(2, "a.test/y"), (3, "b.test/z")]);
+        assert_eq!(
+            missed.iter().map(|p| (p.seq, p.key.as_str())).collect::<Vec<_>>(),
+            [(2, "a.test/y"), (3, "b.test/z")]
+        );
         assert_eq!(after(&tree, 3).unwrap(), MissedPurges::These(vec![]));
         // A node that held nothing, or more than the store has, empties its caches.
         let everything = MissedPurges::Everything(CachePurge { seq: 3, prefix: true, ..Default::default() });
@@ -125,7 +133,9 @@ mod tests {
         assert_eq!(tree.len(), KEEP);
         let newest = (KEEP + 5) as u64;
         assert_eq!(latest(&tree).unwrap(), newest);
-        assert!(matches!(after(&tree, 3).unwrap(), MissedPurges::Everything(p) if p.seq == newest && p.prefix && p.key.is_empty()));
+        assert!(
+            matches!(after(&tree, 3).unwrap(), MissedPurges::Everything(p) if p.seq == newest && p.prefix && p.key.is_empty())
+        );
         // The oldest kept is number 6: a node at 5 misses nothing that is gone.
         let MissedPurges::These(missed) = after(&tree, 5).unwrap() else { panic!("node at 5 can catch up") };
         assert_eq!(missed.len(), KEEP);
