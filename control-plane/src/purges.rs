@@ -29,6 +29,16 @@ pub(crate) async fn purge(shared: &Arc<Shared>, req: PurgeCacheRequest) -> Resul
     if req.key.len() > MAX_KEY {
         return Err(Status::invalid_argument(format!("a purge key has at most {MAX_KEY} bytes")));
     }
+    if !req.cache.is_empty() {
+        let known =
+            shared.published.borrow().as_ref().is_some_and(|p| p.config.caches.iter().any(|c| c.name == req.cache));
+        if !known {
+            return Err(Status::not_found(format!(
+                "no cache '{}' in the latest version (see `vane get caches`)",
+                req.cache
+            )));
+        }
+    }
     let asked = CachePurge { seq: 0, cache: req.cache, key: req.key, prefix: req.prefix };
     let purge = {
         // Numbers are taken in the order writers get the lock.
