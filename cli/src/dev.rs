@@ -36,9 +36,6 @@ use crate::demo::EchoServer;
 use crate::quickstart;
 use crate::serve::{DevArgs, start_control_plane};
 
-/// `--nodes` bounds: one process, one machine; more would only share the same cores.
-pub(crate) const MAX_NODES: u16 = 16;
-
 /// The id of node `i` (1-based).
 fn node_id(i: u16) -> String {
     format!("dev-{i}")

@@ -94,8 +94,9 @@ pub(crate) struct DevArgs {
     /// says, 127.0.0.1:8080). Only when the quickstart is applied (an empty store).
     #[arg(long)]
     pub(crate) web: Option<SocketAddr>,
-    /// Nodes to run, dev-1 to dev-N, sharing the listeners' ports (enable_reuse_port).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::dev::MAX_NODES)))]
+    /// Nodes to run, dev-1 to dev-N, sharing the listeners' ports (enable_reuse_port). At
+    /// most 16: one process on one machine, more would only share the same cores.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub(crate) nodes: u16,
 }
 
