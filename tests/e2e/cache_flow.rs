@@ -1,0 +1,94 @@
+//! The response cache under concurrency and failure: misses coalesced into one upstream
+//! request, stale-while-revalidate with exactly one background refresh, stale-if-error
+//! with the origin gone, and purges by key and prefix.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use vane_suite::{eventually, init_logs};
+
+use super::cache::{Cached, Origin, cache_status, x_cache};
+
+#[tokio::test]
+async fn a_hundred_concurrent_misses_make_one_upstream_request() {
+    init_logs();
+    let origin = Origin::start().await;
+    let t = Cached::start(origin.addr, "").await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (client, web) = (t.client.clone(), t.web);
+        set.spawn(async move { client.get(web, "/slow").await.expect("answered") });
+    }
+    let mut outcomes = std::collections::BTreeMap::new();
+    while let Some(r) = set.join_next().await {
+        let r = r.unwrap();
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "slow 1"));
+        *outcomes.entry(x_cache(&r).to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(origin.hits("/slow"), 1, "one upstream request for 100 misses: {outcomes:?}");
+    assert_eq!(outcomes.get("MISS"), Some(&1), "{outcomes:?}");
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
+    let origin = Origin::start().await;
+    let t = Cached::start(origin.addr, "").await;
+    assert_eq!(t.get("/swr", &[]).await.body, "swr 1");
+    // max-age=2: poll until the entry is served stale (its refresh starts then).
+    eventually(Duration::from_secs(5), "the entry is served stale", || async {
+        let r = t.get("/swr", &[]).await;
+        (x_cache(&r) == "STALE").then_some(())
+    })
+    .await;
+    // The refresh takes 300 ms: everything meanwhile is the stale entry, and no second
+    // refresh starts.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (client, web) = (t.client.clone(), t.web);
+        set.spawn(async move { client.get(web, "/swr").await.expect("answered") });
+    }
+    while let Some(r) = set.join_next().await {
+        let r = r.unwrap();
+        assert!(r.body == "swr 1" || r.body == "swr 2", "{}", r.body);
+    }
+    let refreshed = eventually(Duration::from_secs(5), "the refreshed entry is served", || async {
+        let r = t.get("/swr", &[]).await;
+        (r.body == "swr 2").then_some(r)
+    })
+    .await;
+    assert_eq!(x_cache(&refreshed), "HIT");
+    assert_eq!(origin.hits("/swr"), 2, "exactly one background refresh");
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_stale_entry_while_the_origin_is_down() {
+    let origin = Origin::start().await;
+    let t = Cached::start(origin.addr, "").await;
+    assert_eq!(t.get("/sie", &[]).await.body, "sie 1");
+    drop(origin);
+    // max-age=1, stale-if-error=60: once stale, the dead origin's 502 is replaced.
+    let r = eventually(Duration::from_secs(5), "the stale entry is served", || async {
+        let r = t.get("/sie", &[]).await;
+        (x_cache(&r) == "STALE").then_some(r)
+    })
+    .await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "sie 1"));
+    assert!(cache_status(&r).contains("fwd-status=502"), "{}", cache_status(&r));
+    // Without stale-if-error the same failure reaches the client.
+    let other = t.get("/other", &[]).await;
+    assert_eq!(other.status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn the_config_default_stale_if_error_window_applies_when_the_response_says_nothing() {
+    let origin = Origin::start().await;
+    let t = Cached::start(origin.addr, ", stale_if_error: 60s").await;
+    assert_eq!(t.get("/short", &[]).await.body, "short 1");
+    drop(origin);
+    let r = eventually(Duration::from_secs(5), "the stale entry is served", || async {
+        let r = t.get("/short", &[]).await;
+        (x_cache(&r) == "STALE").then_some(r)
+    })
+    .await;
+    assert_eq!(r.body, "short 1");
+}
