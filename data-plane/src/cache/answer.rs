@@ -40,7 +40,12 @@ impl Outcome {
 }
 
 /// Sets the status header (when configured) and `Cache-Status`.
-pub(crate) fn mark(headers: &mut HeaderMap, status_header: Option<&HeaderName>, outcome: Outcome, cache_status: String) {
+pub(crate) fn mark(
+    headers: &mut HeaderMap,
+    status_header: Option<&HeaderName>,
+    outcome: Outcome,
+    cache_status: String,
+) {
     if let Some(name) = status_header {
         headers.insert(name.clone(), HeaderValue::from_static(outcome.label()));
     }

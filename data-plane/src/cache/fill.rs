@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName};
 use http::StatusCode;
+use http::header::{HeaderMap, HeaderName};
 
 use super::policy::Freshness;
 use super::registry::RouteCacheStats;

@@ -280,8 +280,14 @@ mod tests {
     fn no_store_private_set_cookie_and_vary_star_are_not_stored() {
         assert_eq!(store(&[], 200, &[("cache-control", "no-store, max-age=9")]), Err(NotStored::NoStore));
         assert_eq!(store(&[], 200, &[("cache-control", "private, max-age=9")]), Err(NotStored::Private));
-        assert_eq!(store(&[("cache-control", "no-store")], 200, &[("cache-control", "max-age=9")]), Err(NotStored::NoStore));
-        assert_eq!(store(&[], 200, &[("cache-control", "max-age=9"), ("set-cookie", "a=b")]), Err(NotStored::SetCookie));
+        assert_eq!(
+            store(&[("cache-control", "no-store")], 200, &[("cache-control", "max-age=9")]),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(
+            store(&[], 200, &[("cache-control", "max-age=9"), ("set-cookie", "a=b")]),
+            Err(NotStored::SetCookie)
+        );
         assert_eq!(store(&[], 200, &[("cache-control", "max-age=9"), ("vary", "*")]), Err(NotStored::VaryStar));
     }
 

@@ -69,11 +69,14 @@ impl Prepared {
     }
 }
 
+/// Stores by cache name, with the spec (encoded) each was built from.
+type Stores = BTreeMap<String, (Vec<u8>, Arc<Store>)>;
+
 /// Every cache of the node, across swaps.
 #[derive(Debug, Default)]
 pub(crate) struct Caches {
     /// By name: the spec (encoded) the store was built from, and the store.
-    stores: Mutex<BTreeMap<String, (Vec<u8>, Arc<Store>)>>,
+    stores: Mutex<Stores>,
     routes: Mutex<BTreeMap<(String, String), Arc<RouteCacheStats>>>,
 }
 
@@ -164,7 +167,8 @@ impl Caches {
         header(out, "vane_cache_stored_total", "counter", "Responses a route stored in its cache.");
         for ((route, cache), s) in &routes {
             let n = s.stored.load(Ordering::Relaxed);
-            let _ = writeln!(out, "vane_cache_stored_total{{route=\"{}\",cache=\"{}\"}} {n}", escape(route), escape(cache));
+            let _ =
+                writeln!(out, "vane_cache_stored_total{{route=\"{}\",cache=\"{}\"}} {n}", escape(route), escape(cache));
         }
         header(out, "vane_cache_stored_bytes_total", "counter", "Body bytes a route stored in its cache.");
         for ((route, cache), s) in &routes {
@@ -172,10 +176,8 @@ impl Caches {
             let (r, c) = (escape(route), escape(cache));
             let _ = writeln!(out, "vane_cache_stored_bytes_total{{route=\"{r}\",cache=\"{c}\"}} {n}");
         }
-        let usage: Vec<(&String, (u64, u64), u64)> = stores
-            .iter()
-            .map(|(n, s)| (n, s.usage(), s.stats.evictions.load(Ordering::Relaxed)))
-            .collect();
+        let usage: Vec<(&String, (u64, u64), u64)> =
+            stores.iter().map(|(n, s)| (n, s.usage(), s.stats.evictions.load(Ordering::Relaxed))).collect();
         header(out, "vane_cache_bytes", "gauge", "Bytes a cache's memory tier holds (bodies, headers, keys).");
         for (name, (bytes, _), _) in &usage {
             let _ = writeln!(out, "vane_cache_bytes{{cache=\"{}\"}} {bytes}", escape(name));

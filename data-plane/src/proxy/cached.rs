@@ -31,13 +31,8 @@ use super::connection::Connection;
 use super::handle::{Taken, host_of};
 
 /// Request fields a conditional request to the origin replaces.
-const CONDITIONALS: [header::HeaderName; 5] = [
-    header::IF_NONE_MATCH,
-    header::IF_MODIFIED_SINCE,
-    header::IF_MATCH,
-    header::IF_UNMODIFIED_SINCE,
-    header::IF_RANGE,
-];
+const CONDITIONALS: [header::HeaderName; 5] =
+    [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_MATCH, header::IF_UNMODIFIED_SINCE, header::IF_RANGE];
 
 impl Connection {
     /// Takes a request on a route with a cache.
@@ -282,7 +277,10 @@ impl Connection {
             let found = Found { entry: &route_entry, params };
             let (_, _, _, response, upstream) = conn.take(found, head, None, downstream).await;
             let refreshed = if response.status() == StatusCode::NOT_MODIFIED && entry.has_validators() {
-                cache.refresh(&entry, response.headers()).map(|e| cache.store.insert(&key, &client, Arc::new(e))).is_some()
+                cache
+                    .refresh(&entry, response.headers())
+                    .map(|e| cache.store.insert(&key, &client, Arc::new(e)))
+                    .is_some()
             } else {
                 store_whole(&cache, key, client, response, upstream).await
             };
@@ -351,8 +349,7 @@ fn invalidate(cache: &RouteCache, host: Option<&str>, uri: &Uri, response: &Head
     let spec = &cache.store.settings.key;
     cache.store.invalidate(&spec.base(host, uri.path(), uri.query()));
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
-        let Some(target) = response.get(&name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<Uri>().ok())
-        else {
+        let Some(target) = response.get(&name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<Uri>().ok()) else {
             continue;
         };
         let same_host = match (target.authority(), host) {

@@ -78,6 +78,8 @@ mod tests {
                 "route 'r': cache: unknown cache 'nope'",
             ]
         );
-        assert!(errors("caches:\n  - {name: c, max_bytes: 1048576, default_ttl: 10s, status_header: '-'}\n").is_empty());
+        assert!(
+            errors("caches:\n  - {name: c, max_bytes: 1048576, default_ttl: 10s, status_header: '-'}\n").is_empty()
+        );
     }
 }
