@@ -50,6 +50,16 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
             }
         }
     }
+    let mut dirs = std::collections::HashSet::new();
+    for (i, c) in config.caches.iter().enumerate() {
+        let Some(disk) = &c.disk else { continue };
+        let name = display_name(&c.name, i);
+        if !disk.path.starts_with('/') {
+            v.err("cache", &name, "disk.path", format!("'{}' is not an absolute path", disk.path));
+        } else if !dirs.insert(disk.path.trim_end_matches('/')) {
+            v.err("cache", &name, "disk.path", format!("'{}' is another cache's directory", disk.path));
+        }
+    }
     for (i, r) in config.routes.iter().enumerate() {
         if !r.cache.is_empty() && !caches.contains(r.cache.as_str()) {
             v.err("route", &display_name(&r.name, i), "cache", format!("unknown cache '{}'", r.cache));
