@@ -7,11 +7,12 @@
 //! live in a byte-bounded `moka` cache per resource ([`store`]), kept by the node's
 //! [`Caches`] across snapshots. Misses of one key are coalesced: the first goes
 //! upstream, the others wait (at most the cache's `lock_timeout`) and are answered from
-//! what it stored once its body is complete (they do not stream along with it).
-//!
-//! Not here yet: a disk tier.
+//! what it stored once its body is complete (they do not stream along with it). A cache
+//! may have a disk tier ([`disk`]) under its memory: written behind every store, read on
+//! a memory miss, kept across restarts.
 
 pub(crate) mod answer;
+pub(crate) mod disk;
 pub(crate) mod fill;
 pub(crate) mod key;
 pub(crate) mod policy;

@@ -14,6 +14,7 @@ use vane_proto::config::Config;
 use crate::observe::metrics::{escape, header};
 
 use super::answer::Outcome;
+use super::disk::Disk;
 use super::store::{Settings, Store};
 
 /// What one route's requests did with one cache.
@@ -69,6 +70,19 @@ impl Prepared {
     }
 }
 
+/// The disk tier of `c` (settings encoded as `spec`), when it has one and its directory
+/// opens; a cache whose directory does not open serves from memory alone.
+fn open_disk(c: &vane_proto::config::Cache, spec: &[u8]) -> Option<Arc<Disk>> {
+    let d = c.disk.as_ref()?;
+    match Disk::open(std::path::Path::new(&d.path), d.max_bytes, spec) {
+        Ok(disk) => Some(Arc::new(disk)),
+        Err(error) => {
+            tracing::warn!(cache = %c.name, dir = %d.path, %error, "cache directory not usable; memory only");
+            None
+        }
+    }
+}
+
 /// Stores by cache name, with the spec (encoded) each was built from.
 type Stores = BTreeMap<String, (Vec<u8>, Arc<Store>)>;
 
@@ -92,9 +106,9 @@ impl Caches {
                 Some((old, store)) if old == spec => store,
                 Some((_, store)) => {
                     store.clear();
-                    Store::new(Settings::compile(c))
+                    Store::new(Settings::compile(c), open_disk(c, &spec))
                 }
-                None => Store::new(Settings::compile(c)),
+                None => Store::new(Settings::compile(c), open_disk(c, &spec)),
             };
             next.insert(c.name.clone(), (spec, store));
         }
@@ -189,6 +203,12 @@ impl Caches {
         header(out, "vane_cache_evictions_total", "counter", "Entries evicted to keep a cache within its bytes.");
         for (name, _, evictions) in &usage {
             let _ = writeln!(out, "vane_cache_evictions_total{{cache=\"{}\"}} {evictions}", escape(name));
+        }
+        header(out, "vane_cache_disk_bytes", "gauge", "Bytes a cache's disk tier holds.");
+        for (name, store) in &stores {
+            if let Some(disk) = &store.disk {
+                let _ = writeln!(out, "vane_cache_disk_bytes{{cache=\"{}\"}} {}", escape(name), disk.bytes());
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::support::duration_or;
 
+use super::disk::Disk;
 use super::key::{self, KeySpec, VARIANT};
 use super::policy::{Defaults, Freshness};
 
@@ -179,6 +180,8 @@ pub(crate) struct Store {
     /// Keys some request is fetching now, with what its waiters watch.
     flights: Mutex<HashMap<Arc<str>, watch::Receiver<()>>>,
     pub(crate) stats: StoreStats,
+    /// The disk tier, when the cache has one.
+    pub(crate) disk: Option<Arc<Disk>>,
 }
 
 /// A miss that fetches for every request of its key: when dropped (stored or not), its
@@ -205,7 +208,7 @@ pub(crate) enum Turn {
 }
 
 impl Store {
-    pub(crate) fn new(settings: Settings) -> Arc<Store> {
+    pub(crate) fn new(settings: Settings, disk: Option<Arc<Disk>>) -> Arc<Store> {
         let stats = StoreStats::default();
         let evictions = stats.evictions.clone();
         let mem = moka::sync::Cache::builder()
@@ -220,7 +223,7 @@ impl Store {
                 }
             })
             .build();
-        Arc::new(Store { settings, mem, flights: Mutex::default(), stats })
+        Arc::new(Store { settings, mem, flights: Mutex::default(), stats, disk })
     }
 
     /// The stored response for a request with key `key` and `headers`, and the storage
@@ -235,11 +238,20 @@ impl Store {
         }
     }
 
-    /// Stores `entry` as the answer to requests with `key` and `headers`.
+    /// Stores `entry` as the answer to requests with `key` and `headers` (on disk too
+    /// when the cache has a disk tier).
     pub(crate) fn insert(&self, key: &str, headers: &HeaderMap, entry: Arc<Entry>) {
+        let at = self.insert_memory(key, headers, entry.clone());
+        if let Some(disk) = &self.disk {
+            disk.write(at.as_deref().unwrap_or(key), &entry);
+        }
+    }
+
+    /// Stores `entry` in memory; the variant's storage key when it varies.
+    fn insert_memory(&self, key: &str, headers: &HeaderMap, entry: Arc<Entry>) -> Option<String> {
         if entry.vary.is_empty() {
             self.mem.insert(key.into(), Slot::Response(entry));
-            return;
+            return None;
         }
         let names = entry.vary.clone();
         let at = variant_key(key, &names, headers);
@@ -247,7 +259,29 @@ impl Store {
         if !same {
             self.mem.insert(key.into(), Slot::Vary(names));
         }
-        self.mem.insert(at.into(), Slot::Response(entry));
+        self.mem.insert(at.as_str().into(), Slot::Response(entry));
+        Some(at)
+    }
+
+    /// [`Store::find`], then the disk tier (read off the request thread); what the disk
+    /// gives back is kept in memory again.
+    pub(crate) async fn find_or_load(&self, key: &str, headers: &HeaderMap) -> Option<Arc<Entry>> {
+        if let Some(found) = self.find(key, headers) {
+            return Some(found);
+        }
+        let disk = self.disk.as_ref()?;
+        let at = match disk.varies(key) {
+            Some(names) => variant_key(key, &names, headers),
+            None => key.to_owned(),
+        };
+        if !disk.holds(&at) {
+            return None;
+        }
+        let reader = disk.clone();
+        let entry = tokio::task::spawn_blocking(move || reader.read(&at)).await.ok()??;
+        let entry = Arc::new(entry);
+        self.insert_memory(key, headers, entry.clone());
+        Some(entry)
     }
 
     /// The request's turn for a missing `key`.
@@ -276,11 +310,20 @@ impl Store {
             })
             .map(|(k, v)| (Arc::clone(&*k), matches!(v, Slot::Response(_))))
             .collect();
+        let mut gone: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
         for (k, response) in doomed {
             if self.mem.remove(&k).is_some() && response {
-                removed += 1;
+                gone.insert(k);
             }
         }
+        if let Some(disk) = &self.disk {
+            let matching = |k: &str| {
+                let base = k.split(VARIANT).next().unwrap_or(k);
+                if prefix { base.starts_with(key) } else { base == key }
+            };
+            gone.extend(disk.remove_if(matching));
+        }
+        removed += gone.len() as u64;
         removed
     }
 
@@ -298,6 +341,11 @@ impl Store {
         for k in doomed {
             self.mem.invalidate(&k);
         }
+        if let Some(disk) = &self.disk {
+            let matching =
+                |k: &str| k.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with(['|', VARIANT]));
+            disk.remove_if(matching);
+        }
     }
 
     /// Bytes held and entries (varying responses' markers included).
@@ -306,8 +354,12 @@ impl Store {
         (self.mem.weighted_size(), self.mem.entry_count())
     }
 
+    /// Drops every entry, on disk too.
     pub(crate) fn clear(&self) {
         self.mem.invalidate_all();
+        if let Some(disk) = &self.disk {
+            disk.remove_if(|_| true);
+        }
     }
 }
 
@@ -345,7 +397,7 @@ mod tests {
 
     #[test]
     fn varying_responses_are_kept_apart_and_purged_together() {
-        let store = Store::new(settings(0));
+        let store = Store::new(settings(0), None);
         let (mut gzip, mut br) = (HeaderMap::new(), HeaderMap::new());
         gzip.insert(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
         br.insert(header::ACCEPT_ENCODING, "br".parse().unwrap());
@@ -362,7 +414,7 @@ mod tests {
 
     #[test]
     fn the_memory_tier_stays_within_its_bytes() {
-        let store = Store::new(settings(64 * 1024));
+        let store = Store::new(settings(64 * 1024), None);
         for i in 0..200 {
             let body = Bytes::from(vec![b'x'; 1024]);
             let e = Entry::new(StatusCode::OK, HeaderMap::new(), body, fresh(60), Arc::from([]));
@@ -384,7 +436,7 @@ mod tests {
 
     #[test]
     fn a_second_miss_waits_for_the_first() {
-        let store = Store::new(settings(0));
+        let store = Store::new(settings(0), None);
         let Turn::Lead(flight) = store.turn("k") else { panic!("first is not the lead") };
         let Turn::Wait(rx) = store.turn("k") else { panic!("second does not wait") };
         drop(flight);

@@ -64,7 +64,7 @@ impl Connection {
         }
         let key = settings.key.key(host_of(&req), req.uri().path(), req.uri().query(), req.headers());
         let asks = Asks::of(req.headers());
-        if let Some(entry) = store.find(&key, req.headers()) {
+        if let Some(entry) = store.find_or_load(&key, req.headers()).await {
             let now = Instant::now();
             match entry.standing(now) {
                 Standing::Fresh(_) if !asks.revalidate && !entry.freshness.no_cache => {
