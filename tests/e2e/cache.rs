@@ -120,7 +120,7 @@ async fn answer(req: &Request<hyper::body::Incoming>, n: u64) -> Response<Full<B
 /// A control plane and a node whose `web` listener sends everything to `origin` through
 /// the cache `edge` (with `cache` as its extra YAML fields).
 pub(crate) struct Cached {
-    _cp: TestControlPlane,
+    pub(crate) cp: TestControlPlane,
     pub(crate) node: vane_data_plane::Node,
     pub(crate) web: SocketAddr,
     pub(crate) client: HttpClient,
@@ -139,7 +139,7 @@ impl Cached {
         cp.apply(&yaml).await.expect("config applies");
         wait_version(&node, 1).await;
         let web = listener(&node, "web").await;
-        Cached { _cp: cp, node, web, client: HttpClient::default() }
+        Cached { cp, node, web, client: HttpClient::default() }
     }
 
     pub(crate) async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {

@@ -1,11 +1,11 @@
 //! The response cache under concurrency and failure: misses coalesced into one upstream
 //! request, stale-while-revalidate with exactly one background refresh, stale-if-error
-//! with the origin gone, and purges by key and prefix.
+//! with the origin gone, and the disk tier across a node restart.
 
 use std::time::Duration;
 
 use http::StatusCode;
-use vane_suite::{eventually, init_logs};
+use vane_suite::{eventually, init_logs, listener, wait_version};
 
 use super::cache::{Cached, Origin, cache_status, x_cache};
 
@@ -91,4 +91,44 @@ async fn the_config_default_stale_if_error_window_applies_when_the_response_says
     })
     .await;
     assert_eq!(r.body, "short 1");
+}
+
+#[tokio::test]
+async fn the_disk_tier_serves_after_a_node_restart_and_drops_a_damaged_entry() {
+    // The key holds the host: one name for both nodes, whose listeners get other ports.
+    const HOST: &[(&str, &str)] = &[("host", "www.example.test")];
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge");
+    let mut t = Cached::start(origin.addr, &format!(", disk: {{path: '{}'}}", path.display())).await;
+    t.get("/fresh", HOST).await;
+    t.get("/range", HOST).await;
+    let files = || std::fs::read_dir(&path).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>());
+    // Written behind the answers: two entries and the SPEC file, no temporary file left.
+    eventually(Duration::from_secs(5), "both entries on disk", || async {
+        let names = files().ok()?;
+        (names.len() == 3 && names.iter().all(|p| p.extension().is_none())).then_some(())
+    })
+    .await;
+    // Damage /range's file (its head names the key in clear).
+    let damaged = files()
+        .unwrap()
+        .into_iter()
+        .find(|p| std::fs::read(p).unwrap().windows(6).any(|w| w == b"/range"))
+        .expect("the /range file");
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x20;
+    std::fs::write(&damaged, bytes).unwrap();
+
+    // A new node process state: the memory tier is empty, the directory is not.
+    drop(std::mem::replace(&mut t.node, t.cp.node("n1-again").await));
+    wait_version(&t.node, 1).await;
+    t.web = listener(&t.node, "web").await;
+    let fresh = t.get("/fresh", HOST).await;
+    assert_eq!((x_cache(&fresh), fresh.body.as_str()), ("HIT", "0123456789"), "{}", cache_status(&fresh));
+    assert_eq!(origin.hits("/fresh"), 1, "served from disk after the restart");
+    let range = t.get("/range", HOST).await;
+    assert_eq!((x_cache(&range), range.body.as_str()), ("MISS", "0123456789"), "the damaged entry is not served");
+    assert_eq!(origin.hits("/range"), 2);
 }
