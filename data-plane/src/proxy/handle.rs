@@ -186,6 +186,13 @@ impl Connection {
             Ok(applied) => {
                 let mut taken = self.serve(found, req, bytes_in, downstream).await;
                 applied.respond(&mut taken.3, &ctx).await;
+                // A transform that rewrote the body: the cache keeps upstream answers only
+                // (a hit is transformed again on its way out).
+                if !matches!(taken.3.body(), Either::Left(_))
+                    && let Some(upstream) = taken.4.as_mut()
+                {
+                    upstream.fill = None;
+                }
                 taken
             }
         }
