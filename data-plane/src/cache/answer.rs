@@ -12,7 +12,7 @@ use http_body_util::{Either, Full};
 
 use crate::http::body::InnerBody;
 
-use super::store::Entry;
+use super::entry::Entry;
 
 /// The `Cache-Status` header (RFC 9211).
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");

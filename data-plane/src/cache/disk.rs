@@ -25,9 +25,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
+use super::entry::Entry;
 use super::key::VARIANT;
 use super::policy::Freshness;
-use super::store::Entry;
 
 /// Default bound of a disk tier: 1 GiB.
 pub(crate) const DEFAULT_DISK_BYTES: u64 = 1 << 30;

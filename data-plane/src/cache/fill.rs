@@ -11,9 +11,10 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName};
 
+use super::entry::Entry;
 use super::policy::Freshness;
 use super::registry::RouteCacheStats;
-use super::store::{Entry, Flight, Store};
+use super::store::{Flight, Store};
 
 /// A response on its way into the cache.
 #[derive(Debug)]

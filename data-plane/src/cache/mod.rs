@@ -13,6 +13,7 @@
 
 pub(crate) mod answer;
 pub(crate) mod disk;
+pub(crate) mod entry;
 pub(crate) mod fill;
 pub(crate) mod key;
 pub(crate) mod policy;
@@ -29,9 +30,10 @@ use hyper::body::Body;
 use crate::http::body::InnerBody;
 
 pub(crate) use answer::Outcome;
+pub(crate) use entry::{Entry, Standing};
 pub(crate) use fill::Fill;
 pub(crate) use registry::{Caches, Prepared, RouteCache};
-pub(crate) use store::{Entry, Flight, Standing, Turn};
+pub(crate) use store::{Flight, Turn};
 
 use policy::NotStored;
 

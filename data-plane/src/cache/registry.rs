@@ -216,8 +216,8 @@ impl Caches {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::entry::Entry;
     use crate::cache::policy::Freshness;
-    use crate::cache::store::Entry;
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
     use std::time::Duration;

@@ -6,21 +6,20 @@
 //! `key NUL secondary` holds the response (see [`crate::cache::key`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::StatusCode;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 use moka::notification::RemovalCause;
 use tokio::sync::watch;
 
 use crate::support::duration_or;
 
 use super::disk::Disk;
+use super::entry::Entry;
 use super::key::{self, KeySpec, VARIANT};
-use super::policy::{Defaults, Freshness};
+use super::policy::Defaults;
 
 /// What a store slot holds.
 #[derive(Debug, Clone)]
@@ -28,101 +27,6 @@ pub(crate) enum Slot {
     /// The response at this key varies on these headers (sorted, lowercase).
     Vary(Arc<[HeaderName]>),
     Response(Arc<Entry>),
-}
-
-/// A stored response.
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub(crate) status: StatusCode,
-    /// As received, less `Age` and hop-by-hop fields, with a `Content-Length`.
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Bytes,
-    pub(crate) stored: Instant,
-    pub(crate) freshness: Freshness,
-    /// The headers this response varies on (empty: none).
-    pub(crate) vary: Arc<[HeaderName]>,
-    /// Set while one request refreshes it in the background (`stale-while-revalidate`).
-    pub(crate) refreshing: AtomicBool,
-}
-
-/// How an entry stands at a moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Standing {
-    /// Fresh for this much longer.
-    Fresh(Duration),
-    /// Stale by this much.
-    Stale(Duration),
-}
-
-impl Entry {
-    pub(crate) fn new(
-        status: StatusCode,
-        mut headers: HeaderMap,
-        body: Bytes,
-        freshness: Freshness,
-        vary: Arc<[HeaderName]>,
-    ) -> Entry {
-        headers.remove(header::AGE);
-        headers.remove(header::TRANSFER_ENCODING);
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        Entry { status, headers, body, stored: Instant::now(), freshness, vary, refreshing: AtomicBool::new(false) }
-    }
-
-    /// The response's current age (RFC 9111 §4.2.3).
-    pub(crate) fn age(&self, now: Instant) -> Duration {
-        self.freshness.initial_age + now.saturating_duration_since(self.stored)
-    }
-
-    pub(crate) fn standing(&self, now: Instant) -> Standing {
-        let age = self.age(now);
-        match self.freshness.lifetime.checked_sub(age) {
-            Some(left) if !left.is_zero() => Standing::Fresh(left),
-            _ => Standing::Stale(age.saturating_sub(self.freshness.lifetime)),
-        }
-    }
-
-    pub(crate) fn etag(&self) -> Option<&HeaderValue> {
-        self.headers.get(header::ETAG)
-    }
-
-    pub(crate) fn last_modified(&self) -> Option<&HeaderValue> {
-        self.headers.get(header::LAST_MODIFIED)
-    }
-
-    pub(crate) fn has_validators(&self) -> bool {
-        self.etag().is_some() || self.last_modified().is_some()
-    }
-
-    /// May be served `stale` past its freshness while one request refreshes it.
-    pub(crate) fn within_swr(&self, stale: Duration) -> bool {
-        !self.freshness.must_revalidate && !self.freshness.no_cache && stale < self.freshness.stale_while_revalidate
-    }
-
-    /// May be served `stale` past its freshness because the upstream failed.
-    pub(crate) fn within_sie(&self, stale: Duration) -> bool {
-        !self.freshness.must_revalidate && stale < self.freshness.stale_if_error
-    }
-
-    /// This entry updated by a `304` (RFC 9111 §4.3.4): its headers replaced by the 304's,
-    /// its freshness computed anew.
-    pub(crate) fn refreshed(&self, update: &HeaderMap, freshness: Freshness) -> Entry {
-        let mut headers = self.headers.clone();
-        for name in update.keys() {
-            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-                continue;
-            }
-            headers.remove(name);
-            for v in update.get_all(name) {
-                headers.append(name.clone(), v.clone());
-            }
-        }
-        Entry::new(self.status, headers, self.body.clone(), freshness, self.vary.clone())
-    }
-
-    fn weight(&self, key: &str) -> u32 {
-        let headers: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
-        u32::try_from(self.body.len() + headers + key.len() + 256).unwrap_or(u32::MAX)
-    }
 }
 
 /// Counters of one store, rendered on `/metrics`.
@@ -375,6 +279,9 @@ fn variant_key(key: &str, names: &[HeaderName], headers: &HeaderMap) -> String {
 mod tests {
     use super::*;
     use crate::cache::policy::Freshness;
+    use bytes::Bytes;
+    use http::StatusCode;
+    use http::header;
 
     fn fresh(secs: u64) -> Freshness {
         Freshness {
@@ -423,15 +330,6 @@ mod tests {
         let (bytes, _) = store.usage();
         assert!(bytes <= 64 * 1024, "{bytes}");
         assert!(store.stats.evictions.load(Ordering::Relaxed) > 0);
-    }
-
-    #[test]
-    fn entries_age_and_go_stale() {
-        let mut e = entry("x", &[]);
-        e.freshness.initial_age = Duration::from_secs(50);
-        let now = e.stored;
-        assert_eq!(e.standing(now), Standing::Fresh(Duration::from_secs(10)));
-        assert_eq!(e.standing(now + Duration::from_secs(15)), Standing::Stale(Duration::from_secs(5)));
     }
 
     #[test]
