@@ -270,6 +270,12 @@ async fn authorised_requests_are_stored_only_when_the_response_allows_it() {
     let public = t.get("/auth-public", &auth).await;
     assert_eq!((x_cache(&public), public.body.as_str()), ("HIT", "public 1"));
     assert_eq!((origin.hits("/auth"), origin.hits("/auth-public")), (2, 1));
+    // Stored for a request without credentials, /auth (max-age only) still answers no
+    // authorised request.
+    t.get("/auth", &[]).await;
+    assert_eq!(x_cache(&t.get("/auth", &[]).await), "HIT");
+    let authorised = t.get("/auth", &auth).await;
+    assert_eq!((x_cache(&authorised), authorised.body.as_str()), ("MISS", "auth 4"));
 }
 
 #[tokio::test]

@@ -186,6 +186,7 @@ mod tests {
             stale_if_error: Duration::ZERO,
             must_revalidate: false,
             no_cache: false,
+            shared_with_authorization: false,
         };
         Entry::new(StatusCode::OK, h, Bytes::from_static(b"0123456789"), f, Arc::from([]))
     }

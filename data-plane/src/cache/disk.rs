@@ -74,6 +74,8 @@ struct Head {
     sie_ms: u64,
     must_revalidate: bool,
     no_cache: bool,
+    #[serde(default)]
+    shared_with_authorization: bool,
     stored_unix_ms: u64,
     vary: Vec<String>,
 }
@@ -278,6 +280,7 @@ fn encode(key: &str, e: &Entry) -> Vec<u8> {
         sie_ms: ms(f.stale_if_error),
         must_revalidate: f.must_revalidate,
         no_cache: f.no_cache,
+        shared_with_authorization: f.shared_with_authorization,
         stored_unix_ms: ms(stored.duration_since(UNIX_EPOCH).unwrap_or_default()),
         vary: e.vary.iter().map(|n| n.as_str().to_owned()).collect(),
     };
@@ -320,6 +323,7 @@ fn entry(head: Head, bytes: &[u8], at: usize) -> Option<Entry> {
         stale_if_error: Duration::from_millis(head.sie_ms),
         must_revalidate: head.must_revalidate,
         no_cache: head.no_cache,
+        shared_with_authorization: head.shared_with_authorization,
     };
     let vary: Vec<HeaderName> = head.vary.iter().filter_map(|v| HeaderName::try_from(v.as_str()).ok()).collect();
     let mut e = Entry::new(StatusCode::from_u16(head.status).ok()?, headers, body, freshness, vary.into());
@@ -346,6 +350,7 @@ mod tests {
             stale_if_error: Duration::from_secs(9),
             must_revalidate: false,
             no_cache: false,
+            shared_with_authorization: false,
         };
         let mut h = HeaderMap::new();
         h.insert("etag", "\"e\"".parse().unwrap());

@@ -70,6 +70,11 @@ impl Entry {
         self.headers.get(header::LAST_MODIFIED)
     }
 
+    /// May answer a request with (`authorized`) or without `Authorization`.
+    pub(crate) fn serves(&self, authorized: bool) -> bool {
+        !authorized || self.freshness.shared_with_authorization
+    }
+
     pub(crate) fn has_validators(&self) -> bool {
         self.etag().is_some() || self.last_modified().is_some()
     }
@@ -119,6 +124,7 @@ mod tests {
             stale_if_error: Duration::ZERO,
             must_revalidate: false,
             no_cache: false,
+            shared_with_authorization: false,
         };
         let e = Entry::new(StatusCode::OK, HeaderMap::new(), Bytes::from_static(b"x"), f, Arc::from([]));
         let now = e.stored;

@@ -121,6 +121,9 @@ pub(crate) struct Freshness {
     pub(crate) must_revalidate: bool,
     /// Revalidated before every use (`no-cache`).
     pub(crate) no_cache: bool,
+    /// May answer requests with `Authorization` (`public`, `s-maxage`, `must-revalidate`:
+    /// RFC 9111 §3.5).
+    pub(crate) shared_with_authorization: bool,
 }
 
 /// Statuses a cache may store without explicit freshness (RFC 9110 §15.1).
@@ -224,6 +227,7 @@ pub(crate) fn storable(
         stale_if_error: stale(d.stale_if_error, defaults.stale_if_error),
         must_revalidate,
         no_cache: d.no_cache,
+        shared_with_authorization: d.public || d.s_maxage.is_some() || d.must_revalidate,
     };
     let validators = headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
     let useful = freshness.lifetime > freshness.initial_age
@@ -295,7 +299,8 @@ mod tests {
     fn authorised_requests_are_stored_only_when_the_response_allows() {
         let auth = [("authorization", "Bearer x")];
         assert_eq!(store(&auth, 200, &[("cache-control", "max-age=9")]), Err(NotStored::Authorization));
-        assert!(store(&auth, 200, &[("cache-control", "public, max-age=9")]).is_ok());
+        assert!(store(&auth, 200, &[("cache-control", "public, max-age=9")]).unwrap().shared_with_authorization);
+        assert!(!store(&[], 200, &[("cache-control", "max-age=9")]).unwrap().shared_with_authorization);
         assert!(store(&auth, 200, &[("cache-control", "s-maxage=9")]).is_ok());
         assert!(store(&auth, 200, &[("cache-control", "max-age=9, must-revalidate")]).is_ok());
     }

@@ -231,6 +231,7 @@ mod tests {
             stale_if_error: Duration::ZERO,
             must_revalidate: false,
             no_cache: false,
+            shared_with_authorization: false,
         };
         Entry::new(StatusCode::OK, HeaderMap::new(), Bytes::from_static(b"x"), f, Arc::from([]))
     }

@@ -291,6 +291,7 @@ mod tests {
             stale_if_error: Duration::ZERO,
             must_revalidate: false,
             no_cache: false,
+            shared_with_authorization: false,
         }
     }
 

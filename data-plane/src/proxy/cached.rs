@@ -64,7 +64,11 @@ impl Connection {
         }
         let key = settings.key.key(host_of(&req), req.uri().path(), req.uri().query(), req.headers());
         let asks = Asks::of(req.headers());
-        if let Some(entry) = store.find_or_load(&key, req.headers()).await {
+        // RFC 9111 §3.5: an authorised request is answered from the cache only by a
+        // response that allows it, and shares no miss with other requests.
+        let authorized = req.headers().contains_key(header::AUTHORIZATION);
+        let stored = store.find_or_load(&key, req.headers()).await.filter(|e| e.serves(authorized));
+        if let Some(entry) = stored {
             let now = Instant::now();
             match entry.standing(now) {
                 Standing::Fresh(_) if !asks.revalidate && !entry.freshness.no_cache => {
@@ -83,14 +87,15 @@ impl Connection {
             return self.revalidate(cache, entry, key, found, req, bytes_in, downstream).await;
         }
         // Ranges and HEADs of a missing key go upstream as they are, and are not stored.
-        let coalesce = method == Method::GET && !req.headers().contains_key(header::RANGE) && !asks.no_store;
+        let coalesce =
+            method == Method::GET && !req.headers().contains_key(header::RANGE) && !asks.no_store && !authorized;
         let flight = match coalesce.then(|| store.turn(&key)) {
             None => None,
             Some(Turn::Lead(flight)) => Some(flight),
             Some(Turn::Wait(mut done)) => {
                 // Ends when the lead's fill is stored or given up (the sender is dropped).
                 let _ = tokio::time::timeout(settings.lock_timeout, done.changed()).await;
-                if let Some(entry) = store.find(&key, req.headers()) {
+                if let Some(entry) = store.find(&key, req.headers()).filter(|e| e.serves(authorized)) {
                     let now = Instant::now();
                     if matches!(entry.standing(now), Standing::Fresh(_)) && !entry.freshness.no_cache {
                         let cs = format!("vane; hit; ttl={}; detail=collapsed", ttl(&entry, now));
@@ -110,6 +115,9 @@ impl Connection {
         }
         let key = cache.store.settings.key.key(host_of(req), req.uri().path(), req.uri().query(), req.headers());
         let entry = cache.store.find(&key, req.headers())?;
+        if !entry.serves(req.headers().contains_key(header::AUTHORIZATION)) {
+            return None;
+        }
         let now = Instant::now();
         let Standing::Fresh(_) = entry.standing(now) else { return None };
         if entry.freshness.no_cache || Asks::of(req.headers()).revalidate {
