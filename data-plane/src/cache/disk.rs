@@ -333,7 +333,7 @@ fn entry(head: Head, bytes: &[u8], at: usize) -> Option<Entry> {
     match Instant::now().checked_sub(since) {
         Some(at) => e.stored = at,
         // An Instant cannot go that far back: count the time as age instead.
-        None => e.freshness.initial_age += since,
+        None => e.freshness.initial_age = e.freshness.initial_age.saturating_add(since),
     }
     Some(e)
 }

@@ -51,7 +51,7 @@ impl Entry {
 
     /// The response's current age (RFC 9111 §4.2.3).
     pub(crate) fn age(&self, now: Instant) -> Duration {
-        self.freshness.initial_age + now.saturating_duration_since(self.stored)
+        self.freshness.initial_age.saturating_add(now.saturating_duration_since(self.stored))
     }
 
     pub(crate) fn standing(&self, now: Instant) -> Standing {

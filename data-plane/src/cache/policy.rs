@@ -53,7 +53,7 @@ impl Directives {
                     Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
                     None => (item, None),
                 };
-                let secs = || value.and_then(|v| v.parse::<u64>().ok());
+                let secs = || value.and_then(delta_seconds);
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => d.no_store = true,
                     // The qualified forms (`no-cache="set-cookie"`) are taken whole: safe.
@@ -245,10 +245,22 @@ pub(crate) fn initial_age(headers: &HeaderMap, date: Option<SystemTime>, now: Sy
     let age = headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        .and_then(|v| delta_seconds(v.trim()))
         .map_or(Duration::ZERO, Duration::from_secs);
     // Whole seconds: `Date` has no finer grain, and an apparent age of 0.9 s is clock noise.
     Duration::from_secs(apparent.max(age).as_secs())
+}
+
+/// Largest delta-seconds value taken (RFC 9111 §1.2.2): larger ones count as this, so no
+/// sum of ages and lifetimes can overflow.
+const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// A delta-seconds value (digits only), capped at [`MAX_DELTA_SECONDS`].
+fn delta_seconds(v: &str) -> Option<u64> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(v.parse::<u64>().unwrap_or(MAX_DELTA_SECONDS).min(MAX_DELTA_SECONDS))
 }
 
 pub(crate) fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
@@ -328,6 +340,17 @@ mod tests {
         let date = now - Duration::from_secs(30);
         assert_eq!(initial_age(&h(&[("age", "10")]), Some(date), now), Duration::from_secs(30));
         assert_eq!(initial_age(&h(&[("age", "50")]), Some(date), now), Duration::from_secs(50));
+    }
+
+    #[test]
+    fn huge_ages_and_lifetimes_are_capped_and_never_overflow() {
+        let f =
+            store(&[], 200, &[("cache-control", "max-age=99999999999999999999999"), ("age", "18446744073709551615")])
+                .unwrap_err();
+        assert_eq!(f, NotStored::NoFreshness, "as old as it may live: useless");
+        let f = store(&[], 200, &[("cache-control", "max-age=18446744073709551615")]).unwrap();
+        assert_eq!(f.lifetime, Duration::from_secs(MAX_DELTA_SECONDS));
+        assert_eq!(Directives::of(&h(&[("cache-control", "max-age=-1, s-maxage=1e3")])).max_age, None);
     }
 
     #[test]
