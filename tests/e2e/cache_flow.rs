@@ -1,11 +1,11 @@
 //! The response cache under concurrency and failure: misses coalesced into one upstream
 //! request, stale-while-revalidate with exactly one background refresh, stale-if-error
-//! with the origin gone, and the disk tier across a node restart.
+//! with the origin gone, the disk tier across a node restart, and the real binaries.
 
 use std::time::Duration;
 
 use http::StatusCode;
-use vane_suite::{eventually, init_logs, listener, wait_version};
+use vane_suite::{HttpClient, VaneProcess, eventually, init_logs, listener, vane, wait_version, write_yaml};
 
 use super::cache::{Cached, Origin, cache_status, x_cache};
 
@@ -131,4 +131,45 @@ async fn the_disk_tier_serves_after_a_node_restart_and_drops_a_damaged_entry() {
     let range = t.get("/range", HOST).await;
     assert_eq!((x_cache(&range), range.body.as_str()), ("MISS", "0123456789"), "the damaged entry is not served");
     assert_eq!(origin.hits("/range"), 2);
+}
+
+#[tokio::test]
+async fn the_real_binaries_cache_answers_and_list_the_cache() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = VaneProcess::control_plane(&dir.path().join("store"), &[]).await.unwrap();
+    let url = cp.control_plane_url().unwrap();
+    let yaml = format!(
+        "listeners:\n  - {{name: web, address: '127.0.0.1:0'}}\n\
+         clusters:\n  - {{name: origin, endpoints: [{{address: '{}'}}]}}\n\
+         caches:\n  - {{name: edge, max_bytes: 1048576, stale_if_error: 30s}}\n\
+         routes:\n  - {{name: all, match: {{prefix: /}}, forward: {{clusters: [{{name: origin}}]}}, cache: edge}}\n",
+        origin.addr
+    );
+    let file = write_yaml(dir.path(), "config.yaml", &yaml);
+    let applied = vane(&url, &["apply", "-f", &file]).await;
+    assert!(applied.success, "{}", applied.stderr);
+    let listed = vane(&url, &["get", "caches"]).await;
+    assert!(listed.stdout.contains("edge") && listed.stdout.contains("1048576"), "{}", listed.stdout);
+    let proxy = VaneProcess::start(&["proxy", "--control-plane", &url, "--node-id", "n1", "--admin", "127.0.0.1:0"])
+        .await
+        .unwrap();
+    let admin: std::net::SocketAddr = proxy.banner.rsplit(' ').next().unwrap().parse().unwrap();
+    let client = HttpClient::default();
+    let config = eventually(Duration::from_secs(10), "the node serves version 1", || async {
+        let json: serde_json::Value = serde_json::from_str(&client.get(admin, "/config").await.ok()?.body).ok()?;
+        (json["version"] == 1).then_some(json)
+    })
+    .await;
+    let web: std::net::SocketAddr = config["listeners"]["web"].as_str().unwrap().parse().unwrap();
+    let curl = |url: String| async move {
+        let out = tokio::process::Command::new("curl").args(["-si", "--max-time", "5", &url]).output().await;
+        String::from_utf8_lossy(&out.expect("curl runs").stdout).to_lowercase()
+    };
+    assert!(curl(format!("http://{web}/bin")).await.contains("x-cache: miss"));
+    let hit = curl(format!("http://{web}/bin")).await;
+    assert!(hit.contains("x-cache: hit") && hit.contains("cache-status: vane; hit"), "{hit}");
+    assert_eq!(origin.hits("/bin"), 1);
+    let metrics = client.get(admin, "/metrics").await.unwrap().body;
+    assert!(metrics.contains("vane_cache_requests_total{route=\"all\",cache=\"edge\",result=\"hit\"} 1"), "{metrics}");
 }
