@@ -130,16 +130,20 @@ impl Cached {
     pub(crate) async fn start(origin: SocketAddr, cache: &str) -> Cached {
         let cp = TestControlPlane::start().await;
         let node = cp.node("n1").await;
-        let yaml = format!(
-            "listeners:\n  - {{name: web, address: '127.0.0.1:0'}}\n\
-             clusters:\n  - {{name: origin, endpoints: [{{address: '{origin}'}}]}}\n\
-             caches:\n  - {{name: edge{cache}}}\n\
-             routes:\n  - {{name: all, match: {{prefix: /}}, forward: {{clusters: [{{name: origin}}]}}, cache: edge}}\n"
-        );
-        cp.apply(&yaml).await.expect("config applies");
+        cp.apply(&Cached::yaml(origin, cache, "")).await.expect("config applies");
         wait_version(&node, 1).await;
         let web = listener(&node, "web").await;
         Cached { cp, node, web, client: HttpClient::default() }
+    }
+
+    /// The config: `cache` holds the cache's extra fields, `routes` more route lines.
+    pub(crate) fn yaml(origin: SocketAddr, cache: &str, routes: &str) -> String {
+        format!(
+            "listeners:\n  - {{name: web, address: '127.0.0.1:0'}}\n\
+             clusters:\n  - {{name: origin, endpoints: [{{address: '{origin}'}}]}}\n\
+             caches:\n  - {{name: edge{cache}}}\n\
+             routes:\n  - {{name: all, match: {{prefix: /}}, forward: {{clusters: [{{name: origin}}]}}, cache: edge}}\n{routes}"
+        )
     }
 
     pub(crate) async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -325,4 +329,19 @@ async fn curl_sees_a_hit_with_cache_status() {
     assert!(second.contains("cache-status: vane; hit; ttl="), "{second}");
     assert!(!second.contains("x-cache:"), "the configured status header replaces x-cache");
     assert_eq!(origin.hits("/curl"), 1);
+}
+
+#[tokio::test]
+async fn entries_outlive_other_config_changes_and_go_with_a_changed_cache() {
+    let origin = Origin::start().await;
+    let t = Cached::start(origin.addr, "").await;
+    t.get("/kept", &[]).await;
+    let other = "  - {name: other, match: {prefix: /other}, direct_response: {status: 204}}\n";
+    t.cp.apply(&Cached::yaml(origin.addr, "", other)).await.expect("v2 applies");
+    wait_version(&t.node, 2).await;
+    assert_eq!(x_cache(&t.get("/kept", &[]).await), "HIT", "an unchanged cache keeps its entries");
+    t.cp.apply(&Cached::yaml(origin.addr, ", max_bytes: 1048576", other)).await.expect("v3 applies");
+    wait_version(&t.node, 3).await;
+    let after = t.get("/kept", &[]).await;
+    assert_eq!((x_cache(&after), after.body.as_str()), ("MISS", "/kept 2"), "a changed cache starts empty");
 }
