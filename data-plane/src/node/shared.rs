@@ -51,6 +51,8 @@ pub(crate) struct NodeShared {
     pub(super) tls_sessions: tls::Sessions,
     /// Rate-limit buckets, JWKS keys and auth caches, kept across snapshots.
     pub(super) policy_state: policy::PolicyState,
+    /// Response caches by resource name, kept across snapshots (purges act on them).
+    pub(crate) caches: crate::cache::Caches,
     /// What is wrong on this node while it serves (reported to the control plane).
     pub(crate) problems: Problems,
     /// The files the runtime serving was compiled from, as they were read (`file_watch.rs`).
@@ -144,6 +146,8 @@ impl NodeShared {
             policy::Policies::compile(compiled_config, &self.policy_state, previous.as_deref().map(|rt| &rt.policies))?;
         let mut listeners = self.listeners();
         let prepared = listeners.prepare(&config.listeners)?;
+        // Last before the swap: a removed or changed cache's entries go here.
+        let caches = self.caches.prepare(compiled_config);
         let runtime = self.metrics.rebuild(|metrics| {
             runtime::Runtime::compile(
                 snapshot.version,
@@ -152,7 +156,7 @@ impl NodeShared {
                 &prepared.ids,
                 previous.as_deref(),
                 metrics,
-                &runtime::Loaded { access_logs: &access_logs, tls: &tls, policies: &policies },
+                &runtime::Loaded { access_logs: &access_logs, tls: &tls, policies: &policies, caches: &caches },
             )
         });
         self.serving.runtime.store(Some(Arc::new(runtime)));
