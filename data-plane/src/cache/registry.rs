@@ -136,9 +136,8 @@ impl Caches {
     /// Removes the entries of cache `cache` (`""`: every cache) whose key is `key`, or
     /// starts with it when `prefix` (`""` with `prefix`: everything). The key's text form
     /// is `host/path?query` then `|name=value` per configured key header (see
-    /// [`super::key`]). Returns how many stored responses went (memory; there is no disk
-    /// tier yet).
-    #[allow(dead_code, reason = "called by the node's purge handling (CachePurge on the discovery stream)")]
+    /// [`super::key`]). Returns how many stored responses went (memory and disk, each
+    /// once).
     pub(crate) fn purge(&self, cache: &str, key: &str, prefix: bool) -> u64 {
         let stores: Vec<Arc<Store>> = {
             let stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());

@@ -202,7 +202,6 @@ impl Store {
 
     /// Removes the entries whose key is `key` (`prefix`: starts with `key`), every
     /// variant included; how many responses went.
-    #[allow(dead_code, reason = "called by `Caches::purge`, itself waiting on the node's purge handling")]
     pub(crate) fn purge(&self, key: &str, prefix: bool) -> u64 {
         let mut removed = 0;
         let doomed: Vec<(Arc<str>, bool)> = self

@@ -69,14 +69,6 @@ impl NodeShared {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Removes cached responses: `key` exactly, or every key under it with `prefix`, in
-    /// the cache named `cache` (every cache when empty); the entries removed.
-    pub(crate) fn purge_caches(&self, cache: &str, key: &str, prefix: bool) -> u64 {
-        // Wired to the response caches when they land (issue 19, this session).
-        let _ = (cache, key, prefix);
-        0
-    }
-
     /// Validates, compiles and swaps in a snapshot. On error nothing changed.
     pub(crate) fn apply_snapshot(self: &Arc<Self>, snapshot: &Snapshot) -> Result<(), Vec<ConfigError>> {
         let _applying = self.applying.lock().unwrap_or_else(|p| p.into_inner());
