@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Request, StatusCode};
+use http_body_util::Full;
 use vane_suite::{HttpClient, VaneProcess, eventually, init_logs, listener, vane, wait_version, write_yaml};
 
 use super::cache::{Cached, Origin, cache_status, x_cache};
@@ -100,10 +101,14 @@ async fn the_disk_tier_serves_after_a_node_restart_and_drops_a_damaged_entry() {
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edge");
+    // Each node's files are in a subdirectory named after it (nodes on one host share the
+    // config, never the files).
+    let node_files = path.join("n1");
     let mut t = Cached::start(origin.addr, &format!(", disk: {{path: '{}'}}", path.display())).await;
     t.get("/fresh", HOST).await;
     t.get("/range", HOST).await;
-    let files = || std::fs::read_dir(&path).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>());
+    let files =
+        || std::fs::read_dir(&node_files).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>());
     // Written behind the answers: two entries and the SPEC file, no temporary file left.
     eventually(Duration::from_secs(5), "both entries on disk", || async {
         let names = files().ok()?;
@@ -121,13 +126,25 @@ async fn the_disk_tier_serves_after_a_node_restart_and_drops_a_damaged_entry() {
     bytes[at] ^= 0x20;
     std::fs::write(&damaged, bytes).unwrap();
 
-    // A new node process state: the memory tier is empty, the directory is not.
-    drop(std::mem::replace(&mut t.node, t.cp.node("n1-again").await));
+    // The node restarted: the memory tier is empty, the directory is not. Another node
+    // on the same config starts with directories of its own.
+    let other = t.cp.node("n2").await;
+    wait_version(&other, 1).await;
+    let other_web = listener(&other, "web").await;
+    let req =
+        Request::get(format!("http://{other_web}/fresh")).header("host", HOST[0].1).body(Full::default()).unwrap();
+    let from_other = t.client.send(req).await.unwrap();
+    assert_eq!(x_cache(&from_other), "MISS", "n2 does not read n1's files");
+    assert_eq!(origin.hits("/fresh"), 2);
+    assert!(path.join("n2").is_dir(), "n2 writes under its own subdirectory");
+    // n1 stops (n2 stands in for it in `t`), then starts again; n2 stops.
+    drop(std::mem::replace(&mut t.node, other));
+    t.node = t.cp.node("n1").await;
     wait_version(&t.node, 1).await;
     t.web = listener(&t.node, "web").await;
     let fresh = t.get("/fresh", HOST).await;
     assert_eq!((x_cache(&fresh), fresh.body.as_str()), ("HIT", "0123456789"), "{}", cache_status(&fresh));
-    assert_eq!(origin.hits("/fresh"), 1, "served from disk after the restart");
+    assert_eq!(origin.hits("/fresh"), 2, "served from disk after the restart");
     let range = t.get("/range", HOST).await;
     assert_eq!((x_cache(&range), range.body.as_str()), ("MISS", "0123456789"), "the damaged entry is not served");
     assert_eq!(origin.hits("/range"), 2);

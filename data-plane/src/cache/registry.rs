@@ -70,11 +70,12 @@ impl Prepared {
     }
 }
 
-/// The disk tier of `c` (settings encoded as `spec`), when it has one and its directory
-/// opens; a cache whose directory does not open serves from memory alone.
-fn open_disk(c: &vane_proto::config::Cache, spec: &[u8]) -> Option<Arc<Disk>> {
+/// The disk tier of `c` (settings encoded as `spec`) in this node's subdirectory
+/// `node_dir`, when it has one and its directory opens; a cache whose directory does not
+/// open serves from memory alone.
+fn open_disk(c: &vane_proto::config::Cache, spec: &[u8], node_dir: &str) -> Option<Arc<Disk>> {
     let d = c.disk.as_ref()?;
-    match Disk::open(std::path::Path::new(&d.path), d.max_bytes, spec) {
+    match Disk::open(&std::path::Path::new(&d.path).join(node_dir), d.max_bytes, spec) {
         Ok(disk) => Some(Arc::new(disk)),
         Err(error) => {
             tracing::warn!(cache = %c.name, dir = %d.path, %error, "cache directory not usable; memory only");
@@ -89,12 +90,27 @@ type Stores = BTreeMap<String, (Vec<u8>, Arc<Store>)>;
 /// Every cache of the node, across swaps.
 #[derive(Debug, Default)]
 pub(crate) struct Caches {
+    /// The subdirectory of each disk tier's directory that holds this node's files: the
+    /// config is the fleet's, and nodes that share a host (`vane dev --nodes 3`) or a
+    /// network filesystem must never share files.
+    node_dir: String,
     /// By name: the spec (encoded) the store was built from, and the store.
     stores: Mutex<Stores>,
     routes: Mutex<BTreeMap<(String, String), Arc<RouteCacheStats>>>,
 }
 
 impl Caches {
+    /// The caches of node `node_id` (its disk files under a subdirectory named after it,
+    /// any character outside `[A-Za-z0-9._-]` written `_`).
+    pub(crate) fn for_node(node_id: &str) -> Caches {
+        let mut node_dir: String =
+            node_id.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+        if node_dir.is_empty() || node_dir.chars().all(|c| c == '.') {
+            node_dir = format!("_{node_dir}");
+        }
+        Caches { node_dir, ..Caches::default() }
+    }
+
     /// The stores for `config`: unchanged caches keep theirs; new and changed ones start
     /// empty; the entries of removed and changed ones are dropped now.
     pub(crate) fn prepare(&self, config: &Config) -> Prepared {
@@ -106,9 +122,9 @@ impl Caches {
                 Some((old, store)) if old == spec => store,
                 Some((_, store)) => {
                     store.clear();
-                    Store::new(Settings::compile(c), open_disk(c, &spec))
+                    Store::new(Settings::compile(c), open_disk(c, &spec, &self.node_dir))
                 }
-                None => Store::new(Settings::compile(c), open_disk(c, &spec)),
+                None => Store::new(Settings::compile(c), open_disk(c, &spec, &self.node_dir)),
             };
             next.insert(c.name.clone(), (spec, store));
         }
