@@ -53,6 +53,8 @@ pub(crate) struct Route {
     pub(crate) mirror: Option<(Arc<Cluster>, u32)>,
     pub(crate) request_headers: HeaderRules,
     pub(crate) response_headers: HeaderRules,
+    /// Response compression (`Route.compression`; None: responses pass as they come).
+    pub(crate) compress: Option<Arc<crate::compress::Compressor>>,
 }
 
 /// What a route does with a request it takes.

@@ -24,6 +24,7 @@ fn router(routes_yaml: &str) -> Router {
             mirror: None,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
+            compress: None,
         });
         router.add(&m, Arc::new(RouteEntry::new(route, Box::new([]), order, Default::default())));
     }
