@@ -5,6 +5,7 @@ mod admin_api;
 mod apply_and_serve;
 mod cancellation;
 mod cli_errors;
+mod compression;
 mod control_plane;
 mod dev;
 mod failover;

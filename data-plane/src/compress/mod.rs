@@ -38,14 +38,14 @@ pub(crate) use negotiate::Encoding;
 use stats::{CompressStats, Skip};
 use types::ContentTypes;
 
-/// Server preference when a compression lists none: zstd compresses about as well as
-/// gzip 6 and brotli 4 at a fraction of their CPU; brotli beats gzip on ratio at its
-/// default; gzip is what every client decodes.
-const DEFAULT_ENCODINGS: [Encoding; 3] = [Encoding::Zstd, Encoding::Brotli, Encoding::Gzip];
-/// Levels when a compression sets none, by [`Encoding::index`] (gzip, brotli, zstd).
-pub(crate) const DEFAULT_LEVELS: [u32; 3] = [6, 4, 3];
-/// Smallest body compressed when its length is known.
-pub(crate) const DEFAULT_MIN_LENGTH: u64 = 256;
+/// Server preference when a compression lists none (`vane_proto::COMPRESSION_ENCODINGS`):
+/// zstd, br, gzip. zstd 3 compresses about as well as gzip 6 for a fraction of its CPU;
+/// brotli 4 beats gzip 6 on ratio at about its cost; gzip is what every client decodes.
+use vane_proto::COMPRESSION_ENCODINGS as DEFAULT_ENCODINGS;
+/// Levels when a compression sets none, by [`Encoding::index`] (gzip 6 as zlib's default,
+/// brotli 4 and zstd 3 as what CDNs use for dynamic content), and the smallest body
+/// compressed: shared with the CLI, which shows them.
+use vane_proto::{COMPRESSION_DEFAULT_LEVELS as DEFAULT_LEVELS, COMPRESSION_DEFAULT_MIN_LENGTH as DEFAULT_MIN_LENGTH};
 
 /// One compression resource, compiled.
 #[derive(Debug)]
@@ -182,7 +182,7 @@ impl Compressions {
             .iter()
             .map(|c| {
                 let offered: Box<[Encoding]> = if c.encodings.is_empty() {
-                    DEFAULT_ENCODINGS.into()
+                    DEFAULT_ENCODINGS.iter().filter_map(|e| Encoding::from_token(e)).collect()
                 } else {
                     c.encodings.iter().filter_map(|e| Encoding::from_token(e)).collect()
                 };

@@ -7,8 +7,14 @@ use crate::config::{Compression, Config};
 
 use super::check::{Validator, display_name};
 
-/// The content codings a compression may offer (their `Content-Encoding` tokens).
-pub(crate) const ENCODINGS: [&str; 3] = ["zstd", "br", "gzip"];
+/// The content codings a compression may offer (their `Content-Encoding` tokens), in
+/// the default order of preference.
+pub const COMPRESSION_ENCODINGS: [&str; 3] = ["zstd", "br", "gzip"];
+/// Levels a compression applies when it sets none: gzip, brotli, zstd.
+pub const COMPRESSION_DEFAULT_LEVELS: [u32; 3] = [6, 4, 3];
+/// The smallest body compressed when a compression sets no `min_length`.
+pub const COMPRESSION_DEFAULT_MIN_LENGTH: u64 = 256;
+use COMPRESSION_ENCODINGS as ENCODINGS;
 
 /// Most media types one compression may list.
 const MAX_CONTENT_TYPES: usize = 256;
