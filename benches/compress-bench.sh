@@ -4,7 +4,7 @@
 # nginx's brotli filter module is installed) on loopback, in one run: the figures of
 # BENCHMARKS.md "Issue 19: compression".
 #
-#   benches/compress-bench.sh                  # about 2 minutes
+#   benches/compress-bench.sh                  # about 2.5 minutes
 #   REPS=1 DURATION=3s benches/compress-bench.sh
 #   VANE=/path/to/vane CONNS=16 BODY_KB=64 benches/compress-bench.sh
 #
@@ -14,8 +14,8 @@
 # core 1, forward to it over keep-alive connections and compress:
 #   nginx     1 worker, gzip_comp_level 1 and 6 (two server blocks), brotli_comp_level 4
 #             (when /usr/lib/nginx/modules/ngx_http_brotli_filter_module.so exists)
-#   vane      a real control plane and node (`vane apply`), three routes by Host naming
-#             compressions gzip level 1, gzip level 6 and brotli level 4
+#   vane      a real control plane and node (`vane apply`), four routes by Host naming
+#             compressions gzip level 1, gzip level 6, brotli level 4 and zstd level 3 (no peer)
 # wrk (core 0, -t1 -c CONNS) asks each for DURATION [6s] per rep, REPS [3] reps,
 # interleaved, with `Accept-Encoding: gzip` (or br). Reported per row, medians over reps:
 # req/s, MB/s of uncompressed body compressed (req/s x body size), the proxy's CPU ms
@@ -130,10 +130,12 @@ compressions:
   - { name: gzip1, encodings: [gzip], gzip_level: 1 }
   - { name: gzip6, encodings: [gzip], gzip_level: 6 }
   - { name: br4, encodings: [br], brotli_level: 4 }
+  - { name: zstd3, encodings: [zstd], zstd_level: 3 }
 routes:
   - { name: gzip1, match: { prefix: /, hosts: [gzip1.test] }, forward: { clusters: [ { name: origin } ] }, compression: gzip1 }
   - { name: gzip6, match: { prefix: /, hosts: [gzip6.test] }, forward: { clusters: [ { name: origin } ] }, compression: gzip6 }
   - { name: br4, match: { prefix: /, hosts: [br4.test] }, forward: { clusters: [ { name: origin } ] }, compression: br4 }
+  - { name: zstd3, match: { prefix: /, hosts: [zstd3.test] }, forward: { clusters: [ { name: origin } ] }, compression: zstd3 }
 YAML
 export RUST_LOG=warn
 taskset -c "$LOAD_CPUS" "$VANE" control-plane --data-dir "$work/store" --listen "127.0.0.1:$VCP" >"$work/cp.out" &
@@ -170,7 +172,7 @@ HZ=$(getconf CLK_TCK)
 rows=("nginx gzip 1|$NG1|x|gzip|$NGINX_MASTER" "vane gzip 1|$VWEB|gzip1.test|gzip|$VANE_NODE"
       "nginx gzip 6|$NG6|x|gzip|$NGINX_MASTER" "vane gzip 6|$VWEB|gzip6.test|gzip|$VANE_NODE")
 [ -n "$BROTLI_MOD" ] && rows+=("nginx brotli 4|$NGBR|x|br|$NGINX_MASTER")
-rows+=("vane brotli 4|$VWEB|br4.test|br|$VANE_NODE")
+rows+=("vane brotli 4|$VWEB|br4.test|br|$VANE_NODE" "vane zstd 3|$VWEB|zstd3.test|zstd|$VANE_NODE")
 
 results=$work/results.tsv
 : >"$results"

@@ -24,7 +24,7 @@ use origin::{Origin, STREAM_BYTES};
 /// (all encodings, defaults) on every host, `gz.test` gzip only at level 1, `plain.test`
 /// without compression.
 struct Fixture {
-    _cp: TestControlPlane,
+    cp: TestControlPlane,
     origin: Origin,
     proxy: VaneProcess,
     web: SocketAddr,
@@ -59,7 +59,7 @@ impl Fixture {
         })
         .await;
         let web = config["listeners"]["web"].as_str().unwrap().parse().unwrap();
-        Fixture { _cp: cp, origin, proxy, web, admin }
+        Fixture { cp, origin, proxy, web, admin }
     }
 
     fn url(&self, path: &str) -> String {
@@ -174,6 +174,14 @@ async fn q_values_choose_and_the_server_breaks_ties() {
     let (_, headers, _) =
         f.fetch(Method::GET, "/json", &[("host", "gz.test"), ("accept-encoding", "gzip, deflate, br, zstd")]).await;
     assert_eq!(headers["content-encoding"], "gzip");
+    // `vane get compressions` shows what each applies, defaults included.
+    let table = vane(&f.cp.url(), &["get", "compressions"]).await;
+    assert!(table.success, "{}", table.stderr);
+    let rows: Vec<Vec<&str>> =
+        table.stdout.lines().map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
+    assert_eq!(rows[0], ["COMPRESSION", "ENCODINGS", "LEVELS", "MIN LENGTH", "CONTENT TYPES"]);
+    assert_eq!(rows[1], ["web", "zstd,br,gzip", "gzip 6 br 4 zstd 3", "256", "defaults"]);
+    assert_eq!(rows[2], ["gz", "gzip", "gzip 1 br 4 zstd 3", "256", "defaults"]);
     // A route without compression leaves everything as it came.
     let (_, headers, _) =
         f.fetch(Method::GET, "/text", &[("host", "plain.test"), ("accept-encoding", "gzip, br, zstd")]).await;

@@ -100,7 +100,7 @@ fn element_of(element: &[u8]) -> Option<(&[u8], u16)> {
     }
     let mut q = 1000;
     for param in parts {
-        let Some(eq) = param.iter().position(|b| *b == b'=') else { return None };
+        let eq = param.iter().position(|b| *b == b'=')?;
         let (name, value) = param.split_at(eq);
         if name.trim_ascii().eq_ignore_ascii_case(b"q") {
             q = qvalue(value.get(1..)?.trim_ascii())?;

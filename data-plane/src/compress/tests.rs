@@ -79,11 +79,14 @@ async fn each_encoding_round_trips_and_the_head_says_so() {
     }
 }
 
+/// Response headers of a case.
+type Head = &'static [(&'static str, &'static str)];
+
 #[tokio::test]
 async fn responses_never_compressed_are_left_as_they_came() {
     let c = compressor("");
     let gzip = c.negotiate(&Method::GET, &accepting("gzip"));
-    let cases: [(&[(&str, &str)], StatusCode, Skip); 8] = [
+    let cases: [(Head, StatusCode, Skip); 8] = [
         (&[("content-type", "text/plain"), ("content-encoding", "br")], StatusCode::OK, Skip::Encoded),
         (&[("content-type", "text/plain")], StatusCode::PARTIAL_CONTENT, Skip::Status),
         (&[("content-type", "text/plain"), ("content-range", "bytes 0-9/100")], StatusCode::OK, Skip::Range),
@@ -103,7 +106,7 @@ async fn responses_never_compressed_are_left_as_they_came() {
         c.apply(gzip, &mut r);
         assert!(r.headers().get("vary").is_none(), "{why:?}: not the client's doing, no Vary");
         assert!(matches!(r.body(), Either::Right(_)), "{why:?}: body untouched");
-        assert_eq!(c.stats.skipped[why as usize].load(Ordering::Relaxed) > 0, true, "{why:?}");
+        assert!(c.stats.skipped[why as usize].load(Ordering::Relaxed) > 0, "{why:?}");
     }
     for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
         let mut r = response(&[("content-type", "text/plain")], "");
