@@ -14,8 +14,10 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+mod cache_cmd;
 mod client;
 pub mod demo;
+mod dev;
 mod edit;
 mod output;
 mod quickstart;
@@ -65,7 +67,7 @@ pub(crate) enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Control plane + one node + two demo backends in one process, quickstart applied.
+    /// Control plane + one node (or --nodes N) + two demo backends in one process, quickstart applied.
     Dev(serve::DevArgs),
     /// Run the control plane.
     ControlPlane(serve::ControlPlaneArgs),
@@ -163,6 +165,9 @@ enum Command {
     /// Back up the control plane's store, or restore one from a backup.
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
+    /// Purge cached responses on every node.
+    #[command(subcommand)]
+    Cache(cache_cmd::CacheCommand),
 }
 
 /// `vane-node`: `vane proxy` alone, in a binary that links nothing else (no control plane,
@@ -285,7 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => {
             init_logs(cli.log_format);
-            serve::dev(args).await
+            dev::dev(args).await
         }
         Command::ControlPlane(args) => {
             init_logs(cli.log_format);
@@ -317,6 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => edit::token(command),
         Command::Top(args) => top::top(args).await,
         Command::Store(command) => store_cmd::run(&admin, command).await,
+        Command::Cache(command) => cache_cmd::run(&admin, command).await,
     }
 }
 

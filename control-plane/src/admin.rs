@@ -23,6 +23,7 @@ use vane_proto::{ValidationErrors, config_sha256, validate};
 
 use crate::auth::Role;
 use crate::diff::{self, kind_name};
+use crate::purges;
 use crate::status;
 use crate::store::{NewVersion, StoreError};
 use crate::{Published, Shared, WriteOutcome};
@@ -396,9 +397,9 @@ impl ConfigService for AdminService {
         Ok(Response::new(response))
     }
 
-    async fn purge_cache(&self, _request: Request<PurgeCacheRequest>) -> Result<Response<PurgeCacheResponse>, Status> {
-        // TODO(issue 19, this session): purges are being wired.
-        Err(Status::unimplemented("cache purge is not wired yet"))
+    async fn purge_cache(&self, request: Request<PurgeCacheRequest>) -> Result<Response<PurgeCacheResponse>, Status> {
+        self.authorize(&request, Role::Write)?;
+        Ok(Response::new(purges::purge(&self.shared, request.into_inner()).await?))
     }
 
     async fn set_endpoint_drain(

@@ -6,7 +6,8 @@
 //! (see `Debounce`), so a burst of writes costs a node a few swaps; a version a node
 //! NACKed is never sent to it again, whichever control-plane process it NACKed it to: each
 //! NACK is stored before the session goes on, and read back when the node connects (see
-//! `fleet.rs` for the node restarted empty). The node's problem reports (a cache it cannot
+//! `fleet.rs` for the node restarted empty). Cache purges go to each node in order
+//! (`purges.rs`): the ones it missed when it connects, then each new one. The node's problem reports (a cache it cannot
 //! write, a certificate file it cannot load) go to the fleet table as they come. The
 //! stream needs a `node` token when tokens are on.
 //!
@@ -31,6 +32,7 @@ use vane_proto::discovery::{
 use vane_proto::store::StoredNack;
 
 use crate::auth::Role;
+use crate::purges;
 use crate::store::NewVersion;
 use crate::{Published, Shared};
 
@@ -89,12 +91,19 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
         }
     };
     let (node_id, version_held, hash_held) = (hello.node_id.clone(), hello.version_held, hello.hash_held.clone());
+    let purge_held = hello.purge_seq_held;
     let refused = stored_nacks(&shared, &node_id).await;
     let session_id = shared.counter.fetch_add(1, Ordering::Relaxed);
     let problems = hello.problems.len();
     shared.fleet.connected(session_id, hello, peer, &refused);
     info!(node = %node_id, version_held, refused = refused.len(), problems, "node connected");
     catch_up(&shared, &node_id, version_held, &hash_held).await;
+    let mut purge_watch = shared.purges.subscribe();
+    purge_watch.mark_unchanged();
+    let Some(mut purge_sent) = purges::send_missed(&shared, &tx, &node_id, purge_held).await else {
+        shared.fleet.disconnected(session_id, &node_id);
+        return;
+    };
 
     let mut held = (version_held, hash_held);
     let mut pending: Option<Pending> = None;
@@ -134,6 +143,7 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
         // it shows survives a crash (awaited after the select: its output holds a watch
         // guard that must not live across an await).
         let mut refused: Option<(u64, Vec<ValidationError>)> = None;
+        let mut purge_due = false;
         tokio::select! {
             changed = published.changed() => {
                 if changed.is_err() {
@@ -143,6 +153,13 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
                 let now = Instant::now();
                 let first = *first_unsent.get_or_insert(now);
                 send_at = Some((now + shared.debounce.quiet).min(first + shared.debounce.max));
+            }
+            changed = purge_watch.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                purge_watch.mark_unchanged();
+                purge_due = true;
             }
             () = async { if let Some(at) = wake { tokio::time::sleep_until(at).await } }, if wake.is_some() => {}
             stop = shutdown.wait_for(|stop| *stop) => { drop(stop); break },
@@ -173,8 +190,10 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
                         shared.fleet.problems(&node_id, report.problems);
                     }
                     node_message::Message::Hello(_) => warn!(node = %node_id, "hello ignored mid-stream"),
-                    // TODO(issue 19, this session): purges are being wired.
-                    node_message::Message::PurgeDone(_) => {}
+                    node_message::Message::PurgeDone(done) => {
+                        debug!(node = %node_id, seq = done.seq, removed = done.removed, "purge applied");
+                        shared.fleet.purge_done(&node_id, done.seq, done.removed);
+                    }
                 },
                 Ok(Some(NodeMessage { message: None })) => {}
                 Ok(None) => break,
@@ -187,6 +206,12 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
         if let Some((version, errors)) = refused {
             store_nack(&shared, &node_id, version, errors.clone()).await;
             shared.fleet.nacked(&node_id, version, errors);
+        }
+        if purge_due {
+            match purges::send_missed(&shared, &tx, &node_id, purge_sent).await {
+                Some(now) => purge_sent = now,
+                None => break,
+            }
         }
     }
     shared.fleet.disconnected(session_id, &node_id);

@@ -11,7 +11,7 @@
 //! empty: the local cause may be gone) may be offered them again; one holding a version
 //! never is.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,12 @@ use vane_proto::store::StoredNack;
 #[derive(Debug, Default)]
 pub(crate) struct Fleet {
     nodes: Mutex<HashMap<String, Entry>>,
+    /// Ticks on every `PurgeDone`: what `PurgeCache` with `wait` waits on.
+    purge_events: tokio::sync::watch::Sender<()>,
 }
+
+/// Purges whose removal counts a node keeps (for `PurgeCache` with `wait`).
+const PURGES_COUNTED: usize = 64;
 
 #[derive(Debug)]
 struct Entry {
@@ -35,6 +40,8 @@ struct Entry {
     disconnected_at: Option<Instant>,
     /// Snapshots it refused, ever.
     nacks: u64,
+    /// Entries removed by its newest purges: (purge number, entries).
+    removed: VecDeque<(u64, u64)>,
 }
 
 fn now() -> Option<pbjson_types::Timestamp> {
@@ -50,7 +57,7 @@ impl Fleet {
     /// Records a new session for the node of `hello`, replacing any older one; `refused` is
     /// its NACK history as the store keeps it.
     pub(crate) fn connected(&self, session: u64, hello: Hello, address: String, refused: &[StoredNack]) {
-        let Hello { node_id, labels, version_held, problems, .. } = hello;
+        let Hello { node_id, labels, version_held, problems, purge_seq_held, .. } = hello;
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         let entry = nodes.entry(node_id.clone()).or_insert_with(|| Entry {
             status: NodeStatus { node_id, ..Default::default() },
@@ -58,6 +65,7 @@ impl Fleet {
             nacked: HashSet::new(),
             disconnected_at: None,
             nacks: 0,
+            removed: VecDeque::new(),
         });
         entry.disconnected_at = None;
         // A node that comes back holding nothing can only serve what it is sent: give its
@@ -80,7 +88,46 @@ impl Fleet {
         entry.status.connected = true;
         entry.status.version_held = version_held;
         entry.status.problems = problems;
+        entry.status.purge_seq = purge_seq_held;
         entry.status.last_seen = now();
+    }
+
+    /// The node applied every purge up to `seq`, the last of them removing `removed` entries.
+    pub(crate) fn purge_done(&self, node_id: &str, seq: u64, removed: u64) {
+        self.with(node_id, |e| {
+            e.status.purge_seq = e.status.purge_seq.max(seq);
+            e.removed.push_back((seq, removed));
+            if e.removed.len() > PURGES_COUNTED {
+                e.removed.pop_front();
+            }
+            e.status.last_seen = now();
+        });
+        self.purge_events.send_replace(());
+    }
+
+    /// Ticks whenever a node reports a purge applied.
+    pub(crate) fn purges_done(&self) -> tokio::sync::watch::Receiver<()> {
+        self.purge_events.subscribe()
+    }
+
+    /// How many of `nodes` applied purge `seq`, and the entries that purge removed on them.
+    pub(crate) fn purge_applied(&self, nodes: &[String], seq: u64) -> (u32, u64) {
+        let all = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut applied = 0u32;
+        let mut removed = 0u64;
+        for e in nodes.iter().filter_map(|n| all.get(n)) {
+            if e.status.purge_seq >= seq {
+                applied += 1;
+                removed += e.removed.iter().filter(|(s, _)| *s == seq).map(|(_, r)| r).sum::<u64>();
+            }
+        }
+        (applied, removed)
+    }
+
+    /// The ids of the nodes connected now.
+    pub(crate) fn connected_nodes(&self) -> Vec<String> {
+        let all = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        all.values().filter(|e| e.status.connected).map(|e| e.status.node_id.clone()).collect()
     }
 
     /// The node's problems now (replacing what it reported before).

@@ -16,6 +16,8 @@ mod discovery;
 mod fleet;
 mod gate;
 mod nack_history;
+mod purge_log;
+mod purges;
 mod seal;
 mod status;
 mod store;
@@ -36,7 +38,7 @@ use vane_proto::discovery::discovery_service_server::DiscoveryServiceServer;
 
 pub use auth::{AuthError, Role, Tokens, generate_token, hash_token};
 pub use backup::{BACKUP_MAGIC, RestoreError, Restored, restore, write_backup_entry, write_backup_header};
-pub use store::{NewVersion, SledStore, Store, StoreError};
+pub use store::{MissedPurges, NewVersion, SledStore, Store, StoreError};
 
 /// Largest gRPC message either service sends.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -108,6 +110,8 @@ pub(crate) struct Published {
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) published: watch::Sender<Option<Arc<Published>>>,
+    /// The newest cache purge's number: sessions send each node the ones it lacks.
+    pub(crate) purges: watch::Sender<u64>,
     /// Serialises writers so version checks and commits do not interleave.
     pub(crate) write: tokio::sync::Mutex<()>,
     pub(crate) fleet: fleet::Fleet,
@@ -182,9 +186,10 @@ impl ControlPlane {
     /// A control plane over any store (`config.data_dir` is not used).
     pub async fn with_store(store: Arc<dyn Store>, config: ControlPlaneConfig) -> Result<ControlPlane, StoreError> {
         let reader = store.clone();
-        let latest = tokio::task::spawn_blocking(move || reader.latest())
-            .await
-            .map_err(|e| StoreError::Damaged { path: config.data_dir.clone(), reason: panic_text(e) })??;
+        let (latest, latest_purge) =
+            tokio::task::spawn_blocking(move || Ok::<_, StoreError>((reader.latest()?, reader.latest_purge()?)))
+                .await
+                .map_err(|e| StoreError::Damaged { path: config.data_dir.clone(), reason: panic_text(e) })??;
         let published = latest.map(|v| {
             Arc::new(Published { version: v.version, sha256: v.sha256, config: v.config.unwrap_or_default() })
         });
@@ -194,6 +199,7 @@ impl ControlPlane {
             shared: Arc::new(Shared {
                 store,
                 published: watch::Sender::new(published),
+                purges: watch::Sender::new(latest_purge),
                 write: tokio::sync::Mutex::new(()),
                 fleet: fleet::Fleet::default(),
                 shutdown: watch::Sender::new(false),

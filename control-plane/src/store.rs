@@ -6,7 +6,7 @@
 //! `history`: the same record without the config (cheap listing); `meta`: `format` marker,
 //! `latest` version and `floor` (numbers up to it are used: the next version is above
 //! both); `nacks`: what each node refused (`nack_history.rs`, outside the integrity check
-//! and backups). Beside sled's files, the seal (`seal.rs`) names the newest acknowledged version:
+//! and backups); `purges`: cache purges in order (`purge_log.rs`, likewise). Beside sled's files, the seal (`seal.rs`) names the newest acknowledged version:
 //! a store that cannot show that version, with that content, refuses to open instead of
 //! serving an older truth.
 
@@ -19,9 +19,12 @@ use prost::Message;
 use sled::Transactional;
 use tracing::warn;
 use vane_proto::config::Config;
+use vane_proto::discovery::CachePurge;
 use vane_proto::store::{StoredNack, StoredVersion};
 
 use crate::nack_history;
+use crate::purge_log;
+pub use crate::purge_log::MissedPurges;
 use crate::seal::Seal;
 
 const FORMAT_KEY: &[u8] = b"format";
@@ -96,6 +99,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn record_nack(&self, node_id: &str, nack: &StoredNack) -> Result<(), StoreError>;
     /// The versions `node_id` refused that are still retained, oldest first.
     fn nacks(&self, node_id: &str) -> Result<Vec<StoredNack>, StoreError>;
+    /// Numbers `purge` after the newest one and stores it durably; returns it numbered.
+    /// The newest 10,000 are kept.
+    fn record_purge(&self, purge: CachePurge) -> Result<CachePurge, StoreError>;
+    /// The purges a node holding purge `held` has missed.
+    fn purges_after(&self, held: u64) -> Result<MissedPurges, StoreError>;
+    /// The newest purge's number (0: none yet).
+    fn latest_purge(&self) -> Result<u64, StoreError>;
     /// Bytes the store takes on disk (0 when unknown).
     fn size_on_disk(&self) -> u64 {
         0
@@ -111,6 +121,7 @@ pub struct SledStore {
     history: sled::Tree,
     meta: sled::Tree,
     nacks: sled::Tree,
+    purges: sled::Tree,
     /// The seal as last written; writers hold the lock while they commit and reseal.
     seal: Mutex<Seal>,
 }
@@ -139,14 +150,17 @@ impl SledStore {
         let history = db.open_tree("history")?;
         let meta = db.open_tree("meta")?;
         let nacks = db.open_tree(nack_history::TREE)?;
+        let purges = db.open_tree(purge_log::TREE)?;
         match meta.get(FORMAT_KEY)? {
             Some(f) if f.as_ref() == FORMAT => {}
             Some(_) => return Err(StoreError::Foreign { path: dir.to_owned() }),
             None => {
-                let foreign_trees = db
-                    .tree_names()
-                    .iter()
-                    .any(|t| !matches!(t.as_ref(), b"versions" | b"history" | b"meta" | b"nacks" | b"__sled__default"));
+                let foreign_trees = db.tree_names().iter().any(|t| {
+                    !matches!(
+                        t.as_ref(),
+                        b"versions" | b"history" | b"meta" | b"nacks" | b"purges" | b"__sled__default"
+                    )
+                });
                 if !db.is_empty() || !versions.is_empty() || foreign_trees {
                     return Err(StoreError::Foreign { path: dir.to_owned() });
                 }
@@ -160,7 +174,8 @@ impl SledStore {
                 db.flush()?;
             }
         }
-        let store = SledStore { dir: dir.to_owned(), db, versions, history, meta, nacks, seal: Mutex::default() };
+        let store =
+            SledStore { dir: dir.to_owned(), db, versions, history, meta, nacks, purges, seal: Mutex::default() };
         let checked = store.check(seal)?;
         checked.write(dir).map_err(|e| StoreError::Open { path: dir.to_owned(), source: sled::Error::Io(e) })?;
         *store.seal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = checked;
@@ -345,6 +360,18 @@ impl Store for SledStore {
 
     fn nacks(&self, node_id: &str) -> Result<Vec<StoredNack>, StoreError> {
         nack_history::list(&self.nacks, node_id)
+    }
+
+    fn record_purge(&self, purge: CachePurge) -> Result<CachePurge, StoreError> {
+        purge_log::record(&self.db, &self.purges, purge)
+    }
+
+    fn purges_after(&self, held: u64) -> Result<MissedPurges, StoreError> {
+        purge_log::after(&self.purges, held)
+    }
+
+    fn latest_purge(&self) -> Result<u64, StoreError> {
+        purge_log::latest(&self.purges)
     }
 
     fn size_on_disk(&self) -> u64 {

@@ -39,7 +39,7 @@ async fn a_second_node_on_a_taken_admin_port_says_so_once_and_what_to_change() {
         line,
         format!(
             "error: admin endpoint {admin} is in use by another process (another node on this host? \
-             give each node its own --admin ADDR, and its own --cache-dir)"
+             give each node its own --admin ADDR, and its own --state-dir)"
         )
     );
     drop(taken);

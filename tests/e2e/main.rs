@@ -3,6 +3,7 @@
 
 mod admin_api;
 mod apply_and_serve;
+mod cache_purge;
 mod cancellation;
 mod cli_errors;
 mod compression;

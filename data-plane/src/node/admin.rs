@@ -182,6 +182,10 @@ fn render_metrics(shared: &NodeShared) -> String {
     metrics::single(&mut out, "vane_config_swaps_total", "counter", "Snapshots swapped in.", swaps);
     let nacks = shared.metrics.nacks.load(Ordering::Relaxed);
     metrics::single(&mut out, "vane_config_nacks_total", "counter", "Snapshots refused.", nacks);
+    let purge_seq = shared.purge_seq.load(Ordering::Relaxed);
+    metrics::single(&mut out, "vane_cache_purge_seq", "gauge", "The last cache purge applied (0: none).", purge_seq);
+    let purges = shared.purges.load(Ordering::Relaxed);
+    metrics::single(&mut out, "vane_cache_purges_total", "counter", "Cache purges applied since start.", purges);
     let connected = shared.connected.load(Ordering::Relaxed);
     metrics::single(
         &mut out,

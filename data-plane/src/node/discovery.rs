@@ -23,6 +23,7 @@ use vane_proto::discovery::{
 
 use super::NodeConfig;
 use super::problems::Kind;
+use super::purges;
 use super::shared::NodeShared;
 use super::snapshot_store;
 
@@ -80,8 +81,7 @@ async fn session(
         version_held,
         hash_held,
         problems: shared.problems.report(),
-        // TODO(issue 19, this session): purges are being wired.
-        purge_seq_held: 0,
+        purge_seq_held: shared.purge_seq.load(Ordering::Relaxed),
     };
     let _ = tx.send(NodeMessage { message: Some(node_message::Message::Hello(hello)) }).await;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
@@ -100,7 +100,16 @@ async fn session(
         tokio::select! {
             message = inbound.message() => {
                 let Some(message) = message? else { break };
-                let Some(control_message::Message::Snapshot(snapshot)) = message.message else { continue };
+                let snapshot = match message.message {
+                    Some(control_message::Message::Snapshot(snapshot)) => snapshot,
+                    Some(control_message::Message::Purge(purge)) => {
+                        if tx.send(purges::apply(shared, config, purge).await).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    None => continue,
+                };
                 shared.snapshots.fetch_add(1, Ordering::Relaxed);
                 let reply = apply(shared, config, snapshot).await;
                 // Problems met while applying go first: the ACK then comes with them known.

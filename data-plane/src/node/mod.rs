@@ -9,6 +9,7 @@ pub(crate) mod admin;
 pub(crate) mod discovery;
 pub(crate) mod file_watch;
 pub(crate) mod problems;
+pub(crate) mod purges;
 pub(crate) mod shared;
 pub(crate) mod snapshot_store;
 pub(crate) mod tls_files;
@@ -136,6 +137,8 @@ impl Node {
             problems: problems::Problems::default(),
             watched: tokio::sync::watch::Sender::new(Arc::default()),
             applying: Mutex::default(),
+            purge_seq: AtomicU64::new(config.cache_dir.as_deref().map_or(0, purges::read_seq)),
+            purges: AtomicU64::new(0),
         });
         if let Some(dir) = &config.cache_dir {
             match snapshot_store::read(dir) {

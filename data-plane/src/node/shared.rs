@@ -57,11 +57,22 @@ pub(crate) struct NodeShared {
     pub(super) watched: tokio::sync::watch::Sender<Arc<tls_files::Files>>,
     /// Held while a snapshot is compiled and swapped in.
     pub(super) applying: Mutex<()>,
+    /// The last cache purge applied (`purges.rs`), and how many were applied since start.
+    pub(crate) purge_seq: AtomicU64,
+    pub(crate) purges: AtomicU64,
 }
 
 impl NodeShared {
     pub(super) fn listeners(&self) -> std::sync::MutexGuard<'_, listeners::Listeners> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes cached responses: `key` exactly, or every key under it with `prefix`, in
+    /// the cache named `cache` (every cache when empty); the entries removed.
+    pub(crate) fn purge_caches(&self, cache: &str, key: &str, prefix: bool) -> u64 {
+        // Wired to the response caches when they land (issue 19, this session).
+        let _ = (cache, key, prefix);
+        0
     }
 
     /// Validates, compiles and swaps in a snapshot. On error nothing changed.
