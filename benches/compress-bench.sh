@@ -25,8 +25,9 @@
 # Needs: nginx, wrk, curl, python3 (apt-get install -y nginx wrk curl python3, and
 # libnginx-mod-http-brotli-filter for the brotli peer), a release `vane`
 # [${CARGO_TARGET_DIR:-target}/release/vane, built with `cargo build --release -p vane`
-# when missing]. Ports 18501-18520 on 127.0.0.1. Every load run is bounded by `timeout`,
-# every wait loop by a count; everything started here is stopped on exit.
+# when missing]. Ports 18501-18507 on 127.0.0.1, checked free first. Every load run is
+# bounded by `timeout`, every wait by a count (benches/lib.sh); everything started here
+# is stopped on exit, the temp dir removed.
 # =============================================================================
 set -euo pipefail
 
@@ -40,28 +41,27 @@ PROXY_CPUS=${PROXY_CPUS:-1}
 LOAD_CPUS=${LOAD_CPUS:-0}
 OUT=${OUT:-/tmp/vane-compress-bench.md}
 VANE=${VANE:-${CARGO_TARGET_DIR:-$REPO/target}/release/vane}
+BENCH_NAME=compress-bench
+# shellcheck source=benches/lib.sh
+. "$HERE/lib.sh"
 SECS=${DURATION%s}
-case "$SECS" in ''|*[!0-9]*|0) echo "DURATION must be whole seconds (e.g. 6s)" >&2; exit 2 ;; esac
-for tool in nginx wrk curl python3 taskset; do
-  command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+case "$SECS" in ''|*[!0-9]*|0) die "DURATION must be whole seconds (e.g. 6s)" ;; esac
+for tool in nginx wrk curl python3 taskset ss; do
+  command -v "$tool" >/dev/null || die "missing $tool"
 done
 if [ ! -x "$VANE" ]; then
-  echo "building $VANE (cargo build --release -p vane) ..." >&2
+  log "building $VANE (cargo build --release -p vane) ..."
   (cd "$REPO" && cargo build --release -p vane --quiet)
 fi
 BROTLI_MOD=/usr/lib/nginx/modules/ngx_http_brotli_filter_module.so
 [ -f "$BROTLI_MOD" ] || BROTLI_MOD=
 
 ORIGIN=18501 NG1=18502 NG6=18503 NGBR=18504 VWEB=18505 VCP=18506 VADMIN=18507
-work=$(mktemp -d /tmp/vane-compress-bench.XXXXXX)
+ports_free $ORIGIN $NG1 $NG6 $NGBR $VWEB $VCP $VADMIN
+TMP=$(mktemp -d /tmp/vane-compress-bench.XXXXXX)
+stop_on_exit
+work=$TMP
 chmod 755 "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 
 # The document: seeded, so every run compresses the same bytes.
 python3 - "$work/www/doc.json" "$BODY_KB" <<'PY'
@@ -85,9 +85,11 @@ BODY_BYTES=$(stat -c %s "$work/www/doc.json")
 chmod -R a+rX "$work/www"
 
 mkdir -p "$work/tmp"
-common="worker_processes 1; daemon off; master_process on; user www-data; error_log $work/err-%s.log warn;
-events { worker_connections 4096; use epoll; }"
-printf "$common\n" origin >"$work/origin.conf"
+common() {  # common NAME: what both nginx configs start with, NAME in the error log's file name
+  echo "worker_processes 1; daemon off; master_process on; user www-data; error_log $work/err-$1.log warn;"
+  echo "events { worker_connections 4096; use epoll; }"
+}
+common origin >"$work/origin.conf"
 cat >>"$work/origin.conf" <<NG
 pid $work/origin.pid;
 http { access_log off; sendfile on; tcp_nodelay on; keepalive_requests 1000000; types { application/json json; }
@@ -96,7 +98,7 @@ http { access_log off; sendfile on; tcp_nodelay on; keepalive_requests 1000000; 
 NG
 {
   [ -n "$BROTLI_MOD" ] && echo "load_module $BROTLI_MOD;"
-  printf "$common\n" proxy
+  common proxy
   cat <<NG
 pid $work/proxy.pid;
 http { access_log off; tcp_nodelay on; keepalive_requests 1000000;
@@ -115,11 +117,9 @@ NG
   echo "}"
 } >"$work/proxy.conf"
 
-taskset -c "$LOAD_CPUS" nginx -c "$work/origin.conf" -p "$work" &
-pids+=($!)
-taskset -c "$PROXY_CPUS" nginx -c "$work/proxy.conf" -p "$work" &
-pids+=($!)
-NGINX_MASTER=$!
+start_bg "$LOAD_CPUS" "$work/origin.out" nginx -c "$work/origin.conf" -p "$work"
+start_bg "$PROXY_CPUS" "$work/nginx.out" nginx -c "$work/proxy.conf" -p "$work"
+NGINX_MASTER=$LAST_PID
 
 cat >"$work/vane.yaml" <<YAML
 listeners:
@@ -138,35 +138,20 @@ routes:
   - { name: zstd3, match: { prefix: /, hosts: [zstd3.test] }, forward: { clusters: [ { name: origin } ] }, compression: zstd3 }
 YAML
 export RUST_LOG=warn
-taskset -c "$LOAD_CPUS" "$VANE" control-plane --data-dir "$work/store" --listen "127.0.0.1:$VCP" >"$work/cp.out" &
-pids+=($!)
-taskset -c "$PROXY_CPUS" "$VANE" proxy --control-plane "http://127.0.0.1:$VCP" --node-id bench \
-  --admin "127.0.0.1:$VADMIN" >"$work/proxy.out" &
-pids+=($!)
-VANE_NODE=$!
+start_bg "$LOAD_CPUS" "$work/cp.out" "$VANE" control-plane --data-dir "$work/store" --listen "127.0.0.1:$VCP"
+start_bg "$PROXY_CPUS" "$work/proxy.out" "$VANE" proxy --control-plane "http://127.0.0.1:$VCP" --node-id bench \
+  --admin "127.0.0.1:$VADMIN"
+VANE_NODE=$LAST_PID
 for _ in $(seq 1 100); do
   "$VANE" --server "http://127.0.0.1:$VCP" apply -f "$work/vane.yaml" >/dev/null 2>&1 && break
   sleep 0.1
 done
-ready() { curl -fs -o /dev/null -H "Host: $2" -H "Accept-Encoding: $3" "http://127.0.0.1:$1/doc.json"; }
-for _ in $(seq 1 100); do
-  ready "$VWEB" gzip1.test gzip && ready "$NG1" x gzip && break
-  sleep 0.1
-done
-ready "$VWEB" gzip1.test gzip || { echo "vane does not answer" >&2; exit 1; }
-ready "$NG6" x gzip || { echo "nginx does not answer" >&2; exit 1; }
-
-cpu_ticks() {  # utime + stime (clock ticks) over a process and its children
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    total=$((total + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
+wait_http "http://127.0.0.1:$VWEB/doc.json" -H "Host: gzip1.test" -H "Accept-Encoding: gzip" || die "vane does not answer"
+wait_http "http://127.0.0.1:$NG6/doc.json" -H "Accept-Encoding: gzip" || die "nginx does not answer"
 size_of() {  # compressed size of the document as a target sends it
   curl -s -H "Host: $2" -H "Accept-Encoding: $3" "http://127.0.0.1:$1/doc.json" | wc -c
 }
-HZ=$(getconf CLK_TCK)
+HZ=$CLK_TCK
 
 # Rows: label, port, host, encoding, process to account CPU to.
 rows=("nginx gzip 1|$NG1|x|gzip|$NGINX_MASTER" "vane gzip 1|$VWEB|gzip1.test|gzip|$VANE_NODE"
@@ -179,14 +164,14 @@ results=$work/results.tsv
 for rep in $(seq 1 "$REPS"); do
   for row in "${rows[@]}"; do
     IFS='|' read -r label port host enc pid <<<"$row"
-    before=$(cpu_ticks "$pid")
+    before=$(cpu_ticks_total "$pid")
     out=$(timeout $((SECS + 30)) taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"$DURATION" \
       -H "Host: $host" -H "Accept-Encoding: $enc" "http://127.0.0.1:$port/doc.json" 2>&1 || true)
-    after=$(cpu_ticks "$pid")
+    after=$(cpu_ticks_total "$pid")
     rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
     errors=$(awk '/Non-2xx|Socket errors/ { n++ } END { print n + 0 }' <<<"$out")
     printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$rep" "${rps:-0}" "$((after - before))" "$errors" >>"$results"
-    echo "rep $rep $label: ${rps:-0} req/s" >&2
+    log "rep $rep $label: ${rps:-0} req/s"
   done
 done
 
