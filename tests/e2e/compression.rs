@@ -1,7 +1,8 @@
 //! Response compression through a real `vane proxy` process (issue 19): each encoding
 //! decoded by decoders not written here (curl's, the `gzip` and `zstd` tools, and
 //! async-compression's), q-value choice, the answers never compressed, `Vary` and `ETag`,
-//! a 10 MB body streamed with bounded node memory, and the metrics.
+//! a listed event stream flushed event by event, a 10 MB body streamed with bounded node
+//! memory, and the metrics.
 
 mod origin;
 
@@ -21,8 +22,8 @@ use vane_suite::*;
 use origin::{Origin, STREAM_BYTES};
 
 /// A control plane, the origin, and a `vane proxy` process serving this config: `web`
-/// (all encodings, defaults) on every host, `gz.test` gzip only at level 1, `plain.test`
-/// without compression.
+/// (all encodings, defaults) on every host, `gz.test` gzip only at level 1, `sse.test`
+/// gzip for `text/event-stream` only, `plain.test` without compression.
 struct Fixture {
     cp: TestControlPlane,
     origin: Origin,
@@ -40,8 +41,10 @@ impl Fixture {
             "listeners:\n  - {{name: web, address: '127.0.0.1:0'}}\n\
              clusters:\n  - {{name: origin, endpoints: [{{address: '{}'}}]}}\n\
              compressions:\n  - {{name: web}}\n  - {{name: gz, encodings: [gzip], gzip_level: 1}}\n\
+             \x20 - {{name: sse, encodings: [gzip], content_types: [text/event-stream]}}\n\
              routes:\n\
              \x20 - {{name: gz, match: {{prefix: /, hosts: [gz.test]}}, forward: {{clusters: [{{name: origin}}]}}, compression: gz}}\n\
+             \x20 - {{name: sse, match: {{prefix: /, hosts: [sse.test]}}, forward: {{clusters: [{{name: origin}}]}}, compression: sse}}\n\
              \x20 - {{name: plain, match: {{prefix: /, hosts: [plain.test]}}, forward: {{clusters: [{{name: origin}}]}}}}\n\
              \x20 - {{name: all, match: {{prefix: /}}, forward: {{clusters: [{{name: origin}}]}}, compression: web}}\n",
             origin.addr
@@ -100,6 +103,16 @@ async fn decode(encoding: &str, data: &[u8]) -> Vec<u8> {
         other => panic!("unexpected encoding {other}"),
     }
     .unwrap();
+    out
+}
+
+/// What the gzip stream so far decodes to (it is cut short: decoding stops at its end).
+async fn inflate_prefix(data: &[u8]) -> Vec<u8> {
+    let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(data);
+    let (mut out, mut buf) = (Vec::new(), [0u8; 1024]);
+    while let Ok(n @ 1..) = decoder.read(&mut buf).await {
+        out.extend_from_slice(&buf[..n]);
+    }
     out
 }
 
@@ -291,4 +304,32 @@ async fn a_10_mb_body_streams_compressed_with_bounded_node_memory() {
         assert!(into >= STREAM_BYTES as f64 && out > 0.0 && out < into, "{encoding}: {into} in, {out} out");
         assert!(metric(&metrics, &format!("vane_compression_responses_total{labels}")) >= 2.0);
     }
+}
+
+#[tokio::test]
+async fn a_listed_event_stream_is_compressed_and_each_event_arrives_as_it_is_sent() {
+    let f = Fixture::start().await;
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::get(f.url("/events"))
+        .header("host", "sse.test")
+        .header("accept-encoding", "gzip")
+        .body(Empty::new())
+        .unwrap();
+    let response = client.request(req).await.unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    let mut body = response.into_body();
+    // The origin holds its second event until the first was read, decoded, here.
+    let mut compressed = Vec::new();
+    while inflate_prefix(&compressed).await != b"data: one\n\n" {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame()).await;
+        compressed.extend_from_slice(
+            &frame.expect("the first event in time").expect("a frame").unwrap().into_data().unwrap_or_default(),
+        );
+    }
+    f.origin.resume.notify_one();
+    while let Some(frame) = body.frame().await {
+        compressed.extend_from_slice(&frame.unwrap().into_data().unwrap_or_default());
+    }
+    let text = decode("gzip", &compressed).await;
+    assert_eq!(text, b"data: one\n\ndata: two\n\n");
 }

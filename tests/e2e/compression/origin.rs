@@ -130,6 +130,19 @@ async fn answer(
         "/png" => full(200, &[("content-type", "image/png")], page),
         "/small" => full(200, &[("content-type", "text/plain")], text(100)),
         "/empty" => full(204, &[("content-type", "text/plain")], ""),
+        "/events" => {
+            // Two server-sent events; the second only once the test lets it go.
+            let (tx, rx) = mpsc::channel::<Bytes>(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"data: one\n\n")).await;
+                resume.notified().await;
+                let _ = tx.send(Bytes::from_static(b"data: two\n\n")).await;
+            });
+            let frames = tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok(Frame::data(b)));
+            let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+            response.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+            response
+        }
         "/stream" => {
             let (tx, rx) = mpsc::channel::<Bytes>(2);
             tokio::spawn(async move {
