@@ -167,8 +167,8 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
                 ));
             }
             if all || kind == Kind::Compression {
-                let rows = config.compressions.iter().map(|c| vec![c.name.clone()]).collect();
-                text.push_str(&table(&["COMPRESSION"], rows));
+                let rows = config.compressions.iter().map(compression_row).collect();
+                text.push_str(&table(&["COMPRESSION", "ENCODINGS", "LEVELS", "MIN LENGTH", "CONTENT TYPES"], rows));
             }
             if all || kind == Kind::Certificate {
                 let rows = config.certificates.iter().map(certificate_row).collect();
@@ -210,6 +210,22 @@ fn policy_row(p: &vane_proto::config::Policy) -> Vec<String> {
 }
 
 /// Name, the leaf's DNS names and expiry (inline chains; files live on the nodes), source.
+/// A compression's row, defaults shown as the node applies them.
+fn compression_row(c: &vane_proto::config::Compression) -> Vec<String> {
+    use vane_proto::{COMPRESSION_DEFAULT_LEVELS as LEVELS, COMPRESSION_DEFAULT_MIN_LENGTH, COMPRESSION_ENCODINGS};
+    let list = |l: &[String]| l.join(",");
+    let encodings = if c.encodings.is_empty() { COMPRESSION_ENCODINGS.join(",") } else { list(&c.encodings) };
+    let levels = format!(
+        "gzip {} br {} zstd {}",
+        c.gzip_level.unwrap_or(LEVELS[0]),
+        c.brotli_level.unwrap_or(LEVELS[1]),
+        c.zstd_level.unwrap_or(LEVELS[2])
+    );
+    let types = if c.content_types.is_empty() { "defaults".to_owned() } else { list(&c.content_types) };
+    let min_length = c.min_length.unwrap_or(COMPRESSION_DEFAULT_MIN_LENGTH).to_string();
+    vec![c.name.clone(), encodings, levels, min_length, types]
+}
+
 fn certificate_row(c: &vane_proto::config::Certificate) -> Vec<String> {
     use vane_proto::config::data_source::Specifier;
     let (names, not_after, source) = match c.certificate_chain.as_ref().and_then(|s| s.specifier.as_ref()) {

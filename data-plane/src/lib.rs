@@ -9,10 +9,11 @@
 //! the previous runtime serving. Requests (`proxy`) load the runtime once and keep it.
 //!
 //! The modules are layers, each importing only from the ones listed before it: `support`,
-//! `tls`, `observe`, `http`, `upstream`, `policy`, `routing`, `proxy`, `server`, `node`
+//! `tls`, `observe`, `http`, `upstream`, `policy`, `compress`, `routing`, `proxy`, `server`, `node`
 //! (`.ci/module-cycles.py` checks it; docs/architecture.md says what each owns).
 
 mod cache;
+mod compress;
 mod http;
 mod node;
 mod observe;

@@ -22,7 +22,10 @@ pub use generated::vane::store::v1 as store;
 pub use generated::vane::{admin::v1 as admin, config::v1 as config, discovery::v1 as discovery};
 
 pub use format::{Format, LoadError, config_sha256, load, render};
-pub use validate::{ConfigError, ValidationErrors, full_match_regex, hash_api_keys, template_params, validate};
+pub use validate::{
+    COMPRESSION_DEFAULT_LEVELS, COMPRESSION_DEFAULT_MIN_LENGTH, COMPRESSION_ENCODINGS, ConfigError, ValidationErrors,
+    full_match_regex, hash_api_keys, template_params, validate,
+};
 
 pub use generated::FILE_DESCRIPTOR_SET;
 pub use time::{timestamp_from_unix_ms, unix_ms_now};

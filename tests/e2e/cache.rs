@@ -69,6 +69,9 @@ impl Origin {
     }
 }
 
+/// A compressible piece of HTML; `/page` answers it 64 times.
+pub(crate) const PAGE: &str = "<p>Vane caches what it compresses.</p>\n";
+
 /// The origin's answer to the `n`th request for its path.
 async fn answer(req: &Request<hyper::body::Incoming>, n: u64) -> Response<Full<Bytes>> {
     let path = req.uri().path();
@@ -101,6 +104,11 @@ async fn answer(req: &Request<hyper::body::Incoming>, n: u64) -> Response<Full<B
             }
             (200, vec![("cache-control", "max-age=2, stale-while-revalidate=60".into())], format!("swr {n}"))
         }
+        "/page" => (
+            200,
+            vec![("cache-control", "max-age=60".into()), ("content-type", "text/html; charset=utf-8".into())],
+            PAGE.repeat(64),
+        ),
         "/sie" => (200, vec![("cache-control", "max-age=1, stale-if-error=60".into())], format!("sie {n}")),
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(300)).await;

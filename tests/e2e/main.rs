@@ -4,10 +4,12 @@
 mod admin_api;
 mod apply_and_serve;
 mod cache;
+mod cache_compress;
 mod cache_flow;
 mod cache_purge;
 mod cancellation;
 mod cli_errors;
+mod compression;
 mod control_plane;
 mod dev;
 mod failover;

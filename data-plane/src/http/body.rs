@@ -154,8 +154,44 @@ impl BodyFault {
     }
 }
 
-/// A response body from an upstream: through hyper, or read inline from an HTTP/1.1 socket.
-pub(crate) type UpstreamResponseBody = Either<Streamed, crate::http::h1::ResponseBody>;
+/// A response body a layer above re-encodes as it streams (compression): boxed, so only
+/// such responses pay for the encoder's type, and no layer below names it. Its error is a
+/// concrete `io::Error`: a boxed body whose error is itself a boxed `dyn Error` trips
+/// rustc's proof that the futures holding it are `Send`.
+pub(crate) struct Encoded(Pin<Box<dyn Body<Data = Bytes, Error = std::io::Error> + Send + Sync>>);
+
+impl Encoded {
+    pub(crate) fn new(body: impl Body<Data = Bytes, Error = std::io::Error> + Send + Sync + 'static) -> Encoded {
+        Encoded(Box::pin(body))
+    }
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Encoded")
+    }
+}
+
+impl Body for Encoded {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+/// A response body from an upstream: through hyper, or read inline from an HTTP/1.1
+/// socket, or either of them re-encoded on its way ([`Encoded`]).
+pub(crate) type UpstreamResponseBody = Either<Streamed, Either<crate::http::h1::ResponseBody, Encoded>>;
 /// What an upstream answer or a local answer streams as.
 pub(crate) type InnerBody = Either<UpstreamResponseBody, Full<Bytes>>;
 /// Request bodies sent upstream, counted.

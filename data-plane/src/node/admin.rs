@@ -174,6 +174,7 @@ fn render_metrics(shared: &NodeShared) -> String {
     if let Some(rt) = shared.serving.runtime.load().as_ref() {
         rt.policies.render(&mut out);
         shared.caches.render(&mut out);
+        rt.compressions.render(&mut out);
         render_endpoints(&mut out, rt);
     }
     let (version, _) = shared.held();

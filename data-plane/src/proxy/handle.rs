@@ -307,6 +307,8 @@ impl Connection {
                 let streamed = matches!(req.body(), Either::Left(_)) && !req.body().is_end_stream();
                 let fault = (limit > 0 || streamed).then(|| Arc::new(BodyFault::default()));
                 let head_request = req.method() == http::Method::HEAD;
+                // Read before the request goes: what its answer may be encoded with.
+                let offer = route.compress.as_ref().map(|c| c.negotiate(req.method(), req.headers()));
                 let req = req.map(|body| {
                     let body = Counting::new(body, bytes_in, limit, fault.clone());
                     if streamed { body.with_idle_timeout(route.request_body_timeout) } else { body }
@@ -339,6 +341,9 @@ impl Connection {
                 }
                 if let Some(upstream) = &mut upstream {
                     hold(route, cluster, head_request, fault, &mut response, upstream);
+                }
+                if let (Some(compressor), Some(offer)) = (&route.compress, offer) {
+                    compressor.apply(offer, &mut response);
                 }
                 (stats, name, Some(cluster.name.clone()), response, upstream)
             }

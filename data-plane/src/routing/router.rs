@@ -55,6 +55,8 @@ pub(crate) struct Route {
     pub(crate) response_headers: HeaderRules,
     /// The cache resource this route's responses go through (forwards only).
     pub(crate) cache: Option<Arc<crate::cache::RouteCache>>,
+    /// Response compression (`Route.compression`; None: responses pass as they come).
+    pub(crate) compress: Option<Arc<crate::compress::Compressor>>,
 }
 
 /// What a route does with a request it takes.

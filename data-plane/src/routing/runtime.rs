@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use vane_proto::config::{Config, listener::Protocol, route};
 
+use crate::compress::Compressions;
 use crate::observe::accesslog::Sink;
 use crate::observe::metrics::MetricsBuilder;
 use crate::policy::Policies;
@@ -46,6 +47,8 @@ pub(crate) struct Runtime {
     pub(crate) tls: HashMap<u64, Arc<ServerTls>>,
     /// The compiled policies (their counters feed `/metrics`).
     pub(crate) policies: Policies,
+    /// The compiled compressions, which routes hold (their counters feed `/metrics`).
+    pub(crate) compressions: Compressions,
 }
 
 impl Runtime {
@@ -65,6 +68,7 @@ impl Runtime {
             config.listeners.iter().map(|l| (l.name.as_str(), l.policies.as_slice())).collect();
         let empty = HashMap::new();
         let registry = ClusterRegistry::new(previous.map_or(&empty, |p| &p.clusters));
+        let compressions = Compressions::compile(config, previous.map(|p| &p.compressions));
         let clusters: HashMap<Arc<str>, Arc<Cluster>> = config
             .clusters
             .iter()
@@ -169,6 +173,7 @@ impl Runtime {
                 request_headers: HeaderRules::compile(r.request_headers.as_ref()),
                 response_headers: HeaderRules::compile(r.response_headers.as_ref()),
                 cache: (!r.cache.is_empty()).then(|| caches.route(&r.name, &r.cache)).flatten(),
+                compress: compressions.get(&r.compression),
             });
             let attached: Vec<&str> = if r.listeners.is_empty() {
                 http_listeners.clone()
@@ -195,7 +200,15 @@ impl Runtime {
             .iter()
             .filter_map(|l| Some((*slots.get(&l.name)?, tls.servers.get(&l.name)?.clone())))
             .collect();
-        Runtime { version, sha256, listeners: routers, clusters, tls: servers, policies: policies.clone() }
+        Runtime {
+            version,
+            sha256,
+            listeners: routers,
+            clusters,
+            tls: servers,
+            policies: policies.clone(),
+            compressions,
+        }
     }
 }
 

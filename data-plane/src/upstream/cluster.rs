@@ -272,7 +272,7 @@ impl Cluster {
             if inline {
                 // `h1::exchange` writes HTTP/1.1 whatever the request's version says.
                 let response = self.http1.exchange(index, req, now).await?;
-                return Ok((response.map(Either::Right), None));
+                return Ok((response.map(|b| Either::Right(Either::Left(b))), None));
             }
             // Boxed: HTTP/2 upstreams, streamed bodies and upgrades have larger futures,
             // which would otherwise make the common case's larger too.

@@ -16,6 +16,7 @@ mod route;
 mod tls;
 
 pub use check::{full_match_regex, template_params};
+pub use compress::{COMPRESSION_DEFAULT_LEVELS, COMPRESSION_DEFAULT_MIN_LENGTH, COMPRESSION_ENCODINGS};
 pub use error::{ConfigError, ValidationErrors};
 pub use policy::hash_api_keys;
 

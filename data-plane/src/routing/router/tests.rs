@@ -25,6 +25,7 @@ fn router(routes_yaml: &str) -> Router {
             cache: None,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
+            compress: None,
         });
         router.add(&m, Arc::new(RouteEntry::new(route, Box::new([]), order, Default::default())));
     }
