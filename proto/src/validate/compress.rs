@@ -34,6 +34,38 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
     for (i, c) in config.compressions.iter().enumerate() {
         fields(v, &display_name(&c.name, i), c);
     }
+    for (i, r) in config.routes.iter().enumerate() {
+        if let Some(p) = json_editor(config, r) {
+            v.err(
+                "route",
+                &display_name(&r.name, i),
+                "compression",
+                format!(
+                    "policy '{p}' edits this route's responses as JSON (transform.response_json), which it \
+                     cannot do to a compressed body: drop the compression or the edit"
+                ),
+            );
+        }
+    }
+}
+
+/// The first policy applied to compressed route `r` (its own, or a listener's it is
+/// attached to) that edits response bodies as JSON.
+fn json_editor<'a>(config: &'a Config, r: &'a crate::config::Route) -> Option<&'a str> {
+    if r.compression.is_empty() {
+        return None;
+    }
+    let edits_json = |name: &str| {
+        config.policies.iter().any(|p| {
+            p.name == name
+                && p.transform
+                    .as_ref()
+                    .and_then(|t| t.response_json.as_ref())
+                    .is_some_and(|j| !j.set.is_empty() || !j.remove.is_empty())
+        })
+    };
+    let listeners = config.listeners.iter().filter(|l| r.listeners.is_empty() || r.listeners.contains(&l.name));
+    r.policies.iter().chain(listeners.flat_map(|l| l.policies.iter())).map(String::as_str).find(|p| edits_json(p))
 }
 
 fn fields(v: &mut Validator, name: &str, c: &Compression) {
@@ -148,5 +180,25 @@ mod tests {
             "routes:\n  - name: r\n    match: {prefix: /}\n    direct_response: {status: 200}\n    compression: nope\n",
         );
         assert_eq!(errs, vec!["route 'r': compression: unknown compression 'nope'"]);
+    }
+
+    #[test]
+    fn a_compressed_route_whose_responses_a_policy_edits_as_json_is_refused() {
+        let config = |listener_policies: &str, route_policies: &str, compression: &str| {
+            format!(
+                "listeners:\n  - {{name: web, address: '127.0.0.1:80', policies: [{listener_policies}]}}\n\
+                 policies:\n  - {{name: mask, transform: {{response_json: {{remove: [secret]}}}}}}\n\
+                 \x20 - {{name: tag, transform: {{response_headers: {{set: [{{name: x-a, value: b}}]}}}}}}\n\
+                 compressions:\n  - {{name: z}}\n\
+                 routes:\n  - {{name: r, match: {{prefix: /}}, direct_response: {{status: 200}}, \
+                 policies: [{route_policies}]{compression}}}\n"
+            )
+        };
+        let refused = "route 'r': compression: policy 'mask' edits this route's responses as JSON \
+                       (transform.response_json), which it cannot do to a compressed body: drop the compression or the edit";
+        assert_eq!(errors(&config("", "tag, mask", ", compression: z")), vec![refused]);
+        assert_eq!(errors(&config("mask", "tag", ", compression: z")), vec![refused], "a listener's policy too");
+        assert!(errors(&config("tag", "tag", ", compression: z")).is_empty(), "header edits are fine");
+        assert!(errors(&config("mask", "mask", "")).is_empty(), "without compression the edit is fine");
     }
 }
