@@ -12,8 +12,6 @@ use prost::Message;
 use tracing::warn;
 use vane_proto::discovery::CachePurge;
 
-use crate::store::StoreError;
-
 /// The sled tree's name.
 pub(crate) const TREE: &[u8] = b"purges";
 /// Purges kept.
@@ -33,23 +31,20 @@ fn seq_of(key: &[u8]) -> u64 {
 }
 
 /// The newest purge's number (0: none yet).
-pub(crate) fn latest(tree: &sled::Tree) -> Result<u64, StoreError> {
+pub(crate) fn latest(tree: &sled::Tree) -> sled::Result<u64> {
     Ok(tree.last()?.map_or(0, |(key, _)| seq_of(&key)))
 }
 
 /// Numbers `purge` after the newest one, stores it, drops the oldest past [`KEEP`] and
 /// flushes. Callers serialise writers (the control plane's writer lock).
-pub(crate) fn record(db: &sled::Db, tree: &sled::Tree, purge: CachePurge) -> Result<CachePurge, StoreError> {
+pub(crate) fn record(db: &sled::Db, tree: &sled::Tree, purge: CachePurge) -> sled::Result<CachePurge> {
     record_keeping(db, tree, purge, KEEP)
 }
 
-fn record_keeping(
-    db: &sled::Db,
-    tree: &sled::Tree,
-    mut purge: CachePurge,
-    keep: usize,
-) -> Result<CachePurge, StoreError> {
-    let seq = latest(tree)?.checked_add(1).ok_or(StoreError::Exhausted)?;
+fn record_keeping(db: &sled::Db, tree: &sled::Tree, mut purge: CachePurge, keep: usize) -> sled::Result<CachePurge> {
+    let seq = latest(tree)?
+        .checked_add(1)
+        .ok_or_else(|| sled::Error::Unsupported("cache purge numbers are exhausted".into()))?;
     purge.seq = seq;
     tree.insert(seq.to_be_bytes(), purge.encode_to_vec())?;
     // Numbers are consecutive: everything at or below `seq - keep` goes (at most one per
@@ -65,7 +60,7 @@ fn record_keeping(
 }
 
 /// What a node holding purge `held` has missed.
-pub(crate) fn after(tree: &sled::Tree, held: u64) -> Result<MissedPurges, StoreError> {
+pub(crate) fn after(tree: &sled::Tree, held: u64) -> sled::Result<MissedPurges> {
     let newest = latest(tree)?;
     let oldest = tree.first()?.map_or(0, |(key, _)| seq_of(&key));
     let everything = || MissedPurges::Everything(CachePurge { seq: newest, prefix: true, ..Default::default() });

@@ -364,15 +364,15 @@ impl Store for SledStore {
     }
 
     fn record_purge(&self, purge: CachePurge) -> Result<CachePurge, StoreError> {
-        purge_log::record(&self.db, &self.purges, purge)
+        Ok(purge_log::record(&self.db, &self.purges, purge)?)
     }
 
     fn purges_after(&self, held: u64) -> Result<MissedPurges, StoreError> {
-        purge_log::after(&self.purges, held)
+        Ok(purge_log::after(&self.purges, held)?)
     }
 
     fn latest_purge(&self) -> Result<u64, StoreError> {
-        purge_log::latest(&self.purges)
+        Ok(purge_log::latest(&self.purges)?)
     }
 
     fn size_on_disk(&self) -> u64 {
