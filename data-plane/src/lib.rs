@@ -13,6 +13,7 @@
 //! (`.ci/module-cycles.py` checks it; docs/architecture.md says what each owns).
 
 mod http;
+mod l4;
 mod node;
 mod observe;
 mod policy;

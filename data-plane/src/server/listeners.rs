@@ -6,6 +6,11 @@
 //! the snapshot no longer has. A stopped listener closes its socket at once; its open
 //! connections finish the requests in flight, then close (graceful shutdown).
 //!
+//! A TCP listener's slot also holds its compiled [`L4Listener`] (swapped in place like the
+//! runtime); the accept loop hands each connection to it while it is set, and the
+//! connection keeps that one to its end. A removed TCP listener's connections keep
+//! flowing up to its `drain_timeout`.
+//!
 //! A listener whose address is unchanged keeps its socket and its slot id
 //! even when renamed; the runtime maps slot ids to routers, so connections always route
 //! with the newest runtime.
@@ -23,6 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -30,7 +36,10 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 use vane_proto::ConfigError;
 use vane_proto::config;
+use vane_proto::config::listener::Protocol;
 
+use crate::l4::L4Listener;
+use crate::observe::accesslog::Sink;
 use crate::observe::metrics::ListenerStats;
 use crate::proxy;
 use crate::proxy::Serving;
@@ -38,6 +47,7 @@ use crate::server::handoff::stopped;
 use crate::server::inline::Serve;
 use crate::support::duration_or;
 use crate::tls::TlsInfo;
+use crate::upstream::cluster::Cluster;
 
 /// Time a client has to send a request's headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,6 +78,8 @@ struct Slot {
     stats: Arc<ListenerStats>,
     /// The listener's deadlines; a snapshot may change them in place.
     timeouts: Arc<Timeouts>,
+    /// Set while the listener is TCP: what its next connection is served with.
+    l4: Arc<ArcSwapOption<L4Listener>>,
 }
 
 /// A listener's connection deadlines, in milliseconds.
@@ -101,6 +113,25 @@ pub(crate) struct Prepared {
     /// Header-read, idle and send deadlines (ms) of each listener, by slot id.
     timeouts: HashMap<u64, (u64, u64, u64)>,
     fresh: Vec<(u64, config::Listener, std::net::TcpListener, SocketAddr)>,
+    /// TCP listeners compiled against the new runtime's clusters, by slot id.
+    l4: HashMap<u64, Arc<L4Listener>>,
+}
+
+impl Prepared {
+    /// Compiles the snapshot's TCP listeners against the clusters of the runtime about
+    /// to be swapped in.
+    pub(crate) fn compile_l4(
+        &mut self,
+        wanted: &[config::Listener],
+        clusters: &HashMap<Arc<str>, Arc<Cluster>>,
+        access_logs: &HashMap<String, Arc<Sink>>,
+    ) {
+        for l in wanted.iter().filter(|l| l.protocol == Protocol::Tcp as i32) {
+            let Some(id) = self.ids.get(&l.name) else { continue };
+            let compiled = L4Listener::compile(l, clusters, access_logs.get(&l.name).cloned());
+            self.l4.insert(*id, Arc::new(compiled));
+        }
+    }
 }
 
 impl Listeners {
@@ -156,12 +187,12 @@ impl Listeners {
                 Some((*ids.get(&l.name)?, (ms(header), ms(idle), ms(send))))
             })
             .collect();
-        if errors.is_empty() { Ok(Prepared { ids, timeouts, fresh }) } else { Err(errors) }
+        if errors.is_empty() { Ok(Prepared { ids, timeouts, fresh, l4: HashMap::new() }) } else { Err(errors) }
     }
 
     /// Starts the fresh listeners and stops those `prepared` did not keep.
     pub(crate) fn commit(&mut self, prepared: Prepared, shared: &Arc<Serving>) {
-        let Prepared { ids, timeouts, fresh } = prepared;
+        let Prepared { ids, timeouts, fresh, mut l4 } = prepared;
         let kept: HashMap<u64, &String> = ids.iter().map(|(name, id)| (*id, name)).collect();
         let defaults =
             (HEADER_READ_TIMEOUT.as_secs() * 1000, IDLE_TIMEOUT.as_secs() * 1000, SEND_TIMEOUT.as_secs() * 1000);
@@ -170,6 +201,8 @@ impl Listeners {
             Some(name) => {
                 slot.name = (*name).clone();
                 slot.timeouts.set(timeouts_of(slot.id));
+                // Connections already open keep the listener they started with.
+                slot.l4.store(l4.remove(&slot.id));
                 true
             }
             None => {
@@ -183,11 +216,20 @@ impl Listeners {
             let stats = Arc::new(ListenerStats::default());
             let timeouts = Arc::new(Timeouts::default());
             timeouts.set(timeouts_of(id));
+            let tcp = Arc::new(ArcSwapOption::new(l4.remove(&id)));
             match TcpListener::from_std(socket) {
                 Ok(listener) => {
                     info!(listener = %spec.name, address = %local, "listener started");
                     let span = info_span!("listener", name = %spec.name, address = %local);
-                    let task = accept_loop(listener, id, shared.clone(), stopped, stats.clone(), timeouts.clone());
+                    let task = accept_loop(
+                        listener,
+                        id,
+                        shared.clone(),
+                        stopped,
+                        stats.clone(),
+                        timeouts.clone(),
+                        tcp.clone(),
+                    );
                     tokio::spawn(task.instrument(span));
                 }
                 Err(error) => warn!(listener = %spec.name, %error, "listener could not be registered"),
@@ -202,6 +244,7 @@ impl Listeners {
                 stop,
                 stats,
                 timeouts,
+                l4: tcp,
             });
         }
     }
@@ -318,6 +361,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     stats: Arc<ListenerStats>,
     timeouts: Arc<Timeouts>,
+    l4: Arc<ArcSwapOption<L4Listener>>,
 ) {
     let mut current_ms = timeouts.header_ms.load(Ordering::Relaxed);
     let mut builder = Arc::new(connection_builder(current_ms));
@@ -336,6 +380,21 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Some(tcp) = l4.load_full() {
+            // A TCP listener: the connection is forwarded whole (layer 4).
+            stats.total.fetch_add(1, Ordering::Relaxed);
+            let open = OpenConnection::new(stats.clone());
+            let span = info_span!("tcp", %peer);
+            let (stats, stop) = (stats.clone(), stop.clone());
+            tokio::spawn(
+                async move {
+                    tcp.serve(stream, peer, stats, stop).await;
+                    drop(open);
+                }
+                .instrument(span),
+            );
+            continue;
+        }
         let ms = timeouts.header_ms.load(Ordering::Relaxed);
         let idle_timeout = Duration::from_millis(timeouts.idle_ms.load(Ordering::Relaxed));
         let send_timeout = Duration::from_millis(timeouts.send_ms.load(Ordering::Relaxed));

@@ -6,6 +6,8 @@
 //! thread serves the request. The cursor and the pool are carried across snapshot swaps
 //! while the cluster keeps its name (see [`ClusterRegistry`]).
 
+mod stream;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

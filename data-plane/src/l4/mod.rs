@@ -1,0 +1,17 @@
+//! Layer 4, beside the HTTP path: TCP listeners that forward each connection whole to a
+//! cluster, optionally chosen by the SNI of its ClientHello (TLS passthrough).
+//!
+//! It shares `upstream/` with the HTTP path (balancers, active and passive health,
+//! circuit breakers) and imports nothing above it. Data flow for one connection:
+//! `server/listeners.rs` accepts it and, when the slot's current [`L4Listener`] says the
+//! listener is TCP, hands it over; `listener.rs` picks the cluster (`sni.rs` reads the
+//! ClientHello for passthrough), `connect.rs` opens the upstream side, `relay.rs` copies
+//! both ways to the end, and the listener's counters (`observe/streams.rs`) and access
+//! log record it.
+
+mod connect;
+mod listener;
+mod relay;
+mod sni;
+
+pub(crate) use listener::L4Listener;
