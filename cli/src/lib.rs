@@ -18,6 +18,7 @@ mod cache_cmd;
 mod client;
 pub mod demo;
 mod edit;
+mod listener_cmd;
 mod output;
 mod quickstart;
 mod serve;
@@ -131,6 +132,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Add, replace or delete one listener (HTTP, HTTPS, TCP).
+    #[command(subcommand)]
+    Listener(listener_cmd::ListenerCommand),
     /// Add, replace or delete one route.
     #[command(subcommand)]
     Route(edit::RouteCommand),
@@ -310,6 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History { output } => admin.history(output).await,
         Command::Diff { file, output } => admin.diff(&file, output).await,
         Command::Delete { kind, name, dry_run } => admin.delete(&kind, &name, dry_run).await,
+        Command::Listener(command) => listener_cmd::run(&admin, command).await,
         Command::Route(command) => edit::route(&admin, command).await,
         Command::Cluster(command) => edit::cluster(&admin, command).await,
         Command::Endpoint(command) => edit::endpoint(&admin, command).await,

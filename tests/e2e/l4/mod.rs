@@ -2,6 +2,7 @@
 //! config applied with `vane apply`, real clients (`redis-cli`, rustls) and servers
 //! (`redis-server`, TLS upstreams, small TCP servers that say who answered).
 
+mod cli;
 mod passthrough;
 mod swaps;
 mod tcp;
@@ -56,7 +57,7 @@ impl Vane {
         serde_json::from_str(&HttpClient::default().get(self.admin, "/config").await.ok()?.body).ok()
     }
 
-    async fn wait_version(&self, version: u64) {
+    pub(super) async fn wait_version(&self, version: u64) {
         eventually(Duration::from_secs(10), &format!("the node serves version {version}"), || async {
             (self.config().await?["version"] == version).then_some(())
         })
