@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -25,6 +25,7 @@ use crate::support::duration_or;
 use crate::upstream::cluster::Cluster;
 
 use super::connect::connect;
+use super::proxy_protocol;
 use super::relay::{self, Limits, relay};
 use super::sni::{self, Hello, Rules};
 
@@ -73,7 +74,8 @@ impl L4Listener {
         }
     }
 
-    /// Serves one accepted connection to its end. `stop` turns true when the listener
+    /// Serves one accepted connection to its end. `peer` is the client (as a trusted
+    /// PROXY header gave it, else the socket's peer); `stop` turns true when the listener
     /// is removed (its connections then drain).
     pub(crate) async fn serve(
         self: Arc<Self>,
@@ -107,6 +109,14 @@ impl L4Listener {
         };
         line.upstream = Some(connected.addr);
         line.connect = Some(connected.took);
+        if let (Some(v2), Ok(local)) = (cluster.proxy_protocol(), client.local_addr()) {
+            let header = proxy_protocol::header(v2, peer, local);
+            if let Err(error) = connected.stream.write_all(&header).await {
+                debug!(%error, "upstream closed before the PROXY header was written");
+                line.end = "error";
+                return self.finish(line, started);
+            }
+        }
         if !hello.is_empty() {
             if let Err(error) = relay::forward_prefix(&mut connected.stream, &hello, &stats.streams).await {
                 debug!(%error, "upstream closed before the ClientHello was written");

@@ -7,10 +7,12 @@
 //! listener is TCP, hands it over; `listener.rs` picks the cluster (`sni.rs` reads the
 //! ClientHello for passthrough), `connect.rs` opens the upstream side, `relay.rs` copies
 //! both ways to the end, and the listener's counters (`observe/streams.rs`) and access
-//! log record it.
+//! log record it. `proxy_protocol.rs` reads PROXY headers from trusted peers (for every
+//! listener: the HTTP server above uses it too) and writes them to clusters that ask.
 
 mod connect;
 mod listener;
+pub(crate) mod proxy_protocol;
 mod relay;
 mod sni;
 

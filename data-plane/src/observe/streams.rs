@@ -49,6 +49,9 @@ pub(crate) struct StreamStats {
     pub(crate) bytes_out: AtomicU64,
     /// Upstream connection attempts that failed (each attempt counts).
     pub(crate) connect_failures: AtomicU64,
+    /// Connections from trusted peers closed for a missing or bad PROXY header (any
+    /// listener protocol).
+    pub(crate) proxy_protocol_errors: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
 }
 
@@ -90,6 +93,19 @@ pub(crate) fn render(out: &mut String, listeners: &[(String, &StreamStats)]) {
             "vane_l4_upstream_connect_failures_total{{listener=\"{}\"}} {}",
             escape(name),
             s.connect_failures.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vane_proxy_protocol_errors_total Connections from trusted peers closed for a missing or bad PROXY header."
+    );
+    let _ = writeln!(out, "# TYPE vane_proxy_protocol_errors_total counter");
+    for (name, s) in listeners {
+        let _ = writeln!(
+            out,
+            "vane_proxy_protocol_errors_total{{listener=\"{}\"}} {}",
+            escape(name),
+            s.proxy_protocol_errors.load(Ordering::Relaxed)
         );
     }
     let _ =

@@ -23,14 +23,15 @@
 //! is still refused.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -38,7 +39,7 @@ use vane_proto::ConfigError;
 use vane_proto::config;
 use vane_proto::config::listener::Protocol;
 
-use crate::l4::L4Listener;
+use crate::l4::{L4Listener, proxy_protocol};
 use crate::observe::accesslog::Sink;
 use crate::observe::metrics::ListenerStats;
 use crate::proxy;
@@ -82,12 +83,14 @@ struct Slot {
     l4: Arc<ArcSwapOption<L4Listener>>,
 }
 
-/// A listener's connection deadlines, in milliseconds.
+/// A listener's connection deadlines, in milliseconds, and the peers trusted to send a
+/// PROXY protocol header.
 #[derive(Debug, Default)]
 struct Timeouts {
     header_ms: AtomicU64,
     idle_ms: AtomicU64,
     send_ms: AtomicU64,
+    proxy_from: ArcSwap<Vec<IpNet>>,
 }
 
 impl Timeouts {
@@ -112,6 +115,8 @@ pub(crate) struct Prepared {
     pub(crate) ids: HashMap<String, u64>,
     /// Header-read, idle and send deadlines (ms) of each listener, by slot id.
     timeouts: HashMap<u64, (u64, u64, u64)>,
+    /// Peers trusted to send a PROXY header, by slot id.
+    proxy_from: HashMap<u64, Vec<IpNet>>,
     fresh: Vec<(u64, config::Listener, std::net::TcpListener, SocketAddr)>,
     /// TCP listeners compiled against the new runtime's clusters, by slot id.
     l4: HashMap<u64, Arc<L4Listener>>,
@@ -187,12 +192,27 @@ impl Listeners {
                 Some((*ids.get(&l.name)?, (ms(header), ms(idle), ms(send))))
             })
             .collect();
-        if errors.is_empty() { Ok(Prepared { ids, timeouts, fresh, l4: HashMap::new() }) } else { Err(errors) }
+        let proxy_from = wanted
+            .iter()
+            .filter_map(|l| {
+                let nets = l
+                    .accept_proxy_protocol_from
+                    .iter()
+                    .filter_map(|c| c.parse::<IpNet>().ok().or_else(|| c.parse::<IpAddr>().ok().map(Into::into)))
+                    .collect();
+                Some((*ids.get(&l.name)?, nets))
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(Prepared { ids, timeouts, proxy_from, fresh, l4: HashMap::new() })
+        } else {
+            Err(errors)
+        }
     }
 
     /// Starts the fresh listeners and stops those `prepared` did not keep.
     pub(crate) fn commit(&mut self, prepared: Prepared, shared: &Arc<Serving>) {
-        let Prepared { ids, timeouts, fresh, mut l4 } = prepared;
+        let Prepared { ids, timeouts, mut proxy_from, fresh, mut l4 } = prepared;
         let kept: HashMap<u64, &String> = ids.iter().map(|(name, id)| (*id, name)).collect();
         let defaults =
             (HEADER_READ_TIMEOUT.as_secs() * 1000, IDLE_TIMEOUT.as_secs() * 1000, SEND_TIMEOUT.as_secs() * 1000);
@@ -201,6 +221,7 @@ impl Listeners {
             Some(name) => {
                 slot.name = (*name).clone();
                 slot.timeouts.set(timeouts_of(slot.id));
+                slot.timeouts.proxy_from.store(Arc::new(proxy_from.remove(&slot.id).unwrap_or_default()));
                 // Connections already open keep the listener they started with.
                 slot.l4.store(l4.remove(&slot.id));
                 true
@@ -216,6 +237,7 @@ impl Listeners {
             let stats = Arc::new(ListenerStats::default());
             let timeouts = Arc::new(Timeouts::default());
             timeouts.set(timeouts_of(id));
+            timeouts.proxy_from.store(Arc::new(proxy_from.remove(&id).unwrap_or_default()));
             let tcp = Arc::new(ArcSwapOption::new(l4.remove(&id)));
             match TcpListener::from_std(socket) {
                 Ok(listener) => {
@@ -354,6 +376,29 @@ impl Drop for OpenConnection {
     }
 }
 
+/// The client of a connection: the address a trusted peer's PROXY header carries (its
+/// peer's for a `LOCAL` one), or the peer for anyone else. `None`: a trusted peer sent no
+/// valid header in time, and the connection is dropped.
+async fn client_address(
+    stream: &mut tokio::net::TcpStream,
+    peer: SocketAddr,
+    trusted: bool,
+    timeout: Duration,
+    stats: &ListenerStats,
+) -> Option<SocketAddr> {
+    if !trusted {
+        return Some(peer);
+    }
+    let reason = match tokio::time::timeout(timeout, proxy_protocol::read_header(stream)).await {
+        Ok(Ok(client)) => return Some(client.unwrap_or(peer)),
+        Ok(Err(proxy_protocol::Invalid(reason))) => reason,
+        Err(_) => "no PROXY header in time",
+    };
+    stats.streams.proxy_protocol_errors.fetch_add(1, Ordering::Relaxed);
+    debug!(%peer, reason, "connection from a trusted peer refused");
+    None
+}
+
 async fn accept_loop(
     listener: TcpListener,
     slot: u64,
@@ -370,7 +415,7 @@ async fn accept_loop(
             () = stopped(&mut stop) => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -380,15 +425,19 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let trusted = timeouts.proxy_from.load().iter().any(|net| net.contains(&peer.ip()));
         if let Some(tcp) = l4.load_full() {
             // A TCP listener: the connection is forwarded whole (layer 4).
             stats.total.fetch_add(1, Ordering::Relaxed);
             let open = OpenConnection::new(stats.clone());
             let span = info_span!("tcp", %peer);
             let (stats, stop) = (stats.clone(), stop.clone());
+            let timeout = Duration::from_millis(timeouts.header_ms.load(Ordering::Relaxed));
             tokio::spawn(
                 async move {
-                    tcp.serve(stream, peer, stats, stop).await;
+                    if let Some(client) = client_address(&mut stream, peer, trusted, timeout, &stats).await {
+                        tcp.serve(stream, client, stats, stop).await;
+                    }
                     drop(open);
                 }
                 .instrument(span),
@@ -404,7 +453,7 @@ async fn accept_loop(
         }
         stats.total.fetch_add(1, Ordering::Relaxed);
         let open = OpenConnection::new(stats.clone());
-        let conn = proxy::Connection::new(shared.clone(), slot, peer);
+        let shared_conn = shared.clone();
         // TLS or not is what the runtime current now says of this slot.
         let tls = shared.runtime.load().as_ref().and_then(|rt| rt.tls.get(&slot).cloned());
         let builder = builder.clone();
@@ -414,6 +463,8 @@ async fn accept_loop(
         tokio::spawn(
             async move {
                 let timeout = Duration::from_millis(ms);
+                let Some(client) = client_address(&mut stream, peer, trusted, timeout, &stats).await else { return };
+                let conn = proxy::Connection::new(shared_conn, slot, client);
                 let mut serve = Serve {
                     builder: &builder,
                     conn,

@@ -35,6 +35,16 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
                 );
             }
         }
+        for (j, cidr) in l.accept_proxy_protocol_from.iter().enumerate() {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                v.err(
+                    "listener",
+                    &name,
+                    &format!("accept_proxy_protocol_from[{j}]"),
+                    format!("'{cidr}' is not an address or CIDR"),
+                );
+            }
+        }
         if let Some(log) = &l.access_log {
             if config::access_log::Format::try_from(log.format).is_err() {
                 v.err("listener", &name, "access_log.format", format!("unknown format {}", log.format));
@@ -231,5 +241,20 @@ mod tests {
         );
         let udp = "listeners:\n  - {name: u, address: '127.0.0.1:0', protocol: UDP}\n";
         assert_eq!(errors(udp), vec!["listener 'u': protocol: UDP is not supported yet"]);
+    }
+
+    #[test]
+    fn proxy_protocol_peers_are_cidrs_and_routes_refuse_clusters_that_send_it() {
+        let yaml = "clusters:\n  - {name: c, proxy_protocol: V2, endpoints: [{address: '127.0.0.1:1'}]}\n\
+                    listeners:\n  - {name: h, address: '127.0.0.1:0', accept_proxy_protocol_from: [10.0.0.0/8, lb]}\n  \
+                    - {name: t, address: '127.0.0.1:0', protocol: TCP, cluster: c, accept_proxy_protocol_from: [192.0.2.7]}\n\
+                    routes:\n  - {name: r, match: {prefix: /}, forward: {clusters: [{name: c}]}}\n";
+        assert_eq!(
+            errors(yaml),
+            vec![
+                "listener 'h': accept_proxy_protocol_from[1]: 'lb' is not an address or CIDR",
+                "route 'r': forward.clusters[0].name: cluster 'c' sends a PROXY protocol header (proxy_protocol), which only TCP listeners do",
+            ]
+        );
     }
 }

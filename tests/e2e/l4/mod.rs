@@ -4,6 +4,7 @@
 
 mod cli;
 mod passthrough;
+mod proxy_protocol;
 mod swaps;
 mod tcp;
 

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use vane_proto::config;
+
 use crate::support::duration_or;
 
 use super::{Cluster, DEFAULT_CONNECT_TIMEOUT};
@@ -25,5 +27,14 @@ impl Cluster {
     /// Time allowed to open a connection to an endpoint.
     pub(crate) fn connect_timeout(&self) -> Duration {
         duration_or(self.spec.connect_timeout.as_ref(), DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    /// The PROXY protocol header version to send endpoints: `None`, or `Some(v2)`.
+    pub(crate) fn proxy_protocol(&self) -> Option<bool> {
+        match config::cluster::ProxyProtocol::try_from(self.spec.proxy_protocol) {
+            Ok(config::cluster::ProxyProtocol::V1) => Some(false),
+            Ok(config::cluster::ProxyProtocol::V2) => Some(true),
+            _ => None,
+        }
     }
 }
