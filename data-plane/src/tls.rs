@@ -1,7 +1,7 @@
 //! TLS material of a snapshot, loaded before the swap so that a bad certificate file, key
 //! or CA bundle is a NACK and the previous runtime keeps serving.
 //!
-//! Termination: one rustls `ServerConfig` per HTTPS listener, choosing the certificate by
+//! Termination: one rustls `ServerConfig` per HTTPS or TLS listener, choosing the certificate by
 //! SNI (exact name, then `*.` wildcard, then the default). Each handshake takes the config
 //! of the runtime current at accept time, so a rotated certificate is served to the next
 //! handshake while established connections keep theirs. Session caches and ticket keys
@@ -105,7 +105,8 @@ impl Material {
 
         let mut material = Material::default();
         let mut kept_sessions = HashMap::new();
-        for l in config.listeners.iter().filter(|l| l.protocol == Protocol::Https as i32) {
+        let terminates = |p: i32| p == Protocol::Https as i32 || p == Protocol::Tls as i32;
+        for l in config.listeners.iter().filter(|l| terminates(l.protocol)) {
             let Some(spec) = &l.tls else { continue };
             let err = |field: &str, message: String| ConfigError {
                 kind: "listener",
@@ -115,7 +116,8 @@ impl Material {
             };
             let resumption = sessions.for_listener(&l.name);
             kept_sessions.insert(l.name.clone(), resumption.clone());
-            match server_config(spec, &certs, resumption) {
+            let alpn = l.protocol == Protocol::Https as i32;
+            match server_config(spec, &certs, resumption, alpn) {
                 Ok(config) => {
                     let forward_header =
                         spec.client_auth.as_ref().filter(|a| !a.forward_header.is_empty()).and_then(|a| {
@@ -205,6 +207,7 @@ fn server_config(
     spec: &config::ListenerTls,
     certs: &HashMap<&str, Loaded>,
     resumption: Resumption,
+    alpn: bool,
 ) -> Result<Arc<ServerConfig>, Failure> {
     let mut resolver = SniResolver {
         exact: HashMap::new(),
@@ -259,7 +262,10 @@ fn server_config(
         }
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTPS offers h2 and http/1.1; a TLS listener's bytes are the client's own protocol.
+    if alpn {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
     config.session_storage = resumption.cache;
     config.ticketer = resumption.ticketer;
     Ok(Arc::new(config))

@@ -1,6 +1,7 @@
-//! A TCP listener as one snapshot compiled it, and the life of one connection on it:
-//! choose the cluster (the listener's, or by the ClientHello's SNI), connect upstream,
-//! relay, then count and log.
+//! A TCP (or TLS) listener as one snapshot compiled it, and the life of one connection on
+//! it: choose the cluster (the listener's, or by the SNI of the ClientHello, read for
+//! passthrough or from the handshake a TLS listener terminated), connect upstream, relay,
+//! then count and log.
 //!
 //! A connection takes the [`L4Listener`] current when it was accepted and keeps it, with
 //! the `Arc<Cluster>`s it holds, to its end: a snapshot swap never moves or cuts it, and a
@@ -11,8 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
@@ -36,7 +36,19 @@ const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 /// Time a passthrough client has to send its whole ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A compiled TCP listener.
+/// What the accept loop knows of a connection it hands over.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    /// The client: as a trusted PROXY header gave it, else the socket's peer.
+    pub(crate) peer: SocketAddr,
+    /// The listener's address the connection came to.
+    pub(crate) local: Option<SocketAddr>,
+    /// A TLS listener terminated the connection (then `sni` is the handshake's).
+    pub(crate) terminated: bool,
+    pub(crate) sni: Option<String>,
+}
+
+/// A compiled TCP or TLS listener.
 #[derive(Debug)]
 pub(crate) struct L4Listener {
     name: Arc<str>,
@@ -74,22 +86,25 @@ impl L4Listener {
         }
     }
 
-    /// Serves one accepted connection to its end. `peer` is the client (as a trusted
-    /// PROXY header gave it, else the socket's peer); `stop` turns true when the listener
-    /// is removed (its connections then drain).
-    pub(crate) async fn serve(
+    /// Serves one accepted connection to its end: the socket, or the TLS stream over it
+    /// on a TLS listener. `stop` turns true when the listener is removed (its connections
+    /// then drain).
+    pub(crate) async fn serve<C>(
         self: Arc<Self>,
-        mut client: TcpStream,
-        peer: SocketAddr,
+        mut client: C,
+        accepted: Accepted,
         stats: Arc<ListenerStats>,
         stop: watch::Receiver<bool>,
-    ) {
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let peer = accepted.peer;
         let started = Instant::now();
         let mut line = StreamLine {
             time: SystemTime::now(),
             client: peer,
             listener: self.name.clone(),
-            sni: None,
+            sni: accepted.sni.map(String::into_boxed_str),
             cluster: None,
             upstream: None,
             bytes_in: 0,
@@ -98,7 +113,7 @@ impl L4Listener {
             connect: None,
             end: "closed",
         };
-        let (cluster, hello) = match self.route(&mut client, &mut line).await {
+        let (cluster, hello) = match self.route(&mut client, accepted.terminated, &mut line).await {
             Ok(chosen) => chosen,
             Err(refusal) => return self.refuse(&stats, line, refusal, started),
         };
@@ -109,7 +124,7 @@ impl L4Listener {
         };
         line.upstream = Some(connected.addr);
         line.connect = Some(connected.took);
-        if let (Some(v2), Ok(local)) = (cluster.proxy_protocol(), client.local_addr()) {
+        if let (Some(v2), Some(local)) = (cluster.proxy_protocol(), accepted.local) {
             let header = proxy_protocol::header(v2, peer, local);
             if let Err(error) = connected.stream.write_all(&header).await {
                 debug!(%error, "upstream closed before the PROXY header was written");
@@ -134,8 +149,18 @@ impl L4Listener {
     }
 
     /// The cluster for a connection, and the bytes read to choose it (the ClientHello,
-    /// for SNI rules; they go upstream first).
-    async fn route(&self, client: &mut TcpStream, line: &mut StreamLine) -> Result<(Arc<Cluster>, Vec<u8>), Refusal> {
+    /// for SNI rules; they go upstream first). `terminated`: a TLS listener's handshake
+    /// is done, and its SNI (if any) is in `line`.
+    async fn route<C: AsyncRead + Unpin>(
+        &self,
+        client: &mut C,
+        terminated: bool,
+        line: &mut StreamLine,
+    ) -> Result<(Arc<Cluster>, Vec<u8>), Refusal> {
+        if terminated {
+            let cluster = line.sni.as_deref().and_then(|n| self.sni.find(n)).or(self.default.as_ref());
+            return cluster.cloned().map(|c| (c, Vec::new())).ok_or(Refusal::NoRoute);
+        }
         if self.sni.is_empty() {
             return self.default.clone().map(|c| (c, Vec::new())).ok_or(Refusal::NoRoute);
         }
@@ -162,7 +187,7 @@ impl L4Listener {
 }
 
 /// Reads a whole ClientHello: its server name, and every byte read.
-async fn read_hello(client: &mut TcpStream) -> Result<(Option<String>, Vec<u8>), Refusal> {
+async fn read_hello<C: AsyncRead + Unpin>(client: &mut C) -> Result<(Option<String>, Vec<u8>), Refusal> {
     let mut buf = Vec::with_capacity(1024);
     // Each read adds at least one byte and the buffer is bounded: at most MAX_HELLO turns.
     loop {

@@ -1,5 +1,7 @@
 //! Layer 4, beside the HTTP path: TCP listeners that forward each connection whole to a
-//! cluster, optionally chosen by the SNI of its ClientHello (TLS passthrough).
+//! cluster, optionally chosen by the SNI of its ClientHello (TLS passthrough), and TLS
+//! listeners that terminate TLS first (the handshake in `server/listeners.rs`, with the
+//! same material as HTTPS).
 //!
 //! It shares `upstream/` with the HTTP path (balancers, active and passive health,
 //! circuit breakers) and imports nothing above it. Data flow for one connection:
@@ -16,4 +18,4 @@ pub(crate) mod proxy_protocol;
 mod relay;
 mod sni;
 
-pub(crate) use listener::L4Listener;
+pub(crate) use listener::{Accepted, L4Listener};

@@ -39,7 +39,7 @@ use vane_proto::ConfigError;
 use vane_proto::config;
 use vane_proto::config::listener::Protocol;
 
-use crate::l4::{L4Listener, proxy_protocol};
+use crate::l4::{Accepted, L4Listener, proxy_protocol};
 use crate::observe::accesslog::Sink;
 use crate::observe::metrics::ListenerStats;
 use crate::proxy;
@@ -131,7 +131,7 @@ impl Prepared {
         clusters: &HashMap<Arc<str>, Arc<Cluster>>,
         access_logs: &HashMap<String, Arc<Sink>>,
     ) {
-        for l in wanted.iter().filter(|l| l.protocol == Protocol::Tcp as i32) {
+        for l in wanted.iter().filter(|l| l.protocol == Protocol::Tcp as i32 || l.protocol == Protocol::Tls as i32) {
             let Some(id) = self.ids.get(&l.name) else { continue };
             let compiled = L4Listener::compile(l, clusters, access_logs.get(&l.name).cloned());
             self.l4.insert(*id, Arc::new(compiled));
@@ -433,10 +433,32 @@ async fn accept_loop(
             let span = info_span!("tcp", %peer);
             let (stats, stop) = (stats.clone(), stop.clone());
             let timeout = Duration::from_millis(timeouts.header_ms.load(Ordering::Relaxed));
+            // A TLS listener: terminated with what the runtime current now has for it.
+            let tls = shared.runtime.load().as_ref().and_then(|rt| rt.tls.get(&slot).cloned());
             tokio::spawn(
                 async move {
-                    if let Some(client) = client_address(&mut stream, peer, trusted, timeout, &stats).await {
-                        tcp.serve(stream, client, stats, stop).await;
+                    let Some(client) = client_address(&mut stream, peer, trusted, timeout, &stats).await else {
+                        return;
+                    };
+                    let accepted =
+                        Accepted { peer: client, local: stream.local_addr().ok(), terminated: false, sni: None };
+                    match tls {
+                        None => tcp.serve(stream, accepted, stats, stop).await,
+                        Some(tls) => {
+                            let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
+                            match tokio::time::timeout(timeout, accept).await {
+                                Ok(Ok(stream)) => {
+                                    stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                                    let sni = stream.get_ref().1.server_name().map(str::to_owned);
+                                    let accepted = Accepted { terminated: true, sni, ..accepted };
+                                    tcp.serve(stream, accepted, stats, stop).await;
+                                }
+                                _ => {
+                                    stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                    debug!("tls handshake failed or timed out");
+                                }
+                            }
+                        }
                     }
                     drop(open);
                 }

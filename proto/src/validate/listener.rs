@@ -62,19 +62,21 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
         v.duration("listener", &name, "drain_timeout", l.drain_timeout.as_ref());
         match Protocol::try_from(l.protocol) {
             Ok(Protocol::Http | Protocol::Https) => http_only(l, &name, v),
-            Ok(Protocol::Tcp) => tcp(config, l, &name, v),
+            Ok(Protocol::Tcp | Protocol::Tls) => tcp(config, l, &name, v),
             Ok(p) => v.err("listener", &name, "protocol", format!("{} is not supported yet", p.as_str_name())),
             Err(_) => v.err("listener", &name, "protocol", format!("unknown protocol {}", l.protocol)),
         }
     }
     for (i, r) in config.routes.iter().enumerate() {
         for (j, attached) in r.listeners.iter().enumerate() {
-            if config.listeners.iter().any(|l| &l.name == attached && l.protocol == Protocol::Tcp as i32) {
+            let layer4 = |p: i32| p == Protocol::Tcp as i32 || p == Protocol::Tls as i32;
+            if let Some(l) = config.listeners.iter().find(|l| &l.name == attached && layer4(l.protocol)) {
+                let kind = Protocol::try_from(l.protocol).map_or("TCP", |p| p.as_str_name());
                 v.err(
                     "route",
                     &display_name(&r.name, i),
                     &format!("listeners[{j}]"),
-                    format!("'{attached}' is a TCP listener (routes attach to HTTP and HTTPS listeners)"),
+                    format!("'{attached}' is a {kind} listener (routes attach to HTTP and HTTPS listeners)"),
                 );
             }
         }
@@ -98,8 +100,8 @@ fn http_only(l: &config::Listener, name: &str, v: &mut Validator) {
     }
 }
 
-/// TCP listeners: a cluster (default or by SNI) that exists and that a connection can
-/// use; the HTTP-only fields are refused.
+/// TCP and TLS listeners: a cluster (default or by SNI) that exists and that a connection
+/// can use; the HTTP-only fields are refused.
 fn tcp(config: &Config, l: &config::Listener, name: &str, v: &mut Validator) {
     let http_only = [
         ("request_headers_timeout", l.request_headers_timeout.is_some()),
@@ -113,8 +115,9 @@ fn tcp(config: &Config, l: &config::Listener, name: &str, v: &mut Validator) {
             v.err("listener", name, field, "only HTTP and HTTPS listeners use this field".into());
         }
     }
+    let kind = if l.protocol == Protocol::Tls as i32 { "TLS" } else { "TCP" };
     if l.cluster.is_empty() && l.sni_routes.is_empty() {
-        v.err("listener", name, "cluster", "a TCP listener needs a cluster (or sni_routes)".into());
+        v.err("listener", name, "cluster", format!("a {kind} listener needs a cluster (or sni_routes)"));
     }
     let check_cluster = |field: &str, cluster: &str, v: &mut Validator| {
         let Some(c) = config.clusters.iter().find(|c| c.name == cluster) else {

@@ -7,6 +7,7 @@ mod passthrough;
 mod proxy_protocol;
 mod swaps;
 mod tcp;
+mod terminate;
 
 use std::net::SocketAddr;
 use std::time::Duration;
