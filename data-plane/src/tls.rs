@@ -63,6 +63,8 @@ pub(crate) struct ServerTls {
 pub(crate) struct UpstreamTls {
     pub(crate) h1: Arc<ClientConfig>,
     pub(crate) h2: Arc<ClientConfig>,
+    /// For TCP and TLS listeners: no ALPN (the bytes are the client's own protocol).
+    stream: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
     /// Digest of everything the configs were built from: a cluster is only reused by the
     /// next snapshot when this is unchanged.
@@ -324,7 +326,7 @@ fn upstream(spec: &config::UpstreamTls, certs: &HashMap<&str, Loaded>) -> Result
             .map_err(|e| ("tls.client_certificate", e.to_string()))?;
         Some((chain, key))
     };
-    let build = |alpn: &[u8]| -> Result<Arc<ClientConfig>, Failure> {
+    let build = |alpn: Option<&[u8]>| -> Result<Arc<ClientConfig>, Failure> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| ("tls", e.to_string()))?
@@ -335,7 +337,7 @@ fn upstream(spec: &config::UpstreamTls, certs: &HashMap<&str, Loaded>) -> Result
                 .map_err(|e| ("tls.client_certificate", e.to_string()))?,
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![alpn.to_vec()];
+        config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
         Ok(Arc::new(config))
     };
     let server_name = if spec.sni.is_empty() {
@@ -345,11 +347,25 @@ fn upstream(spec: &config::UpstreamTls, certs: &HashMap<&str, Loaded>) -> Result
     };
     fingerprint.update(spec.sni.as_bytes());
     Ok(UpstreamTls {
-        h1: build(b"http/1.1")?,
-        h2: build(b"h2")?,
+        h1: build(Some(b"http/1.1"))?,
+        h2: build(Some(b"h2"))?,
+        stream: build(None)?,
         server_name,
         fingerprint: hex::encode(fingerprint.finalize()),
     })
+}
+
+impl UpstreamTls {
+    /// TLS over `tcp` to the endpoint at `addr`, for a TCP or TLS listener: the cluster's
+    /// `sni` is sent and verified, else the endpoint's IP address.
+    pub(crate) async fn connect_stream(
+        &self,
+        addr: std::net::SocketAddr,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let name = self.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        tokio_rustls::TlsConnector::from(self.stream.clone()).connect(name, tcp).await
+    }
 }
 
 /// The connector of a cluster's pool: TLS with `tls` (for `https` URIs), else plain.

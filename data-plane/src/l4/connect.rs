@@ -7,15 +7,20 @@
 //! address (the validator refuses header, cookie and path keys on TCP listeners). A
 //! connect that fails or times out is reported to passive health as unreachable and the
 //! next endpoint is tried, at most [`MAX_ATTEMPTS`] in all, before the client sees
-//! anything.
+//! anything. On each endpoint the PROXY header goes first (when the cluster asks), then
+//! the TLS handshake (when the cluster has `tls`): a handshake that fails counts as a failed
+//! exchange for passive health and the next endpoint is tried.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 use tracing::debug;
 
 use crate::observe::streams::{Refusal, StreamStats};
@@ -23,13 +28,18 @@ use crate::upstream::balancer::{PickContext, Picked};
 use crate::upstream::cluster::{Cluster, Tried};
 use crate::upstream::health::Outcome;
 
+use super::proxy_protocol;
+
 /// Endpoints tried for one connection.
 pub(crate) const MAX_ATTEMPTS: usize = 3;
+
+/// The upstream side: plain, or TLS when the cluster has `tls`.
+pub(crate) type Upstream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// An open upstream connection and what it holds of its cluster.
 #[derive(Debug)]
 pub(crate) struct Connected {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Upstream,
     pub(crate) addr: SocketAddr,
     /// Time spent connecting, every attempt included.
     pub(crate) took: Duration,
@@ -37,13 +47,18 @@ pub(crate) struct Connected {
     _slot: Option<OwnedSemaphorePermit>,
 }
 
-/// Connects to an endpoint of `cluster` for a client at `client`.
-pub(crate) async fn connect(cluster: &Cluster, client: IpAddr, stats: &StreamStats) -> Result<Connected, Refusal> {
+/// Connects to an endpoint of `cluster` for `client`, which came to `local`.
+pub(crate) async fn connect(
+    cluster: &Cluster,
+    client: SocketAddr,
+    local: Option<SocketAddr>,
+    stats: &StreamStats,
+) -> Result<Connected, Refusal> {
     let started = Instant::now();
     let timeout = cluster.connect_timeout();
     let slot = cluster.connection_slot(started + timeout).await.map_err(|_| Refusal::Overloaded)?;
     let headers = http::HeaderMap::new();
-    let ctx = PickContext { client, path: "", headers: &headers };
+    let ctx = PickContext { client: client.ip(), path: "", headers: &headers };
     let mut tried = Tried::default();
     let mut refusal = Refusal::NoEndpoint;
     for _ in 0..cluster.endpoint_count().clamp(1, MAX_ATTEMPTS) {
@@ -55,15 +70,14 @@ pub(crate) async fn connect(cluster: &Cluster, client: IpAddr, stats: &StreamSta
         }
         tried.add(index);
         let Some(addr) = cluster.endpoint_addr(index) else { continue };
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
+        match open(cluster, addr, client, local, timeout).await {
+            Ok(stream) => {
                 cluster.report(index, Outcome::Ok);
                 return Ok(Connected { stream, addr, took: started.elapsed(), _endpoint: picked, _slot: slot });
             }
-            failed => {
-                debug!(%addr, timed_out = failed.is_err(), "upstream connect failed");
-                cluster.report(index, Outcome::Unreachable);
+            Err(outcome) => {
+                debug!(%addr, ?outcome, "upstream connect failed");
+                cluster.report(index, outcome);
                 cluster.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 refusal = Refusal::ConnectFailed;
@@ -71,6 +85,30 @@ pub(crate) async fn connect(cluster: &Cluster, client: IpAddr, stats: &StreamSta
         }
     }
     Err(refusal)
+}
+
+/// One endpoint: TCP, the PROXY header, TLS. `Err` says what passive health hears.
+async fn open(
+    cluster: &Cluster,
+    addr: SocketAddr,
+    client: SocketAddr,
+    local: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<Upstream, Outcome> {
+    let mut tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        _ => return Err(Outcome::Unreachable),
+    };
+    let _ = tcp.set_nodelay(true);
+    if let Some(v2) = cluster.proxy_protocol() {
+        let header = proxy_protocol::header(v2, client, local.unwrap_or(client));
+        tcp.write_all(&header).await.map_err(|_| Outcome::Unreachable)?;
+    }
+    let Some(tls) = cluster.stream_tls() else { return Ok(Either::Left(tcp)) };
+    match tokio::time::timeout(timeout, tls.connect_stream(addr, tcp)).await {
+        Ok(Ok(stream)) => Ok(Either::Right(stream)),
+        _ => Err(Outcome::Failed),
+    }
 }
 
 #[cfg(test)]
@@ -104,9 +142,9 @@ mod tests {
         let dead = closed_port();
         let c = cluster(&[dead.clone(), live_addr.to_string()]);
         let stats = StreamStats::default();
-        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let client: SocketAddr = "192.0.2.1:5000".parse().unwrap();
         for _ in 0..6 {
-            let connected = connect(&c, client, &stats).await.expect("the live endpoint answers");
+            let connected = connect(&c, client, None, &stats).await.expect("the live endpoint answers");
             assert_eq!(connected.addr, live_addr);
         }
         // Round robin sends every other connection to the dead one until three refusals
@@ -119,10 +157,11 @@ mod tests {
     async fn when_every_endpoint_refuses_the_client_is_told_connect_failed() {
         let c = cluster(&[closed_port(), closed_port()]);
         let stats = StreamStats::default();
-        let refused = connect(&c, "192.0.2.1".parse().unwrap(), &stats).await.unwrap_err();
+        let client: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let refused = connect(&c, client, None, &stats).await.unwrap_err();
         assert_eq!(refused, Refusal::ConnectFailed);
         assert_eq!(stats.connect_failures.load(Ordering::Relaxed), 2, "each endpoint once");
         let empty = cluster(&[]);
-        assert_eq!(connect(&empty, "192.0.2.1".parse().unwrap(), &stats).await.unwrap_err(), Refusal::NoEndpoint);
+        assert_eq!(connect(&empty, client, None, &stats).await.unwrap_err(), Refusal::NoEndpoint);
     }
 }

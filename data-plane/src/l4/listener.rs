@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
@@ -25,7 +25,6 @@ use crate::support::duration_or;
 use crate::upstream::cluster::Cluster;
 
 use super::connect::connect;
-use super::proxy_protocol;
 use super::relay::{self, Limits, relay};
 use super::sni::{self, Hello, Rules};
 
@@ -118,20 +117,12 @@ impl L4Listener {
             Err(refusal) => return self.refuse(&stats, line, refusal, started),
         };
         line.cluster = Some(cluster.name.clone());
-        let mut connected = match connect(&cluster, peer.ip(), &stats.streams).await {
+        let mut connected = match connect(&cluster, peer, accepted.local, &stats.streams).await {
             Ok(c) => c,
             Err(refusal) => return self.refuse(&stats, line, refusal, started),
         };
         line.upstream = Some(connected.addr);
         line.connect = Some(connected.took);
-        if let (Some(v2), Some(local)) = (cluster.proxy_protocol(), accepted.local) {
-            let header = proxy_protocol::header(v2, peer, local);
-            if let Err(error) = connected.stream.write_all(&header).await {
-                debug!(%error, "upstream closed before the PROXY header was written");
-                line.end = "error";
-                return self.finish(line, started);
-            }
-        }
         if !hello.is_empty() {
             if let Err(error) = relay::forward_prefix(&mut connected.stream, &hello, &stats.streams).await {
                 debug!(%error, "upstream closed before the ClientHello was written");

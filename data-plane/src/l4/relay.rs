@@ -22,7 +22,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -189,7 +188,11 @@ where
 
 /// Writes what was read from the client before the upstream was chosen (a ClientHello)
 /// to the upstream, counted as client bytes.
-pub(crate) async fn forward_prefix(upstream: &mut TcpStream, prefix: &[u8], stats: &StreamStats) -> io::Result<()> {
+pub(crate) async fn forward_prefix<U: AsyncWrite + Unpin>(
+    upstream: &mut U,
+    prefix: &[u8],
+    stats: &StreamStats,
+) -> io::Result<()> {
     use tokio::io::AsyncWriteExt;
     upstream.write_all(prefix).await?;
     stats.bytes_in.fetch_add(prefix.len() as u64, Ordering::Relaxed);

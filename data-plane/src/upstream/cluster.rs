@@ -90,6 +90,8 @@ pub(crate) struct Cluster {
     /// `https` for TLS clusters: the connector originates TLS for those URIs.
     pub(crate) scheme: http::uri::Scheme,
     tls_fingerprint: Option<String>,
+    /// TLS to the endpoints, as TCP and TLS listeners open it (`stream.rs`).
+    stream_tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Default)]
@@ -527,6 +529,7 @@ impl<'a> ClusterRegistry<'a> {
             stats,
             scheme,
             tls_fingerprint: fingerprint,
+            stream_tls: tls.cloned(),
         })
     }
 }

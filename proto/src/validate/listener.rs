@@ -119,17 +119,20 @@ fn tcp(config: &Config, l: &config::Listener, name: &str, v: &mut Validator) {
     if l.cluster.is_empty() && l.sni_routes.is_empty() {
         v.err("listener", name, "cluster", format!("a {kind} listener needs a cluster (or sni_routes)"));
     }
+    // Passthrough forwards the client's own TLS: wrapping it in another would be
+    // nobody's protocol.
+    let passthrough = l.protocol == Protocol::Tcp as i32 && !l.sni_routes.is_empty();
     let check_cluster = |field: &str, cluster: &str, v: &mut Validator| {
         let Some(c) = config.clusters.iter().find(|c| c.name == cluster) else {
             v.err("listener", name, field, format!("unknown cluster '{cluster}'"));
             return;
         };
-        if c.tls.is_some() {
+        if c.tls.is_some() && passthrough {
             v.err(
                 "listener",
                 name,
                 field,
-                format!("cluster '{cluster}' originates TLS (tls), which TCP listeners do not do yet"),
+                format!("cluster '{cluster}' originates TLS (tls): a passthrough listener forwards the client's TLS as it is"),
             );
         }
         let hashes_on_request = c

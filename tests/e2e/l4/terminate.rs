@@ -108,3 +108,54 @@ async fn l4_a_tls_listener_requiring_client_certificates_refuses_clients_without
     assert!(first_line(addr, "db.example.com", &ca.pem, None).await.is_err(), "no client certificate");
     assert_eq!(db.accepted(), 1, "the refused client never reached the upstream");
 }
+
+#[tokio::test]
+async fn l4_a_cluster_with_tls_gets_tls_from_tcp_and_tls_listeners_verified_by_its_ca() {
+    use tokio::io::AsyncReadExt;
+    let (ca, backend_ca) = (TestCa::new("vane ca"), TestCa::new("backend ca"));
+    let front = ca.server(&["db.example.com"]);
+    let backend_cert = backend_ca.server(&["backend.internal"]);
+    let backend = vane_suite::tls::TlsBackend::start("secure", &backend_cert, None).await;
+    let yaml = format!(
+        "certificates:\n{}\
+         listeners:\n  - {{name: plain-in, address: 127.0.0.1:0, protocol: TCP, cluster: secure}}\n  \
+         - {{name: tls-in, address: 127.0.0.1:0, protocol: TLS, cluster: secure, tls: {{certificates: [front]}}}}\n\
+         clusters:\n  - name: secure\n    tls: {{sni: backend.internal, ca: {{inline_string: {:?}}}}}\n    \
+         endpoints: [{{address: '{}'}}]\n",
+        certificate("front", &front),
+        backend_ca.pem,
+        backend.addr
+    );
+    let vane = Vane::start(&yaml).await;
+    let request = b"GET / HTTP/1.1\r\nHost: backend.internal\r\nConnection: close\r\n\r\n";
+    // Plain in, TLS out (Vane verifies the backend against the cluster's CA).
+    let mut plain = tokio::net::TcpStream::connect(vane.listener("plain-in").await).await.unwrap();
+    plain.write_all(request).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), plain.read_to_string(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("tls-backend secure"), "{answer}");
+    // TLS in (Vane's certificate), TLS out (the backend's).
+    let addr = vane.listener("tls-in").await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(front_ca_der(&ca.pem)).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("db.example.com").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.contains("tls-backend secure"), "{answer}");
+}
+
+fn front_ca_der(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}

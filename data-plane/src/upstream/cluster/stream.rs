@@ -37,4 +37,9 @@ impl Cluster {
             _ => None,
         }
     }
+
+    /// TLS to the endpoints, when the cluster has `tls`.
+    pub(crate) fn stream_tls(&self) -> Option<&crate::tls::UpstreamTls> {
+        self.stream_tls.as_ref()
+    }
 }
