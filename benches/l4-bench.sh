@@ -49,7 +49,7 @@ trap cleanup EXIT INT TERM
 
 # A free port, by binding port 0.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 (${2:-}) never opened" >&2; exit 1; }
 
 IPERF=$(port); REDIS=$(port)
 taskset -c "$LOAD_CPUS" iperf3 -s -p "$IPERF" >/dev/null 2>&1 & pids+=($!)
@@ -64,7 +64,7 @@ IPERF_PORT[haproxy]=$(port); REDIS_PORT[haproxy]=$(port)
 cat >"$work/haproxy.cfg" <<HA
 global
     nbthread 1
-    maxconn 20000
+    maxconn 8000
 defaults
     mode tcp
     timeout connect 5s
@@ -84,7 +84,7 @@ IPERF_PORT[nginx]=$(port); REDIS_PORT[nginx]=$(port)
 cat >"$work/nginx.conf" <<NG
 load_module $STREAM_MODULE;
 worker_processes 1; daemon off; pid $work/nginx.pid; error_log $work/nginx.err warn;
-events { worker_connections 20000; use epoll; multi_accept on; }
+events { worker_connections 8000; use epoll; multi_accept on; }
 stream {
   server { listen 127.0.0.1:${IPERF_PORT[nginx]}; proxy_pass 127.0.0.1:$IPERF; }
   server { listen 127.0.0.1:${REDIS_PORT[nginx]}; proxy_pass 127.0.0.1:$REDIS; }
@@ -106,9 +106,9 @@ export RUST_LOG=warn
 taskset -c "$LOAD_CPUS" "$VANE" control-plane --data-dir "$work/store" --listen "127.0.0.1:$CP" >/dev/null 2>&1 & pids+=($!)
 NODE=$(dirname "$VANE")/vane-node
 if [ -x "$NODE" ]; then node=("$NODE"); else node=("$VANE" proxy); fi
-taskset -c "$PROXY_CPUS" "${node[@]}" --control-plane "http://127.0.0.1:$CP" --node-id bench --admin "127.0.0.1:$ADMIN" >/dev/null 2>&1 & pids+=($!); PROC[vane]=$!
+taskset -c "$PROXY_CPUS" "${node[@]}" --control-plane "http://127.0.0.1:$CP" --node-id bench --admin "127.0.0.1:$ADMIN" --cache-dir "$work/node" >/dev/null 2>&1 & pids+=($!); PROC[vane]=$!
 for _ in $(seq 1 100); do "$VANE" --server "http://127.0.0.1:$CP" apply -f "$work/vane.yaml" >/dev/null 2>&1 && break; sleep 0.1; done
-for t in haproxy nginx vane; do wait_port "${IPERF_PORT[$t]}"; wait_port "${REDIS_PORT[$t]}"; done
+for t in haproxy nginx vane; do wait_port "${IPERF_PORT[$t]}" "$t"; wait_port "${REDIS_PORT[$t]}" "$t"; done
 
 # CPU seconds (user+system) of a process and its children threads/processes.
 cpu() {
