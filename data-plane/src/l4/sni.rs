@@ -33,8 +33,7 @@ pub(crate) fn parse(buf: &[u8]) -> Hello {
     // Join the handshake bytes of consecutive handshake records.
     let mut handshake = Vec::new();
     let mut rest = buf;
-    loop {
-        let Some(header) = rest.get(..5) else { break };
+    while let Some(header) = rest.get(..5) {
         if header.first() != Some(&22) || header.get(1) != Some(&3) {
             return Hello::Invalid;
         }
