@@ -17,6 +17,9 @@
 # bodies to the end. Loopback only; everything started here is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BENCH_NAME=ab
+# shellcheck source=benches/lib.sh
+. "$HERE/lib.sh"   # start_bg, stop_on_exit, wait_up
 D=${D:-6}
 : "${VANES:?VANES=\"name=/path/to/vane ...\"}"
 for tool in nginx wrk taskset curl python3 ${H2:+h2load}; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
@@ -27,24 +30,21 @@ TMP=$(mktemp -d /tmp/vane-ab.XXXXXX)
 # nginx's worker (www-data) writes request bodies over 16 KiB to files under it: without
 # this it answered every such POST with a 500 (open() failed: permission denied).
 chmod 755 "$TMP"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT INT TERM
+stop_on_exit
 
-setsid taskset -c 0 "$BACKEND_BIN" 18701 1 >/dev/null 2>&1 & PIDS+=($!)
-setsid taskset -c 0 "$BACKEND_BIN" 18702 1 >/dev/null 2>&1 & PIDS+=($!)
+start_bg 0 /dev/null "$BACKEND_BIN" 18701 1
+start_bg 0 /dev/null "$BACKEND_BIN" 18702 1
 # shellcheck source=benches/peer-configs.sh
 . "$HERE/peer-configs.sh"
 write_nginx_conf "$TMP/ng" 18710 18711 127.0.0.1:18701 127.0.0.1:18702 on
-setsid taskset -c 1 nginx -p "$TMP/ng" -c "$TMP/ng/nginx.conf" -e "$TMP/ng/err.log" & PIDS+=($!)
-wait_up() { for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done; echo "nothing on :$1" >&2; exit 1; }
-wait_up 18710
+start_bg 1 "$TMP/ng/out.log" nginx -p "$TMP/ng" -c "$TMP/ng/nginx.conf" -e "$TMP/ng/err.log"
+wait_up 18710 || die "nothing on :18710"
 # Targets are name:pid:port:h2port (Vane serves h2c on its HTTP/1.1 port).
 TARGETS="nginx:$(pgrep -f 'nginx: worker' | head -1):18710:18711"
 if command -v haproxy >/dev/null; then
   write_haproxy_cfg "$TMP/haproxy.cfg" 18715 18716 127.0.0.1:18701 127.0.0.1:18702
-  setsid taskset -c 1 haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.log" 2>&1 & PIDS+=($!)
-  wait_up 18715
+  start_bg 1 "$TMP/haproxy.log" haproxy -db -f "$TMP/haproxy.cfg"
+  wait_up 18715 || die "nothing on :18715"
   TARGETS="$TARGETS haproxy:$(pgrep -f "haproxy -db -f $TMP/haproxy.cfg" | head -1):18715:18716"
 fi
 i=0
@@ -53,8 +53,8 @@ for v in $VANES; do
   port=$((18720 + i * 10))
   VANE=$bin PB_LISTEN=127.0.0.1:$port PB_BACKENDS=127.0.0.1:18701,127.0.0.1:18702 \
     VANE_BENCH_CP=127.0.0.1:$((port + 3)) VANE_BENCH_ADMIN=127.0.0.1:$((port + 4)) \
-    setsid taskset -c 1 "$HERE/vane-sut.sh" >"$TMP/sut-$name.log" 2>&1 & PIDS+=($!)
-  wait_up "$port"
+    start_bg 1 "$TMP/sut-$name.log" "$HERE/vane-sut.sh"
+  wait_up "$port" || die "nothing on :$port"
   node=$(pgrep -f -- "--control-plane http://127.0.0.1:$((port + 3)) --node-id" | head -1)
   taskset -a -p -c 0 "$(pgrep -f -- "--listen 127.0.0.1:$((port + 3))" | head -1)" >/dev/null
   TARGETS="$TARGETS $name:$node:$port:$port"

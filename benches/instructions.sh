@@ -17,6 +17,9 @@
 # overrides). Loopback only; everything started here is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BENCH_NAME=instructions
+# shellcheck source=benches/lib.sh
+. "$HERE/lib.sh"   # start_bg, stop_on_exit, wait_up
 N=${N:-20000}
 : "${VANES:?VANES=\"name=/path/to/vane ...\"}"
 for tool in valgrind callgrind_control callgrind_annotate h2load taskset curl; do
@@ -28,13 +31,10 @@ bench_backend || exit 1
 TMP=$(mktemp -d /tmp/vane-instr.XXXXXX)
 OUT=${KEEP:-$TMP}
 mkdir -p "$OUT"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT INT TERM
+stop_on_exit
 
-setsid taskset -c 0 "$BACKEND_BIN" 18901 1 >/dev/null 2>&1 & PIDS+=($!)
-setsid taskset -c 0 "$BACKEND_BIN" 18902 1 >/dev/null 2>&1 & PIDS+=($!)
-wait_up() { for _ in $(seq 300); do curl -fs -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.2; done; echo "nothing on :$1" >&2; exit 1; }
+start_bg 0 /dev/null "$BACKEND_BIN" 18901 1
+start_bg 0 /dev/null "$BACKEND_BIN" 18902 1
 load() {  # load PORT REQUESTS
   if [ -n "${H2:-}" ]; then taskset -c 0 h2load -c50 -m10 -n "$2" "http://127.0.0.1:$1/"
   else taskset -c 0 h2load --h1 -c50 -n "$2" "http://127.0.0.1:$1/"; fi
@@ -43,7 +43,7 @@ load() {  # load PORT REQUESTS
 # N requests to PORT, prints instructions per request.
 count() {
   local name=$1 port=$2 pid
-  wait_up "${3:-$port}"
+  wait_up "${3:-$port}" 600 || die "nothing on :${3:-$port}"
   load "$port" 5000 >/dev/null
   pid=$(pgrep -f -- "--callgrind-out-file=$OUT/$name.out" | head -1)
   callgrind_control -i on "$pid" >/dev/null 2>&1
@@ -74,9 +74,9 @@ for v in $VANES; do
   chmod +x "$wrapper"
   VANE=$bin VANE_NODE=$wrapper PB_LISTEN=127.0.0.1:$port PB_BACKENDS=127.0.0.1:18901,127.0.0.1:18902 \
     VANE_BENCH_CP=127.0.0.1:$((port + 3)) VANE_BENCH_ADMIN=127.0.0.1:$((port + 4)) \
-    setsid taskset -c 1 "$HERE/vane-sut.sh" >"$TMP/sut-$name.log" 2>&1 & PIDS+=($!)
+    start_bg 1 "$TMP/sut-$name.log" "$HERE/vane-sut.sh"
   count "$name" "$port"
-  kill -- "-${PIDS[-1]}" 2>/dev/null || true
+  stop_pid "$LAST_PID"
   i=$((i + 1))
 done
 
@@ -87,10 +87,10 @@ if [ -n "${PEERS:-}" ]; then
   write_haproxy_cfg "$TMP/haproxy.cfg" 18985 18986 127.0.0.1:18901 127.0.0.1:18902
   h2=${H2:+1}
   # shellcheck disable=SC2046
-  setsid taskset -c 1 $(cg nginx) nginx -p "$TMP/ng" -c "$TMP/ng/nginx.conf" >/dev/null 2>&1 & PIDS+=($!)
+  start_bg 1 /dev/null $(cg nginx) nginx -p "$TMP/ng" -c "$TMP/ng/nginx.conf"
   count nginx $((18980 + ${h2:-0})) 18980
-  kill -- "-${PIDS[-1]}" 2>/dev/null || true
+  stop_pid "$LAST_PID"
   # shellcheck disable=SC2046
-  setsid taskset -c 1 $(cg haproxy) haproxy -db -f "$TMP/haproxy.cfg" >/dev/null 2>&1 & PIDS+=($!)
+  start_bg 1 /dev/null $(cg haproxy) haproxy -db -f "$TMP/haproxy.cfg"
   count haproxy $((18985 + ${h2:-0})) 18985
 fi

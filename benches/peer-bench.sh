@@ -78,8 +78,9 @@ case "$WARM" in ''|*[!0-9]*) echo "WARMUP must be whole seconds (0s for none)" >
 case "$REPS" in ''|*[!0-9]*|0) echo "REPS must be a positive integer" >&2; exit 2 ;; esac
 RUN_LIMIT=$((SECS + 30))   # hard cap (timeout) on every load-generator run
 
-log() { echo "[peer-bench] $*" >&2; }
-die() { echo "[peer-bench] ERROR: $*" >&2; exit 1; }
+BENCH_NAME=peer-bench
+# shellcheck source=benches/lib.sh
+. "$HERE/lib.sh"   # log, die, ports_free, start_bg, stop_on_exit, wait_up, cpu_ticks, rss_kb
 
 needs="wrk curl taskset setsid python3 ss"
 for t in $TARGETS; do case "$t" in nginx*) needs="$needs nginx" ;; haproxy) needs="$needs haproxy" ;; esac; done
@@ -114,61 +115,19 @@ done
 
 # ----------------------------------------------------------------------------- ports
 UP1=18301 UP2=18302
-for p in $UP1 $UP2 18310 18311 18312 18313 18315 18316 $(seq 18320 18394); do
-  if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then die "port $p is already in use on this machine"; fi
-done
+# shellcheck disable=SC2046
+ports_free $UP1 $UP2 18310 18311 18312 18313 18315 18316 $(seq 18320 18394)
 
 TMP=$(mktemp -d /tmp/vane-peer-bench.XXXXXX)
 chmod 755 "$TMP"   # nginx's workers (www-data) write request bodies under it when they must
 mkdir -p "$TMP/logs" "$TMP/runs"
 
 # ----------------------------------------------------------------------------- processes
-STARTED=()
-start_bg() {  # start_bg CPUS LOGFILE CMD...: pinned, in a session of its own (pid == pgid)
-  local cpus=$1 logf=$2; shift 2
-  setsid taskset -c "$cpus" "$@" >"$logf" 2>&1 </dev/null &
-  LAST_PID=$!
-  STARTED+=("$LAST_PID")
-}
-stop_pid() {  # TERM the process group, KILL after 5 s
-  local pid=$1
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local i
-  trap - EXIT INT TERM
-  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_pid "${STARTED[$i]}"; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-tree_pids() { local p=$1 c; echo "$p"; for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do tree_pids "$c"; done; }
-cpu_ticks() {  # "utime stime" (clock ticks, all threads) over the process tree
-  local u=0 k=0 p a b
-  for p in $(tree_pids "$1"); do
-    read -r a b < <(awk '{ sub(/.*\) /, ""); print $12, $13 }' "/proc/$p/stat" 2>/dev/null || echo 0 0)
-    u=$((u + ${a:-0})); k=$((k + ${b:-0}))
-  done
-  echo "$u $k"
-}
+stop_on_exit
 core_user() {  # user + nice ticks of the proxy core so far (NA unless PROXY_CPUS is one core)
   case "$PROXY_CPUS" in ''|*[!0-9]*) echo NA; return 0 ;; esac
   awk -v c="cpu$PROXY_CPUS" '$1 == c { print $2 + $3 }' /proc/stat
 }
-rss_kb() {  # VmRSS over the process tree
-  local t=0 p v
-  for p in $(tree_pids "$1"); do
-    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-    t=$((t + ${v:-0}))
-  done
-  echo "$t"
-}
-CLK_TCK=$(getconf CLK_TCK)
 upstream_conns() {  # connections both backends have accepted since they started (NA: no /stats)
   local t=0 p v
   for p in $UP1 $UP2; do
@@ -177,13 +136,6 @@ upstream_conns() {  # connections both backends have accepted since they started
     t=$((t + v))
   done
   echo "$t"
-}
-wait_up() {  # wait_up PORT [TRIES]: until GET / answers 200 (0.1 s apart)
-  for _ in $(seq "${2:-200}"); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$1/" || true)" = 200 ] && return 0
-    sleep 0.1
-  done
-  return 1
 }
 
 declare -A PORT_OF=() H2PORT_OF=() PID_OF=()

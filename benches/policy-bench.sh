@@ -15,6 +15,9 @@
 # every run is bounded; everything started here is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BENCH_NAME=policy-bench
+# shellcheck source=benches/lib.sh
+. "$HERE/lib.sh"   # start_bg, stop_on_exit, cpu_ticks_total
 REPO=$(git -C "$HERE" rev-parse --show-toplevel)
 REPS=${REPS:-3}
 DURATION=${DURATION:-10s}
@@ -32,9 +35,7 @@ if [ ! -x "$VANE" ]; then (cd "$REPO" && cargo build --release --locked -p vane)
 bench_backend || exit 1
 
 TMP=$(mktemp -d /tmp/policy-bench.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT INT TERM
+stop_on_exit
 
 SECRET=bench-secret-0123456789abcdef
 cat >"$TMP/config.yaml" <<EOF
@@ -69,10 +70,10 @@ print(f"{head}.{body}.{sig}")
 PY
 )
 
-taskset -c "$LOAD_CPUS" "$BACKEND_BIN" "$BACKEND_PORT" 1 >"$TMP/backend.log" 2>&1 & PIDS+=($!)
-RUST_LOG=warn taskset -c "$LOAD_CPUS" "$VANE" control-plane --data-dir "$TMP/store" --listen "$CP" >"$TMP/cp.log" 2>&1 & PIDS+=($!)
-RUST_LOG=warn taskset -c "$PROXY_CPUS" "$VANE" proxy --control-plane "http://$CP" --node-id bench --admin "$ADMIN" >"$TMP/proxy.log" 2>&1 & PIDS+=($!)
-PROXY_PID=$!
+start_bg "$LOAD_CPUS" "$TMP/backend.log" "$BACKEND_BIN" "$BACKEND_PORT" 1
+start_bg "$LOAD_CPUS" "$TMP/cp.log" env RUST_LOG=warn "$VANE" control-plane --data-dir "$TMP/store" --listen "$CP"
+start_bg "$PROXY_CPUS" "$TMP/proxy.log" env RUST_LOG=warn "$VANE" proxy --control-plane "http://$CP" --node-id bench --admin "$ADMIN"
+PROXY_PID=$LAST_PID
 for _ in $(seq 100); do "$VANE" --server "http://$CP" apply -f "$TMP/config.yaml" >/dev/null 2>&1 && break; sleep 0.1; done
 for _ in $(seq 100); do
   [ "$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/guarded")" = 200 ] && break
@@ -80,13 +81,12 @@ for _ in $(seq 100); do
 done
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/guarded")" = 401 ] || { echo "the guarded route does not refuse" >&2; exit 1; }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$PROXY_PID/stat"; }
 run() {  # run PATH -> "rps p50 p99 cpu_us_per_req"
   local before after out rps p50 p99 reqs
-  before=$(cpu_ticks)
+  before=$(cpu_ticks_total "$PROXY_PID")
   out=$(timeout $(( ${DURATION%s} + 30 )) taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"$DURATION" --latency \
         -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT$1")
-  after=$(cpu_ticks)
+  after=$(cpu_ticks_total "$PROXY_PID")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   p50=$(awk '$1 == "50%" {print $2}' <<<"$out")

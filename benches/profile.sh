@@ -12,6 +12,9 @@
 # Loopback only; everything started here is stopped on exit.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BENCH_NAME=profile
+# shellcheck source=benches/lib.sh
+. "$HERE/lib.sh"   # start_bg, stop_on_exit, wait_up
 REPO=$(git -C "$HERE" rev-parse --show-toplevel)
 export VANE=${VANE:-${CARGO_TARGET_DIR:-$REPO/target}/release/vane}
 DURATION=${DURATION:-15s}
@@ -24,15 +27,13 @@ for tool in perf wrk taskset curl; do command -v "$tool" >/dev/null || { echo "m
 bench_backend || exit 1
 
 TMP=$(mktemp -d /tmp/vane-profile.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -- "-$p" 2>/dev/null || kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT INT TERM
+stop_on_exit
 
-taskset -c 0 "$BACKEND_BIN" 18601 1 >"$TMP/b1.log" 2>&1 & PIDS+=($!)
-taskset -c 0 "$BACKEND_BIN" 18602 1 >"$TMP/b2.log" 2>&1 & PIDS+=($!)
+start_bg 0 "$TMP/b1.log" "$BACKEND_BIN" 18601 1
+start_bg 0 "$TMP/b2.log" "$BACKEND_BIN" 18602 1
 PB_LISTEN=127.0.0.1:$PORT PB_BACKENDS=$BACKENDS VANE_BENCH_CP=127.0.0.1:18603 VANE_BENCH_ADMIN=127.0.0.1:18604 \
-  setsid taskset -c 1 "$HERE/vane-sut.sh" >"$TMP/sut.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 200); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+  start_bg 1 "$TMP/sut.log" "$HERE/vane-sut.sh"
+wait_up "$PORT" || true   # the check below says what is missing
 NODE=$(pgrep -f -- "--control-plane http://127.0.0.1:18603 --node-id" | head -1)
 [ -n "$NODE" ] || { echo "the node did not start" >&2; cat "$TMP/sut.log" >&2; exit 1; }
 

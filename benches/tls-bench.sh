@@ -92,17 +92,16 @@ case "$REPS" in ''|*[!0-9]*|0) echo "REPS must be a positive integer" >&2; exit 
 [ "$SECS" -ge 1 ] || { echo "DURATION must be at least 1s" >&2; exit 2; }
 RUN_LIMIT=$((SECS + 30))   # hard cap (timeout) on every load-generator run
 
-log() { echo "[tls-bench] $*" >&2; }
-die() { echo "[tls-bench] ERROR: $*" >&2; exit 1; }
+BENCH_NAME=tls-bench
+# shellcheck source=benches/lib.sh
+. "$HERE/lib.sh"   # log, die, ports_free, start_bg, stop_on_exit, wait_http, cpu_ticks_total, rss_kb
 
 for tool in wrk h2load openssl curl taskset setsid nginx python3 git ss; do
   command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install -y nginx wrk nghttp2-client)"
 done
 HAVE_AB=0; command -v ab >/dev/null && HAVE_AB=1
 
-for p in $BACKEND_PORT $NGINX_PORT $PROBE_PORT $VANE_PORT ${CP_ADDR##*:} ${ADMIN_ADDR##*:}; do
-  if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then die "port $p is already in use on this machine"; fi
-done
+ports_free $BACKEND_PORT $NGINX_PORT $PROBE_PORT $VANE_PORT ${CP_ADDR##*:} ${ADMIN_ADDR##*:}
 
 TMP=$(mktemp -d /tmp/tls-bench.XXXXXX)
 chmod 755 "$TMP"   # nginx workers (www-data) need to traverse to their temp paths
@@ -111,55 +110,11 @@ RAW="$TMP/raw.csv"
 
 # ----------------------------------------------------------------------------- processes
 declare -A PID_OF=()
-STARTED=()
-
-start_bg() {  # start_bg NAME CPUS LOGFILE CMD...   (pinned, in its own session: pid == pgid)
-  local name=$1 cpus=$2 logf=$3; shift 3
-  setsid taskset -c "$cpus" "$@" >"$logf" 2>&1 </dev/null &
-  local pid=$!
-  PID_OF[$name]=$pid; STARTED+=("$pid")
-}
-
-stop_pid() {  # TERM the process group, KILL after 5 s
-  local pid=$1 i pgid
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  pgid=$(ps -o pgid= -p "$pid" | tr -d ' ' || true)
-  if [ "$pgid" = "$pid" ]; then kill -TERM -- "-$pid" 2>/dev/null || true; else kill -TERM "$pid" 2>/dev/null || true; fi
-  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    if [ "$pgid" = "$pid" ]; then kill -KILL -- "-$pid" 2>/dev/null || true; else kill -KILL "$pid" 2>/dev/null || true; fi
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local i
-  trap - EXIT INT TERM
-  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_pid "${STARTED[$i]}"; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-tree_pids() { local p=$1 c; echo "$p"; for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do tree_pids "$c"; done; }
-
-cpu_ticks() {  # utime+stime (clock ticks, all threads) summed over the process tree
-  local t=0 p v
-  for p in $(tree_pids "$1"); do
-    v=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)
-    t=$((t + ${v:-0}))
-  done
-  echo "$t"
-}
-CLK_TCK=$(getconf CLK_TCK)
-
-rss_kb() {  # VmRSS summed over the process tree
-  local t=0 p v
-  for p in $(tree_pids "$1"); do
-    v=$(awk '/^VmRSS:/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-    t=$((t + ${v:-0}))
-  done
-  echo "$t"
+stop_on_exit
+start_named() {  # start_named NAME CPUS LOGFILE CMD...: start_bg, its pid kept as PID_OF[NAME]
+  local name=$1; shift
+  start_bg "$@"
+  PID_OF[$name]=$LAST_PID
 }
 
 vane_handshakes() {  # "ok failed" from the node's /metrics (summed over listeners)
@@ -204,17 +159,7 @@ PKI="$TMP/pki"
 CERT="$PKI/cert.pem"; KEY="$PKI/key.pem"; CA="$PKI/ca.pem"
 
 # ----------------------------------------------------------------------------- backend
-wait_http() {  # wait_http URL [curl args...] -> 0 once it answers 200 (deadline ~20 s)
-  local url=$1 i code; shift
-  for i in $(seq 200); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" 2>/dev/null || true)
-    [ "$code" = 200 ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
-start_bg backend "$BACKEND_CPUS" "$TMP/logs/backend.log" "$BACKEND_BIN" "$BACKEND_PORT" 1
+start_named backend "$BACKEND_CPUS" "$TMP/logs/backend.log" "$BACKEND_BIN" "$BACKEND_PORT" 1
 wait_http "http://127.0.0.1:$BACKEND_PORT/" || die "backend did not come up: $(tail -5 "$TMP/logs/backend.log")"
 
 # ----------------------------------------------------------------------------- 3. nginx
@@ -303,7 +248,7 @@ if ! nginx -t -q -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" 2>"$TMP/logs/ng
   nginx -t -q -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" 2>>"$TMP/logs/nginx-t.log" ||
     die "nginx -t failed: $(cat "$TMP/logs/nginx-t.log")"
 fi
-start_bg nginx "$PROXY_CPUS" "$TMP/logs/nginx.log" nginx -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log"
+start_named nginx "$PROXY_CPUS" "$TMP/logs/nginx.log" nginx -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log"
 wait_http "https://bench.test:$NGINX_PORT/" -k --resolve "bench.test:$NGINX_PORT:127.0.0.1" ||
   die "nginx did not answer 200 on :$NGINX_PORT: $(tail -5 "$NG/error.log" 2>/dev/null)"
 
@@ -326,8 +271,8 @@ clusters:
 routes:
   - { name: all, match: { prefix: / }, forward: { clusters: [ { name: backend } ] } }
 EOF
-start_bg vane-cp "$CP_CPUS" "$TMP/logs/vane-cp.log" "$VANE_BIN" control-plane --data-dir "$VD/store" --listen "$CP_ADDR"
-start_bg vane "$PROXY_CPUS" "$TMP/logs/vane-proxy.log" \
+start_named vane-cp "$CP_CPUS" "$TMP/logs/vane-cp.log" "$VANE_BIN" control-plane --data-dir "$VD/store" --listen "$CP_ADDR"
+start_named vane "$PROXY_CPUS" "$TMP/logs/vane-proxy.log" \
   "$VANE_BIN" proxy --control-plane "http://$CP_ADDR" --node-id bench --admin "$ADMIN_ADDR"
 applied=0
 for _ in $(seq 100); do
@@ -492,9 +437,9 @@ for rep in $(seq "$REPS"); do
       pid=${PID_OF[$t]}
       kill -0 "$pid" 2>/dev/null || die "$t (pid $pid) is gone; see its log in $TMP/logs (kept until exit)"
       hs0="0 0"; [ "$t" = vane ] && hs0=$(vane_handshakes)
-      c0=$(cpu_ticks "$pid")
+      c0=$(cpu_ticks_total "$pid")
       res=$(run_row "$row" "$t" || true)
-      c1=$(cpu_ticks "$pid")
+      c1=$(cpu_ticks_total "$pid")
       rss=$(rss_kb "$pid")
       hs1="0 0"; [ "$t" = vane ] && hs1=$(vane_handshakes)
       read -r ok0 bad0 <<<"$hs0"; read -r ok1 bad1 <<<"$hs1"

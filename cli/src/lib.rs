@@ -17,6 +17,7 @@ macro_rules! outln {
 mod cache_cmd;
 mod client;
 pub mod demo;
+mod dev;
 mod edit;
 mod listener_cmd;
 mod output;
@@ -67,7 +68,7 @@ pub(crate) enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Control plane + one node + two demo backends in one process, quickstart applied.
+    /// Control plane + one node (or --nodes N) + two demo backends in one process, quickstart applied.
     Dev(serve::DevArgs),
     /// Run the control plane.
     ControlPlane(serve::ControlPlaneArgs),
@@ -293,7 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => {
             init_logs(cli.log_format);
-            serve::dev(args).await
+            dev::dev(args).await
         }
         Command::ControlPlane(args) => {
             init_logs(cli.log_format);

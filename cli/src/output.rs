@@ -160,8 +160,11 @@ pub(crate) fn config(config: &Config, kind: Kind, version: u64, out: Output) -> 
                 text.push_str(&table(&["CONSUMER", "API KEYS", "BASIC USER", "SUBJECTS"], rows));
             }
             if all || kind == Kind::Cache {
-                let rows = config.caches.iter().map(|c| vec![c.name.clone()]).collect();
-                text.push_str(&table(&["CACHE"], rows));
+                let rows = config.caches.iter().map(|c| cache_row(c, &config.routes)).collect();
+                text.push_str(&table(
+                    &["CACHE", "MAX BYTES", "MAX ENTRY", "DEFAULT TTL", "STALE (SWR/SIE)", "ROUTES"],
+                    rows,
+                ));
             }
             if all || kind == Kind::Compression {
                 let rows = config.compressions.iter().map(|c| vec![c.name.clone()]).collect();
@@ -389,6 +392,25 @@ pub(crate) fn diff(response: &DiffResponse, out: Output) -> String {
     }
 }
 
+/// A cache's row: its sizes and windows (defaults shown as the node applies them), and the
+/// routes that use it.
+fn cache_row(c: &vane_proto::config::Cache, routes: &[vane_proto::config::Route]) -> Vec<String> {
+    let bytes = |n: u64, default: &str| if n == 0 { default.to_owned() } else { n.to_string() };
+    let secs = |d: &Option<vane_proto::pbjson_types::Duration>, unset: &str| match d {
+        Some(d) if d.seconds > 0 || d.nanos > 0 => format!("{}s", d.seconds as f64 + f64::from(d.nanos) / 1e9),
+        _ => unset.to_owned(),
+    };
+    let users: Vec<&str> = routes.iter().filter(|r| r.cache == c.name).map(|r| r.name.as_str()).collect();
+    vec![
+        c.name.clone(),
+        bytes(c.max_bytes, "64MiB"),
+        bytes(c.max_entry_bytes, "8MiB"),
+        secs(&c.default_ttl, "-"),
+        format!("{}/{}", secs(&c.stale_while_revalidate, "0"), secs(&c.stale_if_error, "0")),
+        if users.is_empty() { "-".to_owned() } else { users.join(",") },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use vane_proto::admin::{ListNodesResponse, NodeStatus};
@@ -424,5 +446,19 @@ mod tests {
         assert_eq!(row(&table, "held")[1..4], ["yes", "2", "-"], "{table}");
         assert_eq!(row(&table, "pushed")[1..4], ["yes", "3", "0ms"], "{table}");
         assert_eq!(row(&table, "empty")[1..4], ["yes", "-", "-"], "{table}");
+    }
+
+    #[test]
+    fn caches_show_their_sizes_windows_and_routes() {
+        let config = vane_proto::load(
+            "caches:\n  - {name: edge, max_bytes: 1000, default_ttl: 60s, stale_if_error: 1.5s}\n  - {name: idle}\n\
+             routes:\n  - {name: a, match: {prefix: /a}, direct_response: {status: 200}, cache: edge}\n\
+             \x20 - {name: b, match: {prefix: /b}, direct_response: {status: 200}, cache: edge}\n",
+            Format::Yaml,
+        )
+        .unwrap();
+        let rows: Vec<Vec<String>> = config.caches.iter().map(|c| cache_row(c, &config.routes)).collect();
+        assert_eq!(rows[0], ["edge", "1000", "8MiB", "60s", "0/1.5s", "a,b"]);
+        assert_eq!(rows[1], ["idle", "64MiB", "8MiB", "-", "0/0", "-"]);
     }
 }

@@ -1,18 +1,14 @@
 //! Long-running commands: `dev`, `control-plane`, `proxy`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use vane_control_plane::{ControlPlane, ControlPlaneConfig, Tokens};
 use vane_data_plane::{Node, NodeConfig, NodeError};
-use vane_proto::admin::config_service_client::ConfigServiceClient;
-use vane_proto::admin::{ApplyRequest, ListNodesRequest};
 
 use crate::demo::EchoServer;
-use crate::quickstart;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ControlPlaneArgs {
@@ -84,22 +80,26 @@ pub(crate) struct ProxyArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DevArgs {
-    /// Root of dev state: the store in DIR/store, the node cache in DIR/node.
+    /// Root of dev state: the store in DIR/store, node dev-I's cache in DIR/dev-I.
     #[arg(long, default_value = ".vane")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Control-plane gRPC address.
     #[arg(long, default_value = "127.0.0.1:18000")]
-    listen: SocketAddr,
-    /// Node admin endpoint.
+    pub(crate) listen: SocketAddr,
+    /// Admin endpoint of node dev-1; node dev-I takes this port + I - 1 (port 0: any, each).
     #[arg(long, default_value = "127.0.0.1:9901")]
-    admin: SocketAddr,
+    pub(crate) admin: SocketAddr,
     /// Addresses of the two demo echo backends (the quickstart routes to these).
     #[arg(long, num_args = 2, default_values = ["127.0.0.1:9001", "127.0.0.1:9002"])]
-    backends: Vec<SocketAddr>,
+    pub(crate) backends: Vec<SocketAddr>,
     /// Address of the quickstart's `web` listener, the proxy (default: as the quickstart
     /// says, 127.0.0.1:8080). Only when the quickstart is applied (an empty store).
     #[arg(long)]
-    web: Option<SocketAddr>,
+    pub(crate) web: Option<SocketAddr>,
+    /// Nodes to run, dev-1 to dev-N, sharing the listeners' ports (enable_reuse_port). At
+    /// most 16: one process on one machine, more would only share the same cores.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub(crate) nodes: u16,
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,7 +136,7 @@ async fn stop_signal() {
     tokio::select! { () = ctrl_c => {}, () = term => {} }
 }
 
-async fn start_control_plane(
+pub(crate) async fn start_control_plane(
     config: ControlPlaneConfig,
     listen: SocketAddr,
 ) -> anyhow::Result<(ControlPlane, SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
@@ -261,112 +261,4 @@ pub(crate) async fn demo_backend(args: DemoBackendArgs) -> anyhow::Result<()> {
     println!("vane demo-backend {}", listening.join(", "));
     stop_signal().await;
     Ok(())
-}
-
-/// The node id of `vane dev`'s node.
-const DEV_NODE: &str = "dev-node";
-
-pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    let [b1, b2] = args.backends[..] else { bail!("--backends takes two addresses") };
-    let echo1 = EchoServer::start("echo-1", b1).await.with_context(|| format!("demo backend on {b1}"))?;
-    let echo2 = EchoServer::start("echo-2", b2).await.with_context(|| format!("demo backend on {b2}"))?;
-    let store = args.data_dir.join("store");
-    let (cp, addr, cp_task) = start_control_plane(ControlPlaneConfig::new(store.clone()), args.listen).await?;
-    let server = format!("http://{addr}");
-    let node = Node::start(NodeConfig {
-        node_id: DEV_NODE.into(),
-        control_plane: server.clone(),
-        cache_dir: Some(args.data_dir.join("node")),
-        admin: Some(args.admin),
-        labels: BTreeMap::from([("mode".to_owned(), "dev".to_owned())]),
-        token: None,
-        tls: None,
-        otlp_endpoint: None,
-        replay_budget_bytes: None,
-        file_poll_interval: NodeConfig::DEFAULT_FILE_POLL_INTERVAL,
-    })
-    .await?;
-
-    let applied_from = if cp.latest_version() == 0 {
-        let dir = std::env::current_dir().context("current directory")?;
-        let (mut config, source) = quickstart::load_from(&dir)?;
-        quickstart::adapt(&mut config, [echo1.addr(), echo2.addr()], args.web);
-        let mut client = ConfigServiceClient::connect(server.clone()).await?;
-        let applied = client
-            .apply(ApplyRequest { config: Some(config), dry_run: false, expected_version: 0, allow_empty: false })
-            .await
-            .map_err(|s| anyhow!("applying {source}: {}", s.message()))?
-            .into_inner();
-        tracing::info!(version = applied.version, %source, "quickstart applied");
-        Some(source)
-    } else {
-        None
-    };
-    let latest = cp.latest_version();
-    // Until the node serves the latest version or refuses it (a port in use, most often).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut refused = None;
-    let mut next_check = Instant::now() + Duration::from_millis(200);
-    while node.version() < latest && refused.is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if Instant::now() >= next_check {
-            refused = refusal(&server, latest).await;
-            next_check = Instant::now() + Duration::from_millis(200);
-        }
-    }
-    // The first line says whether it is ready, and which config it serves.
-    let config = match &applied_from {
-        Some(source) => format!("version {latest}, applied from {source}"),
-        None => format!(
-            "version {latest}, from the store in {} (the quickstart is applied to an empty store only)",
-            store.display()
-        ),
-    };
-    if node.version() >= latest {
-        println!("\nvane dev is running: {config}");
-    } else {
-        let why = refused.unwrap_or_else(|| "no answer in 10 s: see `vane nodes`".into());
-        println!("\nvane dev started, but its node does not serve {config}: {why}");
-    }
-    let web = node.listener_addr("web").map_or_else(|| "(no listener named web)".into(), |a| a.to_string());
-    let next = match applied_from {
-        Some(quickstart::Source::File(_)) => {
-            format!("edit {path}, then: vane apply -f {path}", path = quickstart::PATH)
-        }
-        _ => "vane get all -o yaml > vane.yaml; edit it, then: vane apply -f vane.yaml".to_owned(),
-    };
-    println!(
-        "\x20 proxy        http://{web}\n\
-         \x20 control plane {server}  (vane --server {server} ...)\n\
-         \x20 node admin   http://{admin}/ready  /config\n\
-         \x20 backends     echo-1 {e1}, echo-2 {e2}\n\n\
-         try:\n\
-         \x20 curl -i http://{web}/api/hello      # twice: echo-1 then echo-2 answer\n\
-         \x20 vane get routes\n\
-         \x20 vane nodes\n\
-         \x20 vane history\n\
-         {next}\n",
-        admin = node.admin_addr().map_or_else(|| "-".into(), |a| a.to_string()),
-        e1 = echo1.addr(),
-        e2 = echo2.addr(),
-    );
-    cp_task.await.map_err(|e| anyhow!("control plane task: {e}"))??;
-    drop(node);
-    Ok(())
-}
-
-/// Why the dev node refused `version`, as `vane nodes` shows it; `None` when it has not.
-async fn refusal(server: &str, version: u64) -> Option<String> {
-    let mut client = ConfigServiceClient::connect(server.to_owned()).await.ok()?;
-    let nodes = client.list_nodes(ListNodesRequest::default()).await.ok()?.into_inner();
-    let node = nodes.nodes.into_iter().find(|n| n.node_id == DEV_NODE)?;
-    if node.nack_version != version {
-        return None;
-    }
-    let errors: Vec<String> = node
-        .nack_errors
-        .iter()
-        .map(|e| if e.name.is_empty() { e.message.clone() } else { format!("{} '{}': {}", e.kind, e.name, e.message) })
-        .collect();
-    Some(format!("it refused version {}: {}", node.nack_version, errors.join("; ")))
 }

@@ -100,7 +100,7 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
     catch_up(&shared, &node_id, version_held, &hash_held).await;
     let mut purge_watch = shared.purges.subscribe();
     purge_watch.mark_unchanged();
-    let Some(mut purge_sent) = purges::send_missed(&shared, &tx, &node_id, purge_held).await else {
+    let Some(mut purge_sent) = purges::send_missed(&shared, &tx, &node_id, purge_held, true).await else {
         shared.fleet.disconnected(session_id, &node_id);
         return;
     };
@@ -208,7 +208,7 @@ async fn session(shared: Arc<Shared>, mut inbound: Streaming<NodeMessage>, tx: O
             shared.fleet.nacked(&node_id, version, errors);
         }
         if purge_due {
-            match purges::send_missed(&shared, &tx, &node_id, purge_sent).await {
+            match purges::send_missed(&shared, &tx, &node_id, purge_sent, false).await {
                 Some(now) => purge_sent = now,
                 None => break,
             }

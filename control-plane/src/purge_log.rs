@@ -72,9 +72,8 @@ pub(crate) fn after(tree: &sled::Tree, held: u64) -> Result<MissedPurges, StoreE
     if held == newest {
         return Ok(MissedPurges::These(vec![]));
     }
-    // Ahead of the store, or behind what it kept (a node that held nothing, too: its disk
-    // tier may hold entries from before any purge it never recorded).
-    if held > newest || held == 0 || held + 1 < oldest {
+    // Ahead of the store, or behind what it kept.
+    if held > newest || held + 1 < oldest {
         return Ok(everything());
     }
     let mut out = Vec::new();
@@ -115,9 +114,10 @@ mod tests {
             [(2, "a.test/y"), (3, "b.test/z")]
         );
         assert_eq!(after(&tree, 3).unwrap(), MissedPurges::These(vec![]));
-        // A node that held nothing, or more than the store has, empties its caches.
+        let MissedPurges::These(all) = after(&tree, 0).unwrap() else { panic!("a node at 0 gets every purge kept") };
+        assert_eq!(all.len(), 3);
+        // A node holding more than the store has empties its caches.
         let everything = MissedPurges::Everything(CachePurge { seq: 3, prefix: true, ..Default::default() });
-        assert_eq!(after(&tree, 0).unwrap(), everything);
         assert_eq!(after(&tree, 9).unwrap(), everything);
     }
 

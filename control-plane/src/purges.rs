@@ -29,6 +29,16 @@ pub(crate) async fn purge(shared: &Arc<Shared>, req: PurgeCacheRequest) -> Resul
     if req.key.len() > MAX_KEY {
         return Err(Status::invalid_argument(format!("a purge key has at most {MAX_KEY} bytes")));
     }
+    if !req.cache.is_empty() {
+        let known =
+            shared.published.borrow().as_ref().is_some_and(|p| p.config.caches.iter().any(|c| c.name == req.cache));
+        if !known {
+            return Err(Status::not_found(format!(
+                "no cache '{}' in the latest version (see `vane get caches`)",
+                req.cache
+            )));
+        }
+    }
     let asked = CachePurge { seq: 0, cache: req.cache, key: req.key, prefix: req.prefix };
     let purge = {
         // Numbers are taken in the order writers get the lock.
@@ -67,18 +77,27 @@ pub(crate) async fn purge(shared: &Arc<Shared>, req: PurgeCacheRequest) -> Resul
 }
 
 /// Sends a node the purges after `held` it lacks; the number it then holds, or `None`
-/// when the stream is gone.
+/// when the stream is gone. `hello`: `held` is what the node said when it connected,
+/// where 0 means it does not know (restarted without a state dir: a disk tier may hold
+/// entries purged while it was away), so it empties its caches if any purge was made.
 pub(crate) async fn send_missed(
     shared: &Arc<Shared>,
     tx: &mpsc::Sender<Result<ControlMessage, Status>>,
     node_id: &str,
     held: u64,
+    hello: bool,
 ) -> Option<u64> {
-    if held == *shared.purges.borrow() {
+    let latest = *shared.purges.borrow();
+    if held == latest {
         return Some(held);
     }
     let store = shared.store.clone();
-    let missed = match tokio::task::spawn_blocking(move || store.purges_after(held)).await {
+    let missed = match tokio::task::spawn_blocking(move || match held {
+        0 if hello => Ok(MissedPurges::Everything(CachePurge { seq: latest, prefix: true, ..Default::default() })),
+        _ => store.purges_after(held),
+    })
+    .await
+    {
         Ok(Ok(missed)) => missed,
         Ok(Err(error)) => {
             warn!(node = %node_id, %error, "cannot read the purges; the node is sent them later");

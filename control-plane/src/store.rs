@@ -102,7 +102,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Numbers `purge` after the newest one and stores it durably; returns it numbered.
     /// The newest 10,000 are kept.
     fn record_purge(&self, purge: CachePurge) -> Result<CachePurge, StoreError>;
-    /// The purges a node holding purge `held` has missed.
+    /// The purges a node that applied every purge up to `held` has missed (one purge of
+    /// everything when they are no longer kept, or `held` is ahead of the store).
     fn purges_after(&self, held: u64) -> Result<MissedPurges, StoreError>;
     /// The newest purge's number (0: none yet).
     fn latest_purge(&self) -> Result<u64, StoreError>;

@@ -12,6 +12,7 @@
 //! `tls`, `observe`, `http`, `upstream`, `policy`, `routing`, `proxy`, `server`, `node`
 //! (`.ci/module-cycles.py` checks it; docs/architecture.md says what each owns).
 
+mod cache;
 mod http;
 mod l4;
 mod node;
@@ -64,6 +65,7 @@ pub mod bench {
                         access_logs: &HashMap::new(),
                         tls: &Default::default(),
                         policies: &Default::default(),
+                        caches: &Default::default(),
                     },
                 )
             });

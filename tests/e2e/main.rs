@@ -3,6 +3,8 @@
 
 mod admin_api;
 mod apply_and_serve;
+mod cache;
+mod cache_flow;
 mod cache_purge;
 mod cancellation;
 mod cli_errors;

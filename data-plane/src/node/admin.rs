@@ -173,6 +173,7 @@ fn render_metrics(shared: &NodeShared) -> String {
     metrics::render_listeners(&mut out, &shared.listeners().stats());
     if let Some(rt) = shared.serving.runtime.load().as_ref() {
         rt.policies.render(&mut out);
+        shared.caches.render(&mut out);
         render_endpoints(&mut out, rt);
     }
     let (version, _) = shared.held();

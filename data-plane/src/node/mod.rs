@@ -134,6 +134,7 @@ impl Node {
             held_snapshot: Mutex::default(),
             tls_sessions: tls::Sessions::default(),
             policy_state: policy::PolicyState::default(),
+            caches: crate::cache::Caches::for_node(&config.node_id),
             problems: problems::Problems::default(),
             watched: tokio::sync::watch::Sender::new(Arc::default()),
             applying: Mutex::default(),

@@ -44,7 +44,7 @@ fn write_seq(dir: &Path, seq: u64) -> std::io::Result<()> {
 pub(crate) async fn apply(shared: &Arc<NodeShared>, config: &NodeConfig, purge: CachePurge) -> NodeMessage {
     let seq = purge.seq;
     let target = shared.clone();
-    let removed = tokio::task::spawn_blocking(move || target.purge_caches(&purge.cache, &purge.key, purge.prefix))
+    let removed = tokio::task::spawn_blocking(move || target.caches.purge(&purge.cache, &purge.key, purge.prefix))
         .await
         .unwrap_or_else(|error| {
             warn!(seq, %error, "cache purge stopped");

@@ -51,6 +51,8 @@ pub(crate) struct NodeShared {
     pub(super) tls_sessions: tls::Sessions,
     /// Rate-limit buckets, JWKS keys and auth caches, kept across snapshots.
     pub(super) policy_state: policy::PolicyState,
+    /// Response caches by resource name, kept across snapshots (purges act on them).
+    pub(crate) caches: crate::cache::Caches,
     /// What is wrong on this node while it serves (reported to the control plane).
     pub(crate) problems: Problems,
     /// The files the runtime serving was compiled from, as they were read (`file_watch.rs`).
@@ -65,14 +67,6 @@ pub(crate) struct NodeShared {
 impl NodeShared {
     pub(super) fn listeners(&self) -> std::sync::MutexGuard<'_, listeners::Listeners> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Removes cached responses: `key` exactly, or every key under it with `prefix`, in
-    /// the cache named `cache` (every cache when empty); the entries removed.
-    pub(crate) fn purge_caches(&self, cache: &str, key: &str, prefix: bool) -> u64 {
-        // Wired to the response caches when they land (issue 19, this session).
-        let _ = (cache, key, prefix);
-        0
     }
 
     /// Validates, compiles and swaps in a snapshot. On error nothing changed.
@@ -144,6 +138,8 @@ impl NodeShared {
             policy::Policies::compile(compiled_config, &self.policy_state, previous.as_deref().map(|rt| &rt.policies))?;
         let mut listeners = self.listeners();
         let mut prepared = listeners.prepare(&config.listeners)?;
+        // Last before the swap: a removed or changed cache's entries go here.
+        let caches = self.caches.prepare(compiled_config);
         let runtime = self.metrics.rebuild(|metrics| {
             runtime::Runtime::compile(
                 snapshot.version,
@@ -152,7 +148,7 @@ impl NodeShared {
                 &prepared.ids,
                 previous.as_deref(),
                 metrics,
-                &runtime::Loaded { access_logs: &access_logs, tls: &tls, policies: &policies },
+                &runtime::Loaded { access_logs: &access_logs, tls: &tls, policies: &policies, caches: &caches },
             )
         });
         prepared.compile_l4(&compiled_config.listeners, &runtime.clusters, &access_logs);

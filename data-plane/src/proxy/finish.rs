@@ -134,13 +134,22 @@ pub(crate) struct Finishing<B> {
     /// The body was sent to its end.
     ended: bool,
     finish: Option<Finish>,
+    /// Stored once the body ends (dropped unstored when it does not).
+    fill: Option<Box<crate::cache::Fill>>,
 }
 
 impl<B: Body> Finishing<B> {
-    pub(super) fn new(inner: B, finish: Option<Finish>) -> Finishing<B> {
+    pub(super) fn new(inner: B, mut finish: Option<Finish>) -> Finishing<B> {
+        let upstream = finish.as_mut().and_then(|f| f.upstream.as_mut());
+        let fill = upstream.and_then(|u| u.fill.take());
         let held = finish.as_ref().and_then(|f| f.upstream.as_ref()).and_then(|u| u.held.as_deref());
         let cap = held.map_or(0, |h| h.max_response_bytes);
-        Finishing { ended: inner.is_end_stream(), inner, sent: 0, cap, finish }
+        let ended = inner.is_end_stream();
+        let mut body = Finishing { ended, inner, sent: 0, cap, finish, fill };
+        if ended && let Some(fill) = body.fill.take() {
+            fill.complete();
+        }
+        body
     }
 
     /// The body is about to pass its cap: counted against its cluster, its access log
@@ -187,6 +196,24 @@ where
             Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
             _ => this.ended,
         };
+        if let Some(fill) = &mut this.fill {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref()
+                        && !fill.push(data)
+                    {
+                        this.fill = None;
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => this.fill = None,
+                _ => {}
+            }
+            if this.ended
+                && let Some(fill) = this.fill.take()
+            {
+                fill.complete();
+            }
+        }
         polled
     }
 
@@ -218,4 +245,6 @@ pub(crate) struct Upstream {
     pub(super) request_id: Option<HeaderValue>,
     pub(super) lease: Option<Lease>,
     pub(super) held: Option<Box<Held>>,
+    /// The response's way into its route's cache, fed as the body streams.
+    pub(super) fill: Option<Box<crate::cache::Fill>>,
 }

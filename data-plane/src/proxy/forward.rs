@@ -230,6 +230,7 @@ pub(super) async fn forward(
         request_id: request_id.clone(),
         lease: None,
         held: None,
+        fill: None,
     });
     let timed_out_overall = now >= deadline;
     let mut response = match result {

@@ -88,7 +88,7 @@ impl Connection {
             Some(found) => {
                 let downstream = Downstream { trusted_proxy: router.trusts(self.peer.ip()), tls: self.tls.is_some() };
                 if found.entry.chain.is_empty() {
-                    self.take(found, req, bytes_in.clone(), downstream).await
+                    self.serve(found, req, bytes_in.clone(), downstream).await
                 } else {
                     // Boxed: policy futures (auth calls, body transforms) are large, and this
                     // future is moved on every request; routes without policies skip the box.
@@ -157,10 +157,10 @@ fn refuse<B>(req: &Request<B>) -> Option<Response<InnerBody>> {
 
 /// What a routed request produced: its metrics handle, route and cluster names, the
 /// response, and upstream details when it was forwarded.
-type Taken = (Arc<RouteStats>, Option<Arc<str>>, Option<Arc<str>>, Response<InnerBody>, Option<Upstream>);
+pub(super) type Taken = (Arc<RouteStats>, Option<Arc<str>>, Option<Arc<str>>, Response<InnerBody>, Option<Upstream>);
 
 /// The request's host as sent (port included).
-fn host_of<B>(req: &Request<B>) -> Option<&str> {
+pub(super) fn host_of<B>(req: &Request<B>) -> Option<&str> {
     req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().authority().map(|a| a.as_str()))
 }
 
@@ -184,15 +184,44 @@ impl Connection {
                 (stats, Some(entry.route.name.clone()), None, refusal, None)
             }
             Ok(applied) => {
-                let mut taken = self.take(found, req, bytes_in, downstream).await;
+                let mut taken = self.serve(found, req, bytes_in, downstream).await;
                 applied.respond(&mut taken.3, &ctx).await;
+                // A transform that rewrote the body: the cache keeps upstream answers only
+                // (a hit is transformed again on its way out).
+                if !matches!(taken.3.body(), Either::Left(_))
+                    && let Some(upstream) = taken.4.as_mut()
+                {
+                    upstream.fill = None;
+                }
                 taken
             }
         }
     }
 
+    /// Runs the route's action, through its cache when it has one (one branch otherwise;
+    /// boxed there, the cache's future being large).
+    async fn serve(
+        &self,
+        found: Found<'_>,
+        req: Request<InnerBody>,
+        bytes_in: Option<Arc<AtomicU64>>,
+        downstream: Downstream,
+    ) -> Taken {
+        match &found.entry.route.cache {
+            Some(cache) if matches!(found.entry.route.action, RouteAction::Forward { .. }) => {
+                // Fresh hits answer without the (boxed) future of the rest.
+                if let Some(hit) = self.fresh_hit(cache, &found, &req) {
+                    return hit;
+                }
+                let cache = cache.clone();
+                Box::pin(self.take_cached(&cache, found, req, bytes_in, downstream)).await
+            }
+            _ => self.take(found, req, bytes_in, downstream).await,
+        }
+    }
+
     /// Runs the action of the route a request took.
-    async fn take(
+    pub(super) async fn take(
         &self,
         found: Found<'_>,
         mut req: Request<InnerBody>,

@@ -183,6 +183,7 @@ mod tests {
             request_id: None,
             lease: None,
             held: Some(Box::new(held)),
+            fill: None,
         };
         let finish = Finish {
             start: Instant::now(),

@@ -7,6 +7,7 @@
 //! The response body is wrapped so that when it is done (sent, or dropped because the
 //! client left) the request's metrics are recorded and its access log line is queued.
 
+mod cached;
 mod connection;
 mod finish;
 mod forward;

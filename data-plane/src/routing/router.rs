@@ -53,6 +53,8 @@ pub(crate) struct Route {
     pub(crate) mirror: Option<(Arc<Cluster>, u32)>,
     pub(crate) request_headers: HeaderRules,
     pub(crate) response_headers: HeaderRules,
+    /// The cache resource this route's responses go through (forwards only).
+    pub(crate) cache: Option<Arc<crate::cache::RouteCache>>,
 }
 
 /// What a route does with a request it takes.

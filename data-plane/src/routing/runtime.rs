@@ -30,6 +30,8 @@ pub(crate) struct Loaded<'a> {
     pub(crate) access_logs: &'a HashMap<String, Arc<Sink>>,
     pub(crate) tls: &'a Material,
     pub(crate) policies: &'a Policies,
+    /// The node's cache stores for this snapshot.
+    pub(crate) caches: &'a crate::cache::Prepared,
 }
 
 /// What requests run against.
@@ -58,7 +60,7 @@ impl Runtime {
         metrics: &mut MetricsBuilder<'_>,
         loaded: &Loaded<'_>,
     ) -> Runtime {
-        let Loaded { access_logs, tls, policies } = *loaded;
+        let Loaded { access_logs, tls, policies, caches } = *loaded;
         let listener_policies: HashMap<&str, &[String]> =
             config.listeners.iter().map(|l| (l.name.as_str(), l.policies.as_slice())).collect();
         let empty = HashMap::new();
@@ -166,6 +168,7 @@ impl Runtime {
                 mirror,
                 request_headers: HeaderRules::compile(r.request_headers.as_ref()),
                 response_headers: HeaderRules::compile(r.response_headers.as_ref()),
+                cache: (!r.cache.is_empty()).then(|| caches.route(&r.name, &r.cache)).flatten(),
             });
             let attached: Vec<&str> = if r.listeners.is_empty() {
                 http_listeners.clone()
@@ -222,7 +225,12 @@ mod tests {
                 &slots,
                 None,
                 m,
-                &Loaded { access_logs: &HashMap::new(), tls: &Material::default(), policies: &Policies::default() },
+                &Loaded {
+                    access_logs: &HashMap::new(),
+                    tls: &Material::default(),
+                    policies: &Policies::default(),
+                    caches: &Default::default(),
+                },
             )
         });
         let route = |slot: u64, path: &str| {

@@ -22,6 +22,7 @@ fn router(routes_yaml: &str) -> Router {
             request_body_timeout: Duration::from_secs(30),
             max_response_bytes: 0,
             mirror: None,
+            cache: None,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
         });
