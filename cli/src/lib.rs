@@ -19,6 +19,7 @@ mod client;
 pub mod demo;
 mod dev;
 mod edit;
+mod listener_cmd;
 mod output;
 mod quickstart;
 mod serve;
@@ -132,6 +133,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Add, replace or delete one listener (HTTP, HTTPS, TCP).
+    #[command(subcommand)]
+    Listener(listener_cmd::ListenerCommand),
     /// Add, replace or delete one route.
     #[command(subcommand)]
     Route(edit::RouteCommand),
@@ -311,6 +315,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History { output } => admin.history(output).await,
         Command::Diff { file, output } => admin.diff(&file, output).await,
         Command::Delete { kind, name, dry_run } => admin.delete(&kind, &name, dry_run).await,
+        Command::Listener(command) => listener_cmd::run(&admin, command).await,
         Command::Route(command) => edit::route(&admin, command).await,
         Command::Cluster(command) => edit::cluster(&admin, command).await,
         Command::Endpoint(command) => edit::endpoint(&admin, command).await,

@@ -15,6 +15,7 @@
 mod cache;
 mod compress;
 mod http;
+mod l4;
 mod node;
 mod observe;
 mod policy;

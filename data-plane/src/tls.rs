@@ -1,7 +1,7 @@
 //! TLS material of a snapshot, loaded before the swap so that a bad certificate file, key
 //! or CA bundle is a NACK and the previous runtime keeps serving.
 //!
-//! Termination: one rustls `ServerConfig` per HTTPS listener, choosing the certificate by
+//! Termination: one rustls `ServerConfig` per HTTPS or TLS listener, choosing the certificate by
 //! SNI (exact name, then `*.` wildcard, then the default). Each handshake takes the config
 //! of the runtime current at accept time, so a rotated certificate is served to the next
 //! handshake while established connections keep theirs. Session caches and ticket keys
@@ -63,6 +63,8 @@ pub(crate) struct ServerTls {
 pub(crate) struct UpstreamTls {
     pub(crate) h1: Arc<ClientConfig>,
     pub(crate) h2: Arc<ClientConfig>,
+    /// For TCP and TLS listeners: no ALPN (the bytes are the client's own protocol).
+    stream: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
     /// Digest of everything the configs were built from: a cluster is only reused by the
     /// next snapshot when this is unchanged.
@@ -105,7 +107,8 @@ impl Material {
 
         let mut material = Material::default();
         let mut kept_sessions = HashMap::new();
-        for l in config.listeners.iter().filter(|l| l.protocol == Protocol::Https as i32) {
+        let terminates = |p: i32| p == Protocol::Https as i32 || p == Protocol::Tls as i32;
+        for l in config.listeners.iter().filter(|l| terminates(l.protocol)) {
             let Some(spec) = &l.tls else { continue };
             let err = |field: &str, message: String| ConfigError {
                 kind: "listener",
@@ -115,7 +118,8 @@ impl Material {
             };
             let resumption = sessions.for_listener(&l.name);
             kept_sessions.insert(l.name.clone(), resumption.clone());
-            match server_config(spec, &certs, resumption) {
+            let alpn = l.protocol == Protocol::Https as i32;
+            match server_config(spec, &certs, resumption, alpn) {
                 Ok(config) => {
                     let forward_header =
                         spec.client_auth.as_ref().filter(|a| !a.forward_header.is_empty()).and_then(|a| {
@@ -205,6 +209,7 @@ fn server_config(
     spec: &config::ListenerTls,
     certs: &HashMap<&str, Loaded>,
     resumption: Resumption,
+    alpn: bool,
 ) -> Result<Arc<ServerConfig>, Failure> {
     let mut resolver = SniResolver {
         exact: HashMap::new(),
@@ -259,7 +264,10 @@ fn server_config(
         }
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTPS offers h2 and http/1.1; a TLS listener's bytes are the client's own protocol.
+    if alpn {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
     config.session_storage = resumption.cache;
     config.ticketer = resumption.ticketer;
     Ok(Arc::new(config))
@@ -318,7 +326,7 @@ fn upstream(spec: &config::UpstreamTls, certs: &HashMap<&str, Loaded>) -> Result
             .map_err(|e| ("tls.client_certificate", e.to_string()))?;
         Some((chain, key))
     };
-    let build = |alpn: &[u8]| -> Result<Arc<ClientConfig>, Failure> {
+    let build = |alpn: Option<&[u8]>| -> Result<Arc<ClientConfig>, Failure> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| ("tls", e.to_string()))?
@@ -329,7 +337,7 @@ fn upstream(spec: &config::UpstreamTls, certs: &HashMap<&str, Loaded>) -> Result
                 .map_err(|e| ("tls.client_certificate", e.to_string()))?,
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![alpn.to_vec()];
+        config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
         Ok(Arc::new(config))
     };
     let server_name = if spec.sni.is_empty() {
@@ -339,11 +347,25 @@ fn upstream(spec: &config::UpstreamTls, certs: &HashMap<&str, Loaded>) -> Result
     };
     fingerprint.update(spec.sni.as_bytes());
     Ok(UpstreamTls {
-        h1: build(b"http/1.1")?,
-        h2: build(b"h2")?,
+        h1: build(Some(b"http/1.1"))?,
+        h2: build(Some(b"h2"))?,
+        stream: build(None)?,
         server_name,
         fingerprint: hex::encode(fingerprint.finalize()),
     })
+}
+
+impl UpstreamTls {
+    /// TLS over `tcp` to the endpoint at `addr`, for a TCP or TLS listener: the cluster's
+    /// `sni` is sent and verified, else the endpoint's IP address.
+    pub(crate) async fn connect_stream(
+        &self,
+        addr: std::net::SocketAddr,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let name = self.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        tokio_rustls::TlsConnector::from(self.stream.clone()).connect(name, tcp).await
+    }
 }
 
 /// The connector of a cluster's pool: TLS with `tls` (for `https` URIs), else plain.

@@ -18,6 +18,7 @@ mod fleet_recipe;
 mod gateway;
 mod hardening;
 mod https;
+mod l4;
 mod node_status;
 mod observability;
 mod operators;

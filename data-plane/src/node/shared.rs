@@ -137,7 +137,7 @@ impl NodeShared {
         let policies =
             policy::Policies::compile(compiled_config, &self.policy_state, previous.as_deref().map(|rt| &rt.policies))?;
         let mut listeners = self.listeners();
-        let prepared = listeners.prepare(&config.listeners)?;
+        let mut prepared = listeners.prepare(&config.listeners)?;
         // Last before the swap: a removed or changed cache's entries go here.
         let caches = self.caches.prepare(compiled_config);
         let runtime = self.metrics.rebuild(|metrics| {
@@ -151,6 +151,7 @@ impl NodeShared {
                 &runtime::Loaded { access_logs: &access_logs, tls: &tls, policies: &policies, caches: &caches },
             )
         });
+        prepared.compile_l4(&compiled_config.listeners, &runtime.clusters, &access_logs);
         self.serving.runtime.store(Some(Arc::new(runtime)));
         listeners.commit(prepared, &self.serving);
         self.swaps.fetch_add(1, Ordering::Relaxed);

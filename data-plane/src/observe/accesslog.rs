@@ -1,4 +1,5 @@
-//! Access logs: one line per request, JSON or text, to a file or standard output.
+//! Access logs: one line per request (or per TCP connection), JSON or text, to a file or
+//! standard output.
 //!
 //! The request path only fills a [`Line`] (cheap clones of what the request already
 //! holds) and `try_send`s it on a bounded channel; a dedicated writer thread per
@@ -20,6 +21,8 @@ use http::{Method, Uri, Version};
 use tokio::sync::mpsc;
 use tracing::warn;
 use vane_proto::config::access_log::Format;
+
+use super::streams::{self, StreamLine};
 
 /// Lines buffered per destination before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
@@ -58,16 +61,36 @@ pub(crate) struct Line {
     pub(crate) error: Option<&'static str>,
 }
 
+/// What a writer is sent: a request's line, or a TCP connection's
+/// ([`super::streams::StreamLine`]). The request line stays unboxed (the common case: no
+/// allocation per request, and the queue's slots are the size they always were); the
+/// stream line is boxed.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // unboxed on purpose: see above
+enum Entry {
+    Request(Line),
+    Stream(Box<StreamLine>),
+}
+
 /// Where lines of one (destination, format) go.
 #[derive(Debug)]
 pub(crate) struct Sink {
-    tx: mpsc::Sender<Line>,
+    tx: mpsc::Sender<Entry>,
     counters: Arc<LogCounters>,
 }
 
 impl Sink {
     pub(crate) fn send(&self, line: Line) {
-        match self.tx.try_send(line) {
+        self.enqueue(Entry::Request(line));
+    }
+
+    /// Logs a TCP connection that ended.
+    pub(crate) fn send_stream(&self, line: StreamLine) {
+        self.enqueue(Entry::Stream(Box::new(line)));
+    }
+
+    fn enqueue(&self, entry: Entry) {
+        match self.tx.try_send(entry) {
             Ok(()) => self.counters.lines.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.counters.dropped.fetch_add(1, Ordering::Relaxed),
         };
@@ -117,7 +140,7 @@ impl Sinks {
 /// instead of one line (a wake per request would cost more than the formatting).
 const BATCH_PAUSE: Duration = Duration::from_millis(5);
 
-fn write_lines(mut rx: mpsc::Receiver<Line>, out: Box<dyn Write + Send>, format: Format) {
+fn write_lines(mut rx: mpsc::Receiver<Entry>, out: Box<dyn Write + Send>, format: Format) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut text = String::with_capacity(512);
     while let Some(line) = rx.blocking_recv() {
@@ -125,9 +148,11 @@ fn write_lines(mut rx: mpsc::Receiver<Line>, out: Box<dyn Write + Send>, format:
         // Write everything queued, then flush once.
         while let Some(line) = next {
             text.clear();
-            match format {
-                Format::Json => json(&line, &mut text),
-                Format::Text => combined(&line, &mut text),
+            match (format, &line) {
+                (Format::Json, Entry::Request(line)) => json(line, &mut text),
+                (Format::Text, Entry::Request(line)) => combined(line, &mut text),
+                (Format::Json, Entry::Stream(line)) => streams::json(line, &mut text),
+                (Format::Text, Entry::Stream(line)) => streams::text(line, &mut text),
             }
             if let Err(error) = out.write_all(text.as_bytes()) {
                 warn!(%error, "access log write failed");

@@ -121,6 +121,8 @@ pub(crate) struct ListenerStats {
     /// TLS handshakes completed, and failed or timed out (HTTPS listeners).
     pub(crate) tls_handshakes: AtomicU64,
     pub(crate) tls_handshake_failures: AtomicU64,
+    /// Bytes, connect failures and refusals of TCP listeners.
+    pub(crate) streams: super::streams::StreamStats,
 }
 
 /// `(listener, route, cluster)`; route and cluster are empty for requests no route took.
@@ -351,6 +353,9 @@ pub(crate) fn render_listeners(out: &mut String, listeners: &[(String, Arc<Liste
             );
         }
     }
+    let streams: Vec<(String, &super::streams::StreamStats)> =
+        listeners.iter().map(|(name, s)| (name.clone(), &s.streams)).collect();
+    super::streams::render(out, &streams);
 }
 
 #[cfg(test)]

@@ -4,3 +4,4 @@ pub(crate) mod accesslog;
 pub(crate) mod metrics;
 #[cfg(feature = "otlp")]
 pub(crate) mod otel;
+pub(crate) mod streams;

@@ -6,6 +6,11 @@
 //! the snapshot no longer has. A stopped listener closes its socket at once; its open
 //! connections finish the requests in flight, then close (graceful shutdown).
 //!
+//! A TCP listener's slot also holds its compiled [`L4Listener`] (swapped in place like the
+//! runtime); the accept loop hands each connection to it while it is set, and the
+//! connection keeps that one to its end. A removed TCP listener's connections keep
+//! flowing up to its `drain_timeout`.
+//!
 //! A listener whose address is unchanged keeps its socket and its slot id
 //! even when renamed; the runtime maps slot ids to routers, so connections always route
 //! with the newest runtime.
@@ -18,19 +23,24 @@
 //! is still refused.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 use vane_proto::ConfigError;
 use vane_proto::config;
+use vane_proto::config::listener::Protocol;
 
+use crate::l4::{Accepted, L4Listener, proxy_protocol};
+use crate::observe::accesslog::Sink;
 use crate::observe::metrics::ListenerStats;
 use crate::proxy;
 use crate::proxy::Serving;
@@ -38,6 +48,7 @@ use crate::server::handoff::stopped;
 use crate::server::inline::Serve;
 use crate::support::duration_or;
 use crate::tls::TlsInfo;
+use crate::upstream::cluster::Cluster;
 
 /// Time a client has to send a request's headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,14 +79,18 @@ struct Slot {
     stats: Arc<ListenerStats>,
     /// The listener's deadlines; a snapshot may change them in place.
     timeouts: Arc<Timeouts>,
+    /// Set while the listener is TCP: what its next connection is served with.
+    l4: Arc<ArcSwapOption<L4Listener>>,
 }
 
-/// A listener's connection deadlines, in milliseconds.
+/// A listener's connection deadlines, in milliseconds, and the peers trusted to send a
+/// PROXY protocol header.
 #[derive(Debug, Default)]
 struct Timeouts {
     header_ms: AtomicU64,
     idle_ms: AtomicU64,
     send_ms: AtomicU64,
+    proxy_from: ArcSwap<Vec<IpNet>>,
 }
 
 impl Timeouts {
@@ -100,7 +115,28 @@ pub(crate) struct Prepared {
     pub(crate) ids: HashMap<String, u64>,
     /// Header-read, idle and send deadlines (ms) of each listener, by slot id.
     timeouts: HashMap<u64, (u64, u64, u64)>,
+    /// Peers trusted to send a PROXY header, by slot id.
+    proxy_from: HashMap<u64, Vec<IpNet>>,
     fresh: Vec<(u64, config::Listener, std::net::TcpListener, SocketAddr)>,
+    /// TCP listeners compiled against the new runtime's clusters, by slot id.
+    l4: HashMap<u64, Arc<L4Listener>>,
+}
+
+impl Prepared {
+    /// Compiles the snapshot's TCP listeners against the clusters of the runtime about
+    /// to be swapped in.
+    pub(crate) fn compile_l4(
+        &mut self,
+        wanted: &[config::Listener],
+        clusters: &HashMap<Arc<str>, Arc<Cluster>>,
+        access_logs: &HashMap<String, Arc<Sink>>,
+    ) {
+        for l in wanted.iter().filter(|l| l.protocol == Protocol::Tcp as i32 || l.protocol == Protocol::Tls as i32) {
+            let Some(id) = self.ids.get(&l.name) else { continue };
+            let compiled = L4Listener::compile(l, clusters, access_logs.get(&l.name).cloned());
+            self.l4.insert(*id, Arc::new(compiled));
+        }
+    }
 }
 
 impl Listeners {
@@ -156,12 +192,27 @@ impl Listeners {
                 Some((*ids.get(&l.name)?, (ms(header), ms(idle), ms(send))))
             })
             .collect();
-        if errors.is_empty() { Ok(Prepared { ids, timeouts, fresh }) } else { Err(errors) }
+        let proxy_from = wanted
+            .iter()
+            .filter_map(|l| {
+                let nets = l
+                    .accept_proxy_protocol_from
+                    .iter()
+                    .filter_map(|c| c.parse::<IpNet>().ok().or_else(|| c.parse::<IpAddr>().ok().map(Into::into)))
+                    .collect();
+                Some((*ids.get(&l.name)?, nets))
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(Prepared { ids, timeouts, proxy_from, fresh, l4: HashMap::new() })
+        } else {
+            Err(errors)
+        }
     }
 
     /// Starts the fresh listeners and stops those `prepared` did not keep.
     pub(crate) fn commit(&mut self, prepared: Prepared, shared: &Arc<Serving>) {
-        let Prepared { ids, timeouts, fresh } = prepared;
+        let Prepared { ids, timeouts, mut proxy_from, fresh, mut l4 } = prepared;
         let kept: HashMap<u64, &String> = ids.iter().map(|(name, id)| (*id, name)).collect();
         let defaults =
             (HEADER_READ_TIMEOUT.as_secs() * 1000, IDLE_TIMEOUT.as_secs() * 1000, SEND_TIMEOUT.as_secs() * 1000);
@@ -170,6 +221,9 @@ impl Listeners {
             Some(name) => {
                 slot.name = (*name).clone();
                 slot.timeouts.set(timeouts_of(slot.id));
+                slot.timeouts.proxy_from.store(Arc::new(proxy_from.remove(&slot.id).unwrap_or_default()));
+                // Connections already open keep the listener they started with.
+                slot.l4.store(l4.remove(&slot.id));
                 true
             }
             None => {
@@ -183,11 +237,21 @@ impl Listeners {
             let stats = Arc::new(ListenerStats::default());
             let timeouts = Arc::new(Timeouts::default());
             timeouts.set(timeouts_of(id));
+            timeouts.proxy_from.store(Arc::new(proxy_from.remove(&id).unwrap_or_default()));
+            let tcp = Arc::new(ArcSwapOption::new(l4.remove(&id)));
             match TcpListener::from_std(socket) {
                 Ok(listener) => {
                     info!(listener = %spec.name, address = %local, "listener started");
                     let span = info_span!("listener", name = %spec.name, address = %local);
-                    let task = accept_loop(listener, id, shared.clone(), stopped, stats.clone(), timeouts.clone());
+                    let task = accept_loop(
+                        listener,
+                        id,
+                        shared.clone(),
+                        stopped,
+                        stats.clone(),
+                        timeouts.clone(),
+                        tcp.clone(),
+                    );
                     tokio::spawn(task.instrument(span));
                 }
                 Err(error) => warn!(listener = %spec.name, %error, "listener could not be registered"),
@@ -202,6 +266,7 @@ impl Listeners {
                 stop,
                 stats,
                 timeouts,
+                l4: tcp,
             });
         }
     }
@@ -311,6 +376,29 @@ impl Drop for OpenConnection {
     }
 }
 
+/// The client of a connection: the address a trusted peer's PROXY header carries (its
+/// peer's for a `LOCAL` one), or the peer for anyone else. `None`: a trusted peer sent no
+/// valid header in time, and the connection is dropped.
+async fn client_address(
+    stream: &mut tokio::net::TcpStream,
+    peer: SocketAddr,
+    trusted: bool,
+    timeout: Duration,
+    stats: &ListenerStats,
+) -> Option<SocketAddr> {
+    if !trusted {
+        return Some(peer);
+    }
+    let reason = match tokio::time::timeout(timeout, proxy_protocol::read_header(stream)).await {
+        Ok(Ok(client)) => return Some(client.unwrap_or(peer)),
+        Ok(Err(proxy_protocol::Invalid(reason))) => reason,
+        Err(_) => "no PROXY header in time",
+    };
+    stats.streams.proxy_protocol_errors.fetch_add(1, Ordering::Relaxed);
+    debug!(%peer, reason, "connection from a trusted peer refused");
+    None
+}
+
 async fn accept_loop(
     listener: TcpListener,
     slot: u64,
@@ -318,6 +406,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     stats: Arc<ListenerStats>,
     timeouts: Arc<Timeouts>,
+    l4: Arc<ArcSwapOption<L4Listener>>,
 ) {
     let mut current_ms = timeouts.header_ms.load(Ordering::Relaxed);
     let mut builder = Arc::new(connection_builder(current_ms));
@@ -326,7 +415,7 @@ async fn accept_loop(
             () = stopped(&mut stop) => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -336,6 +425,47 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let trusted = timeouts.proxy_from.load().iter().any(|net| net.contains(&peer.ip()));
+        if let Some(tcp) = l4.load_full() {
+            // A TCP listener: the connection is forwarded whole (layer 4).
+            stats.total.fetch_add(1, Ordering::Relaxed);
+            let open = OpenConnection::new(stats.clone());
+            let span = info_span!("tcp", %peer);
+            let (stats, stop) = (stats.clone(), stop.clone());
+            let timeout = Duration::from_millis(timeouts.header_ms.load(Ordering::Relaxed));
+            // A TLS listener: terminated with what the runtime current now has for it.
+            let tls = shared.runtime.load().as_ref().and_then(|rt| rt.tls.get(&slot).cloned());
+            tokio::spawn(
+                async move {
+                    let Some(client) = client_address(&mut stream, peer, trusted, timeout, &stats).await else {
+                        return;
+                    };
+                    let accepted =
+                        Accepted { peer: client, local: stream.local_addr().ok(), terminated: false, sni: None };
+                    match tls {
+                        None => tcp.serve(stream, accepted, stats, stop).await,
+                        Some(tls) => {
+                            let accept = tokio_rustls::TlsAcceptor::from(tls.config.clone()).accept(stream);
+                            match tokio::time::timeout(timeout, accept).await {
+                                Ok(Ok(stream)) => {
+                                    stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+                                    let sni = stream.get_ref().1.server_name().map(str::to_owned);
+                                    let accepted = Accepted { terminated: true, sni, ..accepted };
+                                    tcp.serve(stream, accepted, stats, stop).await;
+                                }
+                                _ => {
+                                    stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                    debug!("tls handshake failed or timed out");
+                                }
+                            }
+                        }
+                    }
+                    drop(open);
+                }
+                .instrument(span),
+            );
+            continue;
+        }
         let ms = timeouts.header_ms.load(Ordering::Relaxed);
         let idle_timeout = Duration::from_millis(timeouts.idle_ms.load(Ordering::Relaxed));
         let send_timeout = Duration::from_millis(timeouts.send_ms.load(Ordering::Relaxed));
@@ -345,7 +475,7 @@ async fn accept_loop(
         }
         stats.total.fetch_add(1, Ordering::Relaxed);
         let open = OpenConnection::new(stats.clone());
-        let conn = proxy::Connection::new(shared.clone(), slot, peer);
+        let shared_conn = shared.clone();
         // TLS or not is what the runtime current now says of this slot.
         let tls = shared.runtime.load().as_ref().and_then(|rt| rt.tls.get(&slot).cloned());
         let builder = builder.clone();
@@ -355,6 +485,8 @@ async fn accept_loop(
         tokio::spawn(
             async move {
                 let timeout = Duration::from_millis(ms);
+                let Some(client) = client_address(&mut stream, peer, trusted, timeout, &stats).await else { return };
+                let conn = proxy::Connection::new(shared_conn, slot, client);
                 let mut serve = Serve {
                     builder: &builder,
                     conn,

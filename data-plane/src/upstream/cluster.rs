@@ -6,6 +6,8 @@
 //! thread serves the request. The cursor and the pool are carried across snapshot swaps
 //! while the cluster keeps its name (see [`ClusterRegistry`]).
 
+mod stream;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +90,8 @@ pub(crate) struct Cluster {
     /// `https` for TLS clusters: the connector originates TLS for those URIs.
     pub(crate) scheme: http::uri::Scheme,
     tls_fingerprint: Option<String>,
+    /// TLS to the endpoints, as TCP and TLS listeners open it (`stream.rs`).
+    stream_tls: Option<UpstreamTls>,
 }
 
 #[derive(Debug, Default)]
@@ -525,6 +529,7 @@ impl<'a> ClusterRegistry<'a> {
             stats,
             scheme,
             tls_fingerprint: fingerprint,
+            stream_tls: tls.cloned(),
         })
     }
 }

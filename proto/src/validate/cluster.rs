@@ -54,6 +54,9 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
         {
             v.err("cluster", &name, "retry_budget.budget_percent", "must be between 0 and 100".into());
         }
+        if config::cluster::ProxyProtocol::try_from(c.proxy_protocol).is_err() {
+            v.err("cluster", &name, "proxy_protocol", format!("unknown version {}", c.proxy_protocol));
+        }
         if config::cluster::UpstreamProtocol::try_from(c.protocol).is_err() {
             v.err("cluster", &name, "protocol", format!("unknown protocol {}", c.protocol));
         }
@@ -132,5 +135,35 @@ fn slow_start(v: &mut Validator, name: &str, lb_policy: i32, ss: &config::SlowSt
              use ROUND_ROBIN, LEAST_REQUEST or RANDOM"
                 .into(),
         );
+    }
+}
+
+/// Routes refuse clusters that send a PROXY protocol header: their upstream connections
+/// are pooled and shared by many clients, so no one client address could be sent.
+pub(crate) fn check_route_uses(config: &Config, v: &mut Validator) {
+    let sends = |cluster: &str| {
+        config
+            .clusters
+            .iter()
+            .any(|c| c.name == cluster && c.proxy_protocol != config::cluster::ProxyProtocol::None as i32)
+    };
+    for (i, r) in config.routes.iter().enumerate() {
+        let Some(config::route::Action::Forward(f)) = &r.action else { continue };
+        let named = f
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(j, c)| (format!("forward.clusters[{j}].name"), c.name.as_str()))
+            .chain(f.mirror.iter().map(|m| ("forward.mirror.cluster".to_owned(), m.cluster.as_str())));
+        for (field, cluster) in named {
+            if sends(cluster) {
+                v.err(
+                    "route",
+                    &display_name(&r.name, i),
+                    &field,
+                    format!("cluster '{cluster}' sends a PROXY protocol header (proxy_protocol), which only TCP listeners do"),
+                );
+            }
+        }
     }
 }

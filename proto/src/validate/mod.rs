@@ -30,6 +30,7 @@ pub fn validate(config: &Config) -> Result<(), ValidationErrors> {
     v.names("route", config.routes.iter().map(|r| r.name.as_str()));
     listener::check(config, &mut v);
     cluster::check(config, &mut v);
+    cluster::check_route_uses(config, &mut v);
     route::check(config, &mut v, &clusters, &listeners);
     tls::check(config, &mut v);
     policy::check(config, &mut v);

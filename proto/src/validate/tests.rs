@@ -144,8 +144,16 @@ fn conflicting_templates_on_one_host_are_refused() {
 
 #[test]
 fn unsupported_protocols_say_so() {
-    let errs = errors("listeners:\n  - {name: a, address: '127.0.0.1:8443', protocol: TCP}\n");
-    assert_eq!(errs, vec!["listener 'a': protocol: TCP is not supported yet"]);
+    let errs = errors("listeners:\n  - {name: a, address: '127.0.0.1:8443', protocol: UDP}\n");
+    assert_eq!(errs, vec!["listener 'a': protocol: UDP is not supported yet"]);
+    let errs = errors("listeners:\n  - {name: a, address: '127.0.0.1:8443', protocol: TLS}\n");
+    assert_eq!(
+        errs,
+        vec![
+            "listener 'a': cluster: a TLS listener needs a cluster (or sni_routes)",
+            "listener 'a': tls: a TLS listener needs tls.certificates",
+        ]
+    );
     let errs = errors("listeners:\n  - {name: a, address: '127.0.0.1:8443', protocol: HTTPS}\n");
     assert_eq!(errs, vec!["listener 'a': tls: an HTTPS listener needs tls.certificates"]);
 }

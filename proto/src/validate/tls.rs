@@ -30,9 +30,13 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
     for (i, l) in config.listeners.iter().enumerate() {
         let name = display_name(&l.name, i);
         let https = l.protocol == Protocol::Https as i32;
-        match (&l.tls, https) {
-            (None, true) => v.err("listener", &name, "tls", "an HTTPS listener needs tls.certificates".into()),
-            (Some(_), false) => v.err("listener", &name, "tls", "only HTTPS listeners terminate TLS".into()),
+        let tls = l.protocol == Protocol::Tls as i32;
+        match (&l.tls, https || tls) {
+            (None, true) => {
+                let kind = if tls { "a TLS" } else { "an HTTPS" };
+                v.err("listener", &name, "tls", format!("{kind} listener needs tls.certificates"));
+            }
+            (Some(_), false) => v.err("listener", &name, "tls", "only HTTPS and TLS listeners terminate TLS".into()),
             (Some(t), true) => {
                 if t.certificates.is_empty() {
                     v.err("listener", &name, "tls.certificates", "at least one certificate is required".into());
@@ -60,6 +64,14 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
                 }
                 if let Some(auth) = &t.client_auth {
                     client_auth_check(v, &name, auth);
+                    if tls && !auth.forward_header.is_empty() {
+                        v.err(
+                            "listener",
+                            &name,
+                            "tls.client_auth.forward_header",
+                            "a TLS listener forwards bytes, not headers (HTTPS listeners only)".into(),
+                        );
+                    }
                 }
             }
             (None, false) => {}
@@ -198,7 +210,7 @@ mod tests {
                 "listener 'web': tls.certificates[1]: unknown certificate 'nope'",
                 "listener 'web': tls.default_certificate: 'other' is not among tls.certificates",
                 "listener 'web': tls.client_auth.ca: is required (inline_string or filename)",
-                "listener 'plain': tls: only HTTPS listeners terminate TLS",
+                "listener 'plain': tls: only HTTPS and TLS listeners terminate TLS",
                 "listener 'plain': https_redirect_port: must be a port (1-65535)",
             ]
         );
