@@ -101,7 +101,11 @@ pub mod bench {
         /// Runs the request side of the chain; true when the request passes.
         pub async fn check(&self, req: &mut http::Request<()>, client: std::net::IpAddr) -> bool {
             let mut with_body = std::mem::take(req).map(|()| http_body_util::Either::Right(Default::default()));
-            let ctx = crate::policy::Ctx { client_ip: client, route: "bench" };
+            let ctx = crate::policy::Ctx {
+                client_ip: client,
+                route: "bench",
+                body_timeout: crate::routing::runtime::DEFAULT_REQUEST_BODY_TIMEOUT,
+            };
             let passed = self.chain.run(&mut with_body, &ctx).await.is_ok();
             *req = with_body.map(|_| ());
             passed

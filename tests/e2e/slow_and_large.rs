@@ -234,6 +234,46 @@ async fn an_http2_request_body_that_stops_arriving_gets_408_counted_as_the_clien
 }
 
 #[tokio::test]
+async fn a_json_transform_waits_for_a_body_no_longer_than_the_routes_body_timeout() {
+    // The transform reads the body whole (to edit it) before anything goes upstream: a
+    // client that stops sending it must get the route's 408, not hold the request open.
+    let routes = "  - name: edited\n    match: { prefix: /edited }\n    policies: [tag]\n    \
+        forward: { clusters: [{ name: echo }], request_body_timeout: 0.3s }\n\
+        policies:\n  - { name: tag, transform: { request_json: { set: [{ path: via, value: '\"vane\"' }] } } }\n";
+    let fx = Fixture::start(routes).await;
+    let stream = TcpStream::connect(fx.serving.web).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"{\"a\":")))).await.unwrap();
+    let req = Request::post(format!("http://{}/edited", fx.serving.web))
+        .header("content-type", "application/json")
+        .header("content-length", "40")
+        .body(StreamBody::new(ReceiverStream::new(rx)))
+        .unwrap();
+    let started = Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await;
+    let response = answered.expect("an answer before the route timeout").expect("an answer, not a reset");
+    assert_eq!(response.status(), 408);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_eq!(fx.serving.echo.received(), 0, "nothing went upstream");
+    drop(tx);
+    driver.abort();
+
+    // A body that arrives whole is edited and forwarded.
+    let req = Request::post(format!("http://{}/edited", fx.serving.web))
+        .header("content-type", "application/json")
+        .header("content-length", "7")
+        .body(http_body_util::Full::new(Bytes::from_static(b"{\"a\":1}")))
+        .unwrap();
+    let reply = HttpClient::h2c().send(req).await.expect("an answer");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // `{"a":1,"via":"vane"}`: the echo server reports the size it received.
+    assert!(reply.body.contains("body-bytes: 20"), "the body was edited on its way: {}", reply.body);
+}
+
+#[tokio::test]
 async fn a_body_that_stops_after_the_upstream_began_answering_cuts_the_answer_and_is_the_clients() {
     let fx = Fixture::start(SLOW_ROUTES).await;
     let head = b"POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n0123456789";

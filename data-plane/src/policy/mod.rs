@@ -258,7 +258,7 @@ impl Chain {
         }
         for p in self.policies.iter() {
             let Some(t) = &p.transform else { continue };
-            t.request(req, ctx).await;
+            t.request(req, ctx).await?;
             applied.transforms.push(p.clone());
         }
         for p in self.policies.iter() {

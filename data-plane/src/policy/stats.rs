@@ -37,4 +37,7 @@ pub(crate) struct Ctx<'a> {
     /// The real client address (trusted proxies resolved).
     pub(crate) client_ip: IpAddr,
     pub(crate) route: &'a str,
+    /// How long a request body read whole by a stage (a JSON transform) may pause between
+    /// two reads: the route's `request_body_timeout`.
+    pub(crate) body_timeout: std::time::Duration,
 }

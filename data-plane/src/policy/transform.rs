@@ -5,16 +5,19 @@
 //! `Content-Length` within the cap: a streamed body is never buffered without a bound, and
 //! a body that is not valid JSON passes unchanged.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
 use regex::Regex;
 use serde_json::Value;
 use vane_proto::config;
 
 use super::stats::Ctx;
-use crate::http::body::InnerBody;
+use crate::http::body::{Counting, InnerBody, local};
+use crate::http::idle::BodyTimeout;
 use crate::http::template::{HeaderRules, Vars};
 
 const DEFAULT_MAX_BODY: u64 = 64 * 1024;
@@ -93,7 +96,9 @@ impl Transform {
         }
     }
 
-    pub(super) async fn request(&self, req: &mut Request<InnerBody>, ctx: &Ctx<'_>) {
+    /// The request side; a body that cannot be read whole for its JSON edits ends the
+    /// request (408 when its client stopped sending it, 400 when it broke off).
+    pub(super) async fn request(&self, req: &mut Request<InnerBody>, ctx: &Ctx<'_>) -> Result<(), Response<InnerBody>> {
         if !self.request_headers.is_empty() {
             let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
             let id = req.headers().get("x-request-id").cloned();
@@ -106,8 +111,9 @@ impl Transform {
             *req.uri_mut() = uri;
         }
         if let Some(edits) = &self.request_json {
-            edit_json(edits, self.max_body, req).await;
+            edit_json(edits, self.max_body, req, Some(ctx.body_timeout)).await?;
         }
+        Ok(())
     }
 
     pub(super) async fn response(&self, response: &mut Response<InnerBody>, ctx: &Ctx<'_>) {
@@ -116,7 +122,9 @@ impl Transform {
             self.response_headers.apply(response.headers_mut(), &vars);
         }
         if let Some(edits) = &self.response_json {
-            edit_json(edits, self.max_body, response).await;
+            // The upstream's pace is the route timeout's business; a body that breaks off
+            // is sent on as the empty one it became (the status is already the upstream's).
+            let _ = edit_json(edits, self.max_body, response, None).await;
         }
     }
 
@@ -169,17 +177,41 @@ impl Message for Response<InnerBody> {
 
 /// Applies JSON edits to a message's body when it is JSON and announces a length within
 /// `max`; the body is replaced by the edited one (or the original bytes when not an object).
-async fn edit_json(edits: &JsonEdits, max: u64, message: &mut impl Message) {
+/// A body that pauses longer than `idle` between two reads, or breaks off, is an error:
+/// the answer to give instead (408 or 400).
+async fn edit_json(
+    edits: &JsonEdits,
+    max: u64,
+    message: &mut impl Message,
+    idle: Option<Duration>,
+) -> Result<(), Response<InnerBody>> {
     let headers = message.headers_mut();
     if !is_json(headers) || length(headers).is_none_or(|n| n > max) {
-        return;
+        return Ok(());
     }
     let body = std::mem::replace(message.body_mut(), Either::Right(Full::default()));
-    let Ok(collected) = body.collect().await else { return };
+    let body = Counting::new(body, None, 0, None);
+    let body = match idle {
+        Some(idle) => body.with_idle_timeout(idle),
+        None => body,
+    };
+    let collected = match body.collect().await {
+        Ok(collected) => collected,
+        Err(error) => {
+            let (status, why) = match error.downcast_ref::<BodyTimeout>() {
+                Some(_) => (StatusCode::REQUEST_TIMEOUT, "request body not received in time\n"),
+                None => (StatusCode::BAD_REQUEST, "malformed request body\n"),
+            };
+            let mut answer = local(status, why);
+            answer.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(answer);
+        }
+    };
     let bytes = collected.to_bytes();
     let out = edits.apply(&bytes).map_or(bytes, Bytes::from);
     message.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
     *message.body_mut() = Either::Right(Full::new(out));
+    Ok(())
 }
 
 fn is_json(headers: &http::HeaderMap) -> bool {

@@ -20,6 +20,7 @@ use crate::observe::metrics::{self, Outcome, RouteStats};
 use crate::policy;
 use crate::routing::actions::{PathRewrite, Vars};
 use crate::routing::router::{Found, RouteAction};
+use crate::routing::runtime::DEFAULT_REQUEST_BODY_TIMEOUT;
 
 use super::connection::Connection;
 use super::finish::{Finish, Finishing, ProxyBody, Upstream, draft_line};
@@ -79,7 +80,8 @@ impl Connection {
                     true => None,
                     false => {
                         let client_ip = policy::client_ip(self.peer.ip(), req.headers(), &router.trusted_proxies);
-                        Box::pin(router.policies.run(&mut req, &policy::Ctx { client_ip, route: "" })).await.err()
+                        let ctx = policy::Ctx { client_ip, route: "", body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT };
+                        Box::pin(router.policies.run(&mut req, &ctx)).await.err()
                     }
                 };
                 let response = refused.unwrap_or_else(|| local(StatusCode::NOT_FOUND, "no route\n"));
@@ -177,7 +179,7 @@ impl Connection {
         // `found` goes to `take`; the route stays reachable for the response side.
         let entry = found.entry.clone();
         let client_ip = policy::client_ip(self.peer.ip(), req.headers(), &router.trusted_proxies);
-        let ctx = policy::Ctx { client_ip, route: &entry.route.name };
+        let ctx = policy::Ctx { client_ip, route: &entry.route.name, body_timeout: entry.route.request_body_timeout };
         match entry.chain.run(&mut req, &ctx).await {
             Err(refusal) => {
                 let stats = entry.stats.first().cloned().unwrap_or_else(|| router.unrouted.clone());
