@@ -230,3 +230,20 @@ async fn l4_udp_a_session_survives_unrelated_swaps_and_a_cluster_change_keeping_
         "the port is closed: {refused:?}"
     );
 }
+
+#[tokio::test]
+async fn l4_udp_vane_listener_add_makes_a_udp_listener_that_needs_a_cluster() {
+    let (upstream, _echo) = echo("e1").await;
+    let node = Vane::start(&format!("clusters:\n  - name: e\n    endpoints: [{{address: '{upstream}'}}]\n")).await;
+    let add = ["listener", "add", "u", "--address", "127.0.0.1:0", "--protocol", "udp"];
+    let refused = vane(&node.url, &add).await;
+    assert!(!refused.success);
+    assert!(refused.stderr.contains("listener 'u': cluster: a UDP listener needs a cluster"), "{}", refused.stderr);
+    let added = vane(&node.url, &[&add[..], &["--cluster", "e"]].concat()).await;
+    assert!(added.success, "{}", added.stderr);
+    node.wait_version(2).await;
+    let addr = node.listener("u").await;
+    assert!(ask(&client().await, addr, "via the cli").await.ends_with(" via the cli"));
+    let shown = vane(&node.url, &["get", "listener", "u", "-o", "yaml"]).await;
+    assert!(shown.stdout.contains("protocol: UDP") && shown.stdout.contains("cluster: e"), "{}", shown.stdout);
+}
