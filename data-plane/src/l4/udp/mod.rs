@@ -113,7 +113,9 @@ impl Sessions {
             return;
         };
         if let Some(session) = self.table.get_mut(&client) {
+            // Only when another endpoint is up: no socket churn while every one is down.
             if let Some(down) = session.endpoint_down()
+                && (0..cluster.endpoint_count()).any(|i| i != down && cluster.endpoint_available(i))
                 && let Ok(moved) = Session::open(cluster, client, Some(down), &self.socket, self.clock, stats)
                 && moved.endpoint() != session.endpoint()
                 && moved.endpoint_down().is_none()
