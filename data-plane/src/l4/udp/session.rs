@@ -28,7 +28,7 @@ use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{Instrument, debug, debug_span};
 
 use crate::observe::datagrams::Dropped;
 use crate::observe::metrics::ListenerStats;
@@ -121,8 +121,10 @@ impl Session {
             bytes_out: AtomicU64::new(0),
             datagrams_out: AtomicU64::new(0),
         });
-        let replies =
-            tokio::spawn(replies(upstream.clone(), listener.clone(), client, shared.clone(), clock, stats.clone()));
+        let replies = tokio::spawn(
+            replies(upstream.clone(), listener.clone(), client, shared.clone(), clock, stats.clone())
+                .instrument(debug_span!("udp_session", %client, upstream = %addr)),
+        );
         stats.datagrams.sessions_active.fetch_add(1, Ordering::Relaxed);
         Ok(Session {
             client,
