@@ -12,7 +12,8 @@ use crate::client::Admin;
 pub(crate) enum ListenerCommand {
     /// Add a listener, or replace the listener of that name.
     Add(ListenerAdd),
-    /// Delete a listener (a TCP listener's open connections drain up to its drain_timeout).
+    /// Delete a listener (a TCP listener's open connections drain up to its drain_timeout;
+    /// a UDP listener's sessions end at once).
     Delete {
         name: String,
         #[arg(long)]
@@ -37,7 +38,8 @@ pub(crate) struct ListenerAdd {
     address: String,
     #[arg(long, value_enum, default_value_t = Proto::Http)]
     protocol: Proto,
-    /// TCP: the cluster connections go to (the default when --sni rules match nothing).
+    /// TCP and TLS: the cluster connections go to (the default when --sni rules match
+    /// nothing); UDP: the cluster each client's session goes to.
     #[arg(long)]
     cluster: Option<String>,
     /// TCP, TLS passthrough: connections whose SNI is HOST (`db.example.com`,

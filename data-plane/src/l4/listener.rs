@@ -111,6 +111,7 @@ impl L4Listener {
             duration: Duration::ZERO,
             connect: None,
             end: "closed",
+            datagrams: None,
         };
         let (cluster, hello) = match self.route(&mut client, accepted.terminated, &mut line).await {
             Ok(chosen) => chosen,

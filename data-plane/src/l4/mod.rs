@@ -11,11 +11,17 @@
 //! both ways to the end, and the listener's counters (`observe/streams.rs`) and access
 //! log record it. `proxy_protocol.rs` reads PROXY headers from trusted peers (for every
 //! listener: the HTTP server above uses it too) and writes them to clusters that ask.
+//!
+//! UDP listeners (`udp/`) have no connection: `server/listeners.rs` binds the socket and
+//! hands it to `udp::serve`, which keeps a session per client address (an upstream
+//! socket connected to the endpoint picked for it) and returns replies from the
+//! listener's socket.
 
 mod connect;
 mod listener;
 pub(crate) mod proxy_protocol;
 mod relay;
 mod sni;
+pub(crate) mod udp;
 
 pub(crate) use listener::{Accepted, L4Listener};

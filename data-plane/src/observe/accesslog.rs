@@ -84,7 +84,7 @@ impl Sink {
         self.enqueue(Entry::Request(line));
     }
 
-    /// Logs a TCP connection that ended.
+    /// Logs a TCP connection (or a UDP session) that ended.
     pub(crate) fn send_stream(&self, line: StreamLine) {
         self.enqueue(Entry::Stream(Box::new(line)));
     }

@@ -121,8 +121,10 @@ pub(crate) struct ListenerStats {
     /// TLS handshakes completed, and failed or timed out (HTTPS listeners).
     pub(crate) tls_handshakes: AtomicU64,
     pub(crate) tls_handshake_failures: AtomicU64,
-    /// Bytes, connect failures and refusals of TCP listeners.
+    /// Bytes, connect failures and refusals of TCP listeners (bytes of UDP ones too).
     pub(crate) streams: super::streams::StreamStats,
+    /// Datagrams, sessions and drops of UDP listeners.
+    pub(crate) datagrams: super::datagrams::DatagramStats,
 }
 
 /// `(listener, route, cluster)`; route and cluster are empty for requests no route took.
@@ -356,6 +358,9 @@ pub(crate) fn render_listeners(out: &mut String, listeners: &[(String, Arc<Liste
     let streams: Vec<(String, &super::streams::StreamStats)> =
         listeners.iter().map(|(name, s)| (name.clone(), &s.streams)).collect();
     super::streams::render(out, &streams);
+    let datagrams: Vec<(String, &super::datagrams::DatagramStats)> =
+        listeners.iter().map(|(name, s)| (name.clone(), &s.datagrams)).collect();
+    super::datagrams::render(out, &datagrams);
 }
 
 #[cfg(test)]

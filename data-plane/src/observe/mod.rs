@@ -1,6 +1,7 @@
 //! Observability, a leaf layer: Prometheus metrics, access logs, OpenTelemetry spans.
 
 pub(crate) mod accesslog;
+pub(crate) mod datagrams;
 pub(crate) mod metrics;
 #[cfg(feature = "otlp")]
 pub(crate) mod otel;

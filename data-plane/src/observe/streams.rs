@@ -1,5 +1,6 @@
 //! What layer-4 (TCP) listeners report: counters per listener for `/metrics`, and one
-//! access-log line per connection.
+//! access-log line per connection (per session for UDP listeners, whose other counters
+//! are in `datagrams.rs`).
 //!
 //! The counters are bumped by the copy loop as bytes move (relaxed atomics on the
 //! listener's own stats, which already live as long as its socket), so `/metrics` shows
@@ -124,7 +125,7 @@ pub(crate) fn render(out: &mut String, listeners: &[(String, &StreamStats)]) {
     }
 }
 
-/// One TCP connection, as logged when it ends.
+/// One TCP connection (or UDP session), as logged when it ends.
 #[derive(Debug)]
 pub(crate) struct StreamLine {
     /// When it was accepted.
@@ -141,21 +142,32 @@ pub(crate) struct StreamLine {
     /// Time to connect upstream (every attempt included).
     pub(crate) connect: Option<Duration>,
     /// How it ended: `closed` (both sides finished), `idle_timeout`,
-    /// `max_connection_duration`, `drained`, `error`, or a [`Refusal`]'s name.
+    /// `max_connection_duration`, `drained`, `error`, or a [`Refusal`]'s name; for a UDP
+    /// session `idle_timeout`, `endpoint_unhealthy`, `cluster_changed` or
+    /// `listener_removed`.
     pub(crate) end: &'static str,
+    /// A UDP session's datagrams `(in, out)`; `None` for a TCP connection.
+    pub(crate) datagrams: Option<(u64, u64)>,
+}
+
+impl StreamLine {
+    fn protocol(&self) -> &'static str {
+        if self.datagrams.is_some() { "UDP" } else { "TCP" }
+    }
 }
 
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// One JSON object; `protocol` is `TCP` so readers tell these from request lines.
+/// One JSON object; `protocol` is `TCP` or `UDP` so readers tell these from request lines.
 pub(crate) fn json(l: &StreamLine, out: &mut String) {
     let _ = write!(
         out,
-        "{{\"time\":\"{}\",\"client\":\"{}\",\"protocol\":\"TCP\",\"listener\":",
+        "{{\"time\":\"{}\",\"client\":\"{}\",\"protocol\":\"{}\",\"listener\":",
         humantime::format_rfc3339_millis(l.time),
-        l.client
+        l.client,
+        l.protocol()
     );
     json_str(out, &l.listener);
     out.push_str(",\"sni\":");
@@ -184,17 +196,23 @@ pub(crate) fn json(l: &StreamLine, out: &mut String) {
         }
         None => out.push_str("null"),
     }
+    if let Some((d_in, d_out)) = l.datagrams {
+        let _ = write!(out, ",\"datagrams_in\":{d_in},\"datagrams_out\":{d_out}");
+    }
     let _ = writeln!(out, ",\"end\":\"{}\"}}", l.end);
 }
 
 /// `client - - [time] "TCP" listener=.. sni=.. cluster=.. upstream=.. in=.. out=.. rt=.. ct=.. end=..`
+/// (`"UDP"` with `datagrams=IN/OUT` before `end` for a UDP session).
 pub(crate) fn text(l: &StreamLine, out: &mut String) {
     let clean = |s: &str| s.chars().map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect::<String>();
+    let datagrams = l.datagrams.map_or_else(String::new, |(i, o)| format!(" datagrams={i}/{o}"));
     let _ = writeln!(
         out,
-        "{} - - [{}] \"TCP\" listener={} sni={} cluster={} upstream={} in={} out={} rt={:.3} ct={} end={}",
+        "{} - - [{}] \"{}\" listener={} sni={} cluster={} upstream={} in={} out={} rt={:.3} ct={}{datagrams} end={}",
         l.client.ip(),
         humantime::format_rfc3339_millis(l.time),
+        l.protocol(),
         l.listener,
         l.sni.as_deref().map_or_else(|| "-".to_owned(), clean),
         l.cluster.as_deref().unwrap_or("-"),
@@ -239,6 +257,7 @@ mod tests {
             duration: Duration::from_micros(2_500),
             connect: Some(Duration::from_micros(300)),
             end: "closed",
+            datagrams: None,
         }
     }
 
@@ -258,6 +277,21 @@ mod tests {
             "192.0.2.1 - - [2023-11-14T22:13:20.123Z] \"TCP\" listener=redis sni=db\".example cluster=cache \
              upstream=127.0.0.1:6379 in=12 out=34 rt=0.003 ct=0.000 end=closed\n"
         );
+    }
+
+    #[test]
+    fn a_udp_session_line_says_udp_and_counts_its_datagrams() {
+        let session = StreamLine { sni: None, connect: None, end: "idle_timeout", datagrams: Some((3, 2)), ..line() };
+        let mut out = String::new();
+        json(&session, &mut out);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!((v["protocol"].as_str(), v["end"].as_str()), (Some("UDP"), Some("idle_timeout")));
+        assert_eq!((v["datagrams_in"].as_u64(), v["datagrams_out"].as_u64()), (Some(3), Some(2)));
+        assert!(v["connect_ms"].is_null() && v["sni"].is_null(), "{v}");
+        out.clear();
+        text(&session, &mut out);
+        assert!(out.contains("\"UDP\" listener=redis sni=- "), "{out}");
+        assert!(out.ends_with(" ct=- datagrams=3/2 end=idle_timeout\n"), "{out}");
     }
 
     #[test]

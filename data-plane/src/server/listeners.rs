@@ -11,6 +11,11 @@
 //! connection keeps that one to its end. A removed TCP listener's connections keep
 //! flowing up to its `drain_timeout`.
 //!
+//! A UDP listener's slot holds a UDP socket (`bind.rs`) served by `l4::udp::serve`, and
+//! a watch channel that carries each snapshot's compiled [`UdpListener`] to it. UDP and
+//! TCP slots never stand in for each other: a UDP listener and a TCP one may share an
+//! address, and a listener that changes between UDP and another protocol is bound anew.
+//!
 //! A listener whose address is unchanged keeps its socket and its slot id
 //! even when renamed; the runtime maps slot ids to routers, so connections always route
 //! with the newest runtime.
@@ -39,11 +44,13 @@ use vane_proto::ConfigError;
 use vane_proto::config;
 use vane_proto::config::listener::Protocol;
 
+use crate::l4::udp::{self, UdpListener};
 use crate::l4::{Accepted, L4Listener, proxy_protocol};
 use crate::observe::accesslog::Sink;
 use crate::observe::metrics::ListenerStats;
 use crate::proxy;
 use crate::proxy::Serving;
+use crate::server::bind::{Bound, bind_any, ephemeral};
 use crate::server::handoff::stopped;
 use crate::server::inline::Serve;
 use crate::support::duration_or;
@@ -81,6 +88,8 @@ struct Slot {
     timeouts: Arc<Timeouts>,
     /// Set while the listener is TCP: what its next connection is served with.
     l4: Arc<ArcSwapOption<L4Listener>>,
+    /// A UDP listener's: where each snapshot's compiled listener goes.
+    udp: Option<watch::Sender<Arc<UdpListener>>>,
 }
 
 /// A listener's connection deadlines, in milliseconds, and the peers trusted to send a
@@ -117,14 +126,16 @@ pub(crate) struct Prepared {
     timeouts: HashMap<u64, (u64, u64, u64)>,
     /// Peers trusted to send a PROXY header, by slot id.
     proxy_from: HashMap<u64, Vec<IpNet>>,
-    fresh: Vec<(u64, config::Listener, std::net::TcpListener, SocketAddr)>,
+    fresh: Vec<(u64, config::Listener, Bound, SocketAddr)>,
     /// TCP listeners compiled against the new runtime's clusters, by slot id.
     l4: HashMap<u64, Arc<L4Listener>>,
+    /// UDP listeners compiled likewise, by slot id.
+    udp: HashMap<u64, Arc<UdpListener>>,
 }
 
 impl Prepared {
-    /// Compiles the snapshot's TCP listeners against the clusters of the runtime about
-    /// to be swapped in.
+    /// Compiles the snapshot's TCP and UDP listeners against the clusters of the runtime
+    /// about to be swapped in.
     pub(crate) fn compile_l4(
         &mut self,
         wanted: &[config::Listener],
@@ -135,6 +146,11 @@ impl Prepared {
             let Some(id) = self.ids.get(&l.name) else { continue };
             let compiled = L4Listener::compile(l, clusters, access_logs.get(&l.name).cloned());
             self.l4.insert(*id, Arc::new(compiled));
+        }
+        for l in wanted.iter().filter(|l| is_udp(l)) {
+            let Some(id) = self.ids.get(&l.name) else { continue };
+            let compiled = UdpListener::compile(l, clusters, access_logs.get(&l.name).cloned());
+            self.udp.insert(*id, Arc::new(compiled));
         }
     }
 }
@@ -152,6 +168,7 @@ impl Listeners {
                 // runtime current at accept time says of the slot (TLS or not).
                 !taken.contains(&s.id)
                     && s.address == l.address
+                    && s.udp.is_some() == is_udp(l)
                     // A port-0 listener is only "the same" under the same name.
                     && (!ephemeral(&l.address) || s.name == l.name)
             });
@@ -168,7 +185,7 @@ impl Listeners {
                 ids.insert(l.name.clone(), slot.id);
                 continue;
             }
-            match bind(&l.address, l.enable_reuse_port) {
+            match bind_any(&l.address, l.enable_reuse_port, is_udp(l)) {
                 Ok((socket, local)) => {
                     self.next_id += 1;
                     ids.insert(l.name.clone(), self.next_id);
@@ -204,7 +221,7 @@ impl Listeners {
             })
             .collect();
         if errors.is_empty() {
-            Ok(Prepared { ids, timeouts, proxy_from, fresh, l4: HashMap::new() })
+            Ok(Prepared { ids, timeouts, proxy_from, fresh, l4: HashMap::new(), udp: HashMap::new() })
         } else {
             Err(errors)
         }
@@ -212,7 +229,7 @@ impl Listeners {
 
     /// Starts the fresh listeners and stops those `prepared` did not keep.
     pub(crate) fn commit(&mut self, prepared: Prepared, shared: &Arc<Serving>) {
-        let Prepared { ids, timeouts, mut proxy_from, fresh, mut l4 } = prepared;
+        let Prepared { ids, timeouts, mut proxy_from, fresh, mut l4, mut udp } = prepared;
         let kept: HashMap<u64, &String> = ids.iter().map(|(name, id)| (*id, name)).collect();
         let defaults =
             (HEADER_READ_TIMEOUT.as_secs() * 1000, IDLE_TIMEOUT.as_secs() * 1000, SEND_TIMEOUT.as_secs() * 1000);
@@ -224,6 +241,10 @@ impl Listeners {
                 slot.timeouts.proxy_from.store(Arc::new(proxy_from.remove(&slot.id).unwrap_or_default()));
                 // Connections already open keep the listener they started with.
                 slot.l4.store(l4.remove(&slot.id));
+                // Sessions follow the new listener (`l4::udp`).
+                if let (Some(tx), Some(compiled)) = (&slot.udp, udp.remove(&slot.id)) {
+                    tx.send_replace(compiled);
+                }
                 true
             }
             None => {
@@ -239,10 +260,10 @@ impl Listeners {
             timeouts.set(timeouts_of(id));
             timeouts.proxy_from.store(Arc::new(proxy_from.remove(&id).unwrap_or_default()));
             let tcp = Arc::new(ArcSwapOption::new(l4.remove(&id)));
-            match TcpListener::from_std(socket) {
-                Ok(listener) => {
-                    info!(listener = %spec.name, address = %local, "listener started");
-                    let span = info_span!("listener", name = %spec.name, address = %local);
+            let span = info_span!("listener", name = %spec.name, address = %local);
+            let mut datagrams = None;
+            let registered = match socket {
+                Bound::Stream(socket) => TcpListener::from_std(socket).map(|listener| {
                     let task = accept_loop(
                         listener,
                         id,
@@ -253,7 +274,20 @@ impl Listeners {
                         tcp.clone(),
                     );
                     tokio::spawn(task.instrument(span));
+                }),
+                Bound::Datagram(socket) => {
+                    // Validated and compiled with the snapshot: a UDP listener always has one.
+                    let compiled =
+                        udp.remove(&id).unwrap_or_else(|| Arc::new(UdpListener::compile(&spec, &HashMap::new(), None)));
+                    let (tx, rx) = watch::channel(compiled);
+                    datagrams = Some(tx);
+                    socket.set_nonblocking(true).and_then(|()| tokio::net::UdpSocket::from_std(socket)).map(|socket| {
+                        tokio::spawn(udp::serve(socket, rx, stats.clone(), stopped).instrument(span));
+                    })
                 }
+            };
+            match registered {
+                Ok(()) => info!(listener = %spec.name, address = %local, "listener started"),
                 Err(error) => warn!(listener = %spec.name, %error, "listener could not be registered"),
             }
             let reuse_port = spec.enable_reuse_port;
@@ -267,6 +301,7 @@ impl Listeners {
                 stats,
                 timeouts,
                 l4: tcp,
+                udp: datagrams,
             });
         }
     }
@@ -294,48 +329,8 @@ impl Listeners {
     }
 }
 
-/// True for `ip:0`: every bind gets a new port.
-fn ephemeral(address: &str) -> bool {
-    address.parse::<SocketAddr>().is_ok_and(|a| a.port() == 0)
-}
-
-/// Binds and listens on `address` (with SO_REUSEPORT when `reuse_port`); the error is
-/// the NACK's message.
-fn bind(address: &str, reuse_port: bool) -> Result<(std::net::TcpListener, SocketAddr), String> {
-    let addr: SocketAddr = address.parse().map_err(|_| format!("'{address}' is not an ip:port address"))?;
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let describe = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::AddrInUse if reuse_port => {
-            format!("{addr}: address in use by another process that did not set SO_REUSEPORT (or runs as another user)")
-        }
-        std::io::ErrorKind::AddrInUse => format!(
-            "{addr}: address in use by another process (nodes on one host share a port with enable_reuse_port: true)"
-        ),
-        std::io::ErrorKind::AddrNotAvailable => format!("{addr}: address not available on this node"),
-        std::io::ErrorKind::PermissionDenied => format!("{addr}: permission denied"),
-        _ => format!("{addr}: {e}"),
-    };
-    socket.set_reuse_address(true).map_err(describe)?;
-    if reuse_port {
-        set_reuse_port(&socket).map_err(describe)?;
-    }
-    socket.set_nonblocking(true).map_err(describe)?;
-    socket.bind(&addr.into()).map_err(describe)?;
-    socket.listen(1024).map_err(describe)?;
-    let listener: std::net::TcpListener = socket.into();
-    let local = listener.local_addr().map_err(describe)?;
-    Ok((listener, local))
-}
-
-#[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin"))))]
-fn set_reuse_port(socket: &socket2::Socket) -> std::io::Result<()> {
-    socket.set_reuse_port(true)
-}
-
-#[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos", target_os = "cygwin")))))]
-fn set_reuse_port(_: &socket2::Socket) -> std::io::Result<()> {
-    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "enable_reuse_port is not supported on this platform"))
+fn is_udp(l: &config::Listener) -> bool {
+    l.protocol == Protocol::Udp as i32
 }
 
 /// How connections are served: HTTP/1.1 and h2c, with explicit limits.
@@ -526,29 +521,4 @@ async fn accept_loop(
         );
     }
     debug!("accept loop stopped");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bind;
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn two_sockets_share_an_address_only_when_both_set_reuse_port() {
-        let (first, addr) = bind("127.0.0.1:0", true).unwrap();
-        let (_second, again) = bind(&addr.to_string(), true).unwrap();
-        assert_eq!(again, addr);
-        let refused = bind(&addr.to_string(), false).unwrap_err();
-        assert_eq!(
-            refused,
-            format!(
-                "{addr}: address in use by another process (nodes on one host share a port with enable_reuse_port: true)"
-            )
-        );
-        drop(first);
-        let (plain, addr) = bind("127.0.0.1:0", false).unwrap();
-        let refused = bind(&addr.to_string(), true).unwrap_err();
-        assert!(refused.contains("did not set SO_REUSEPORT"), "{refused}");
-        drop(plain);
-    }
 }

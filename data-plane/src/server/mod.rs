@@ -2,6 +2,7 @@
 //! what a request must satisfy to be admitted.
 
 pub(crate) mod admission;
+mod bind;
 pub(crate) mod body_wait;
 pub(crate) mod handoff;
 pub(crate) mod inline;

@@ -1,6 +1,8 @@
-//! Listeners: addresses (two on one address refused), timeouts, trusted proxies, access
-//! logs, protocols; for TCP listeners, their clusters (default and by SNI) and the HTTP-only
-//! fields they refuse.
+//! Listeners: addresses (two on one address refused, except a UDP listener beside a
+//! stream one: DNS serves both on port 53), timeouts, trusted proxies, access logs,
+//! protocols; for TCP listeners, their clusters (default and by SNI) and the HTTP-only
+//! fields they refuse; for UDP listeners, their cluster and every field that only
+//! streams use.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,13 +12,15 @@ use crate::config::{self, Config, listener::Protocol};
 use super::check::{Validator, display_name, host_pattern};
 
 pub(crate) fn check(config: &Config, v: &mut Validator) {
-    let mut bound: HashMap<SocketAddr, &str> = HashMap::new();
+    // A UDP socket and a TCP one may share an address.
+    let mut bound: HashMap<(SocketAddr, bool), &str> = HashMap::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let name = display_name(&l.name, i);
+        let datagrams = l.protocol == Protocol::Udp as i32;
         match l.address.parse::<SocketAddr>() {
             Err(_) => v.err("listener", &name, "address", format!("'{}' is not an ip:port address", l.address)),
             Ok(addr) if addr.port() != 0 => {
-                if let Some(other) = bound.insert(addr, &l.name) {
+                if let Some(other) = bound.insert((addr, datagrams), &l.name) {
                     v.err("listener", &name, "address", format!("{addr} is already used by listener '{other}'"));
                 }
             }
@@ -63,13 +67,13 @@ pub(crate) fn check(config: &Config, v: &mut Validator) {
         match Protocol::try_from(l.protocol) {
             Ok(Protocol::Http | Protocol::Https) => http_only(l, &name, v),
             Ok(Protocol::Tcp | Protocol::Tls) => tcp(config, l, &name, v),
-            Ok(p) => v.err("listener", &name, "protocol", format!("{} is not supported yet", p.as_str_name())),
+            Ok(Protocol::Udp) => udp(config, l, &name, v),
             Err(_) => v.err("listener", &name, "protocol", format!("unknown protocol {}", l.protocol)),
         }
     }
     for (i, r) in config.routes.iter().enumerate() {
         for (j, attached) in r.listeners.iter().enumerate() {
-            let layer4 = |p: i32| p == Protocol::Tcp as i32 || p == Protocol::Tls as i32;
+            let layer4 = |p: i32| p == Protocol::Tcp as i32 || p == Protocol::Tls as i32 || p == Protocol::Udp as i32;
             if let Some(l) = config.listeners.iter().find(|l| &l.name == attached && layer4(l.protocol)) {
                 let kind = Protocol::try_from(l.protocol).map_or("TCP", |p| p.as_str_name());
                 v.err(
@@ -98,6 +102,84 @@ fn http_only(l: &config::Listener, name: &str, v: &mut Validator) {
     if l.drain_timeout.is_some() {
         v.err("listener", name, "drain_timeout", reason());
     }
+    if l.max_udp_sessions != 0 {
+        v.err("listener", name, "max_udp_sessions", "only UDP listeners use this field".into());
+    }
+}
+
+/// Most sessions a UDP listener may keep (each holds a socket: a file descriptor).
+const MAX_UDP_SESSIONS: u32 = 1_000_000;
+
+/// UDP listeners: a cluster that exists and that datagrams can use; every field of
+/// HTTP or of TCP streams is refused.
+fn udp(config: &Config, l: &config::Listener, name: &str, v: &mut Validator) {
+    let refused = [
+        ("request_headers_timeout", l.request_headers_timeout.is_some(), "HTTP and HTTPS"),
+        ("send_timeout", l.send_timeout.is_some(), "HTTP and HTTPS"),
+        ("https_redirect_port", l.https_redirect_port != 0, "HTTP and HTTPS"),
+        ("policies", !l.policies.is_empty(), "HTTP and HTTPS"),
+        ("trusted_proxies", !l.trusted_proxies.is_empty(), "HTTP and HTTPS"),
+        ("sni_routes", !l.sni_routes.is_empty(), "TCP"),
+        ("max_connection_duration", l.max_connection_duration.is_some(), "TCP and TLS"),
+        ("drain_timeout", l.drain_timeout.is_some(), "TCP and TLS"),
+        ("accept_proxy_protocol_from", !l.accept_proxy_protocol_from.is_empty(), "HTTP, HTTPS, TCP and TLS"),
+    ];
+    for (field, set, kinds) in refused {
+        if set {
+            v.err(
+                "listener",
+                name,
+                field,
+                format!("only {kinds} listeners use this field (a UDP listener has no stream)"),
+            );
+        }
+    }
+    if l.max_udp_sessions > MAX_UDP_SESSIONS {
+        v.err(
+            "listener",
+            name,
+            "max_udp_sessions",
+            format!("{} is more than {MAX_UDP_SESSIONS} (each session holds a socket)", l.max_udp_sessions),
+        );
+    }
+    if l.cluster.is_empty() {
+        v.err("listener", name, "cluster", "a UDP listener needs a cluster".into());
+        return;
+    }
+    let Some(c) = config.clusters.iter().find(|c| c.name == l.cluster) else {
+        v.err("listener", name, "cluster", format!("unknown cluster '{}'", l.cluster));
+        return;
+    };
+    let cluster = &l.cluster;
+    if c.tls.is_some() {
+        v.err(
+            "listener",
+            name,
+            "cluster",
+            format!("cluster '{cluster}' originates TLS (tls), which datagrams cannot carry"),
+        );
+    }
+    if c.proxy_protocol != 0 {
+        v.err(
+            "listener",
+            name,
+            "cluster",
+            format!("cluster '{cluster}' sends a PROXY protocol header (proxy_protocol), which only TCP listeners do"),
+        );
+    }
+    let hashes_on_request = c
+        .hash_policy
+        .as_ref()
+        .and_then(|h| h.key.as_ref())
+        .is_some_and(|k| !matches!(k, config::hash_policy::Key::SourceIp(_)));
+    if hashes_on_request {
+        v.err(
+            "listener",
+            name,
+            "cluster",
+            format!("cluster '{cluster}' hashes on a header, cookie or path, which a datagram has not (use source_ip)"),
+        );
+    }
 }
 
 /// TCP and TLS listeners: a cluster (default or by SNI) that exists and that a connection
@@ -114,6 +196,9 @@ fn tcp(config: &Config, l: &config::Listener, name: &str, v: &mut Validator) {
         if set {
             v.err("listener", name, field, "only HTTP and HTTPS listeners use this field".into());
         }
+    }
+    if l.max_udp_sessions != 0 {
+        v.err("listener", name, "max_udp_sessions", "only UDP listeners use this field".into());
     }
     let kind = if l.protocol == Protocol::Tls as i32 { "TLS" } else { "TCP" };
     if l.cluster.is_empty() && l.sni_routes.is_empty() {
@@ -245,8 +330,55 @@ mod tests {
                 "route 'r': listeners[0]: 't' is a TCP listener (routes attach to HTTP and HTTPS listeners)",
             ]
         );
-        let udp = "listeners:\n  - {name: u, address: '127.0.0.1:0', protocol: UDP}\n";
-        assert_eq!(errors(udp), vec!["listener 'u': protocol: UDP is not supported yet"]);
+    }
+
+    #[test]
+    fn a_udp_listener_names_a_cluster_datagrams_can_use() {
+        let ok = format!(
+            "{CLUSTERS}listeners:\n  - {{name: u, address: '127.0.0.1:5353', protocol: UDP, cluster: db, \
+             idle_timeout: 30s, max_udp_sessions: 2}}\n  - {{name: t, address: '127.0.0.1:5353', protocol: TCP, cluster: db}}\n"
+        );
+        assert_eq!(errors(&ok), Vec::<String>::new(), "UDP and TCP share an address");
+        let none = "listeners:\n  - {name: u, address: '127.0.0.1:0', protocol: UDP}\n";
+        assert_eq!(errors(none), vec!["listener 'u': cluster: a UDP listener needs a cluster"]);
+        let unusable = "clusters:\n  - name: c\n    endpoints: [{address: '127.0.0.1:1'}]\n    proxy_protocol: V1\n    \
+                        tls: {}\n    hash_policy: {cookie: k}\n    lb_policy: MAGLEV\n\
+                        listeners:\n  - {name: u, address: '127.0.0.1:0', protocol: UDP, cluster: c}\n  \
+                        - {name: v, address: '127.0.0.1:0', protocol: UDP, cluster: nope, max_udp_sessions: 1000001}\n\
+                        routes:\n  - {name: r, listeners: [u], match: {prefix: /}, direct_response: {status: 200}}\n";
+        assert_eq!(
+            errors(unusable),
+            vec![
+                "listener 'u': cluster: cluster 'c' originates TLS (tls), which datagrams cannot carry",
+                "listener 'u': cluster: cluster 'c' sends a PROXY protocol header (proxy_protocol), which only TCP listeners do",
+                "listener 'u': cluster: cluster 'c' hashes on a header, cookie or path, which a datagram has not (use source_ip)",
+                "listener 'v': max_udp_sessions: 1000001 is more than 1000000 (each session holds a socket)",
+                "listener 'v': cluster: unknown cluster 'nope'",
+                "route 'r': listeners[0]: 'u' is a UDP listener (routes attach to HTTP and HTTPS listeners)",
+            ]
+        );
+    }
+
+    #[test]
+    fn stream_fields_on_a_udp_listener_and_its_field_elsewhere_are_refused() {
+        let yaml = format!(
+            "{CLUSTERS}listeners:\n  - name: u\n    address: '127.0.0.1:0'\n    protocol: UDP\n    cluster: db\n    \
+             sni_routes: [{{server_names: [a.example.com], cluster: web}}]\n    accept_proxy_protocol_from: [10.0.0.0/8]\n    \
+             drain_timeout: 5s\n    tls: {{certificates: [c]}}\n  \
+             - {{name: t, address: '127.0.0.1:0', protocol: TCP, cluster: db, max_udp_sessions: 5}}\n  \
+             - {{name: h, address: '127.0.0.1:0', max_udp_sessions: 5}}\n"
+        );
+        let errs = errors(&yaml);
+        for expected in [
+            "listener 'u': tls: only HTTPS and TLS listeners terminate TLS",
+            "listener 'u': sni_routes: only TCP listeners use this field (a UDP listener has no stream)",
+            "listener 'u': drain_timeout: only TCP and TLS listeners use this field (a UDP listener has no stream)",
+            "listener 'u': accept_proxy_protocol_from: only HTTP, HTTPS, TCP and TLS listeners use this field (a UDP listener has no stream)",
+            "listener 't': max_udp_sessions: only UDP listeners use this field",
+            "listener 'h': max_udp_sessions: only UDP listeners use this field",
+        ] {
+            assert!(errs.contains(&expected.to_owned()), "{expected}\nin {errs:#?}");
+        }
     }
 
     #[test]

@@ -143,9 +143,7 @@ fn conflicting_templates_on_one_host_are_refused() {
 }
 
 #[test]
-fn unsupported_protocols_say_so() {
-    let errs = errors("listeners:\n  - {name: a, address: '127.0.0.1:8443', protocol: UDP}\n");
-    assert_eq!(errs, vec!["listener 'a': protocol: UDP is not supported yet"]);
+fn tls_and_https_listeners_say_what_they_lack() {
     let errs = errors("listeners:\n  - {name: a, address: '127.0.0.1:8443', protocol: TLS}\n");
     assert_eq!(
         errs,

@@ -36,16 +36,18 @@ async fn l4_vane_listener_add_makes_a_tcp_listener_and_delete_removes_it() {
 }
 
 #[tokio::test]
-async fn l4_the_tcp_example_is_valid_and_applies() {
+async fn l4_the_layer_4_example_is_valid_and_applies() {
     let node = Vane::start("clusters:\n  - {name: placeholder, endpoints: [{address: '127.0.0.1:1'}]}\n").await;
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tcp.yaml");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/l4.yaml");
     let checked = vane(&node.url, &["validate", "-f", example]).await;
     assert!(checked.success && checked.stdout.trim() == "valid", "{} {}", checked.stdout, checked.stderr);
     // Its fixed ports may be taken on a test machine: the same config on ports 0 applies.
-    let yaml = std::fs::read_to_string(example).unwrap().replace(":6380", ":0").replace(":8443", ":0");
+    let yaml =
+        std::fs::read_to_string(example).unwrap().replace(":6380", ":0").replace(":8443", ":0").replace(":5353", ":0");
     let dir = tempfile::tempdir().unwrap();
-    let applied = vane(&node.url, &["apply", "-f", &write_yaml(dir.path(), "tcp.yaml", &yaml)]).await;
+    let applied = vane(&node.url, &["apply", "-f", &write_yaml(dir.path(), "l4.yaml", &yaml)]).await;
     assert!(applied.success, "{}", applied.stderr);
     node.wait_version(2).await;
     node.listener("tls-in").await;
+    node.listener("dns").await;
 }

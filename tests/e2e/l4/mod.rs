@@ -1,6 +1,7 @@
 //! Layer 4 through the real binaries: `vane control-plane` and `vane proxy` processes, the
-//! config applied with `vane apply`, real clients (`redis-cli`, rustls) and servers
-//! (`redis-server`, TLS upstreams, small TCP servers that say who answered).
+//! config applied with `vane apply`, real clients (`redis-cli`, `dig`, rustls) and servers
+//! (`redis-server`, `dnsmasq`, TLS upstreams, small TCP and UDP servers that say who
+//! answered).
 
 mod cli;
 mod passthrough;
@@ -8,6 +9,7 @@ mod proxy_protocol;
 mod swaps;
 mod tcp;
 mod terminate;
+mod udp;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! The cluster as layer 4 sees it: where each endpoint is, how long a connect may take.
 //! TCP listeners pick with the cluster's balancer, health and circuit breaker like
 //! requests do ([`Cluster::pick_avoiding`], [`Cluster::connection_slot`],
-//! [`Cluster::report`]); these are the few facts they need besides.
+//! [`Cluster::report`]); these are the few facts they need besides (UDP sessions also
+//! ask whether their endpoint is still available, and find it again after a swap).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +18,17 @@ impl Cluster {
     /// is built).
     pub(crate) fn endpoint_addr(&self, index: usize) -> Option<SocketAddr> {
         self.spec.endpoints.get(index)?.address.parse().ok()
+    }
+
+    /// The index of the endpoint at `addr`, if the cluster has it.
+    pub(crate) fn endpoint_index(&self, addr: SocketAddr) -> Option<usize> {
+        self.spec.endpoints.iter().position(|e| e.address.parse() == Ok(addr))
+    }
+
+    /// Whether endpoint `index` may take new traffic: not failed by active checks, not
+    /// ejected by passive health (UDP sessions move off an endpoint when it is not).
+    pub(crate) fn endpoint_available(&self, index: usize) -> bool {
+        self.health.get(index).is_none_or(|h| h.available())
     }
 
     /// How many endpoints the cluster has.
