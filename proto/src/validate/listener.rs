@@ -167,12 +167,7 @@ fn udp(config: &Config, l: &config::Listener, name: &str, v: &mut Validator) {
             format!("cluster '{cluster}' sends a PROXY protocol header (proxy_protocol), which only TCP listeners do"),
         );
     }
-    let hashes_on_request = c
-        .hash_policy
-        .as_ref()
-        .and_then(|h| h.key.as_ref())
-        .is_some_and(|k| !matches!(k, config::hash_policy::Key::SourceIp(_)));
-    if hashes_on_request {
+    if hashes_on_request(c) {
         v.err(
             "listener",
             name,
@@ -220,12 +215,7 @@ fn tcp(config: &Config, l: &config::Listener, name: &str, v: &mut Validator) {
                 format!("cluster '{cluster}' originates TLS (tls): a passthrough listener forwards the client's TLS as it is"),
             );
         }
-        let hashes_on_request = c
-            .hash_policy
-            .as_ref()
-            .and_then(|h| h.key.as_ref())
-            .is_some_and(|k| !matches!(k, config::hash_policy::Key::SourceIp(_)));
-        if hashes_on_request {
+        if hashes_on_request(c) {
             v.err(
                 "listener",
                 name,
@@ -256,6 +246,15 @@ fn tcp(config: &Config, l: &config::Listener, name: &str, v: &mut Validator) {
             }
         }
     }
+}
+
+/// Whether `c` hashes on something of an HTTP request (a header, a cookie, the path),
+/// which a TCP connection or a datagram does not have.
+fn hashes_on_request(c: &config::Cluster) -> bool {
+    c.hash_policy
+        .as_ref()
+        .and_then(|h| h.key.as_ref())
+        .is_some_and(|k| !matches!(k, config::hash_policy::Key::SourceIp(_)))
 }
 
 #[cfg(test)]
