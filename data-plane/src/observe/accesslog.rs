@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 use vane_proto::config::access_log::Format;
 
+use super::json::push_str as json_str;
 use super::streams::{self, StreamLine};
 
 /// Lines buffered per destination before new ones are dropped.
@@ -192,26 +193,6 @@ fn path(uri: &Uri) -> &str {
 /// A header value as text: borrowed unless it is not UTF-8.
 fn header(v: &Option<HeaderValue>) -> Option<std::borrow::Cow<'_, str>> {
     v.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()))
-}
-
-/// Appends `v` as a JSON string (quotes and escapes included).
-fn json_str(out: &mut String, v: &str) {
-    use std::fmt::Write as _;
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 fn json_opt(out: &mut String, v: Option<&str>) {

@@ -2,6 +2,7 @@
 
 pub(crate) mod accesslog;
 pub(crate) mod datagrams;
+mod json;
 pub(crate) mod metrics;
 #[cfg(feature = "otlp")]
 pub(crate) mod otel;

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use super::json::push_str as json_str;
+
 /// Why a connection was closed without reaching an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -223,21 +225,6 @@ pub(crate) fn text(l: &StreamLine, out: &mut String) {
         l.connect.map_or_else(|| "-".to_owned(), |d| format!("{:.3}", d.as_secs_f64())),
         l.end,
     );
-}
-
-fn json_str(out: &mut String, v: &str) {
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]
